@@ -1,0 +1,395 @@
+#include "config/config.hpp"
+
+#include <arpa/inet.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "upstream/credentials.hpp"
+
+namespace berth::config {
+namespace {
+
+// Where a value sits, for error messages.
+struct context {
+  const std::string& source;
+  std::string key;
+
+  [[noreturn]] void fail(const YAML::Node& node, const std::string& what) const {
+    std::ostringstream out;
+    out << source;
+    if (node.IsDefined() && node.Mark().line >= 0) out << ':' << node.Mark().line + 1 << ':' << node.Mark().column + 1;
+    out << ": " << key << ": " << what;
+    throw config_error(out.str());
+  }
+  context child(const std::string& name) const { return {source, key.empty() ? name : key + "." + name}; }
+  context item(std::size_t i) const { return {source, key + "[" + std::to_string(i) + "]"}; }
+};
+
+void check_keys(const YAML::Node& map, const context& ctx, std::initializer_list<const char*> allowed) {
+  if (!map.IsMap()) ctx.fail(map, "must be a mapping");
+  for (const auto& kv : map) {
+    const auto name = kv.first.as<std::string>();
+    bool ok = false;
+    for (const char* a : allowed) ok = ok || name == a;
+    if (!ok) {
+      std::string list;
+      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+      ctx.child(name).fail(kv.first, "unknown key (known keys: " + list + ")");
+    }
+  }
+}
+
+std::string as_string(const YAML::Node& n, const context& ctx) {
+  if (!n.IsScalar()) ctx.fail(n, "must be a string");
+  return n.as<std::string>();
+}
+
+bool as_bool(const YAML::Node& n, const context& ctx) {
+  if (!n.IsScalar()) ctx.fail(n, "must be true or false");
+  bool b = false;
+  if (!YAML::convert<bool>::decode(n, b)) ctx.fail(n, "must be true or false, not \"" + n.Scalar() + "\"");
+  return b;
+}
+
+unsigned long as_count(const YAML::Node& n, const context& ctx, unsigned long min, unsigned long max) {
+  const auto s = as_string(n, ctx);
+  unsigned long v = 0;
+  std::size_t used = 0;
+  try {
+    v = std::stoul(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != s.size() || s[0] == '-') ctx.fail(n, "must be a whole number, not \"" + s + "\"");
+  if (v < min || v > max) ctx.fail(n, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+  return v;
+}
+
+std::chrono::milliseconds as_duration(const YAML::Node& n, const context& ctx) {
+  const auto s = as_string(n, ctx);
+  std::chrono::milliseconds d{};
+  if (!parse_duration(s, d)) ctx.fail(n, "must be a duration such as 30s, 500ms, 5m or 1h, not \"" + s + "\"");
+  if (d.count() <= 0) ctx.fail(n, "must be longer than zero");
+  return d;
+}
+
+std::vector<std::string> as_string_list(const YAML::Node& n, const context& ctx) {
+  std::vector<std::string> out;
+  if (n.IsScalar()) {
+    out.push_back(n.as<std::string>());
+    return out;
+  }
+  if (!n.IsSequence()) ctx.fail(n, "must be a list of strings");
+  for (std::size_t i = 0; i < n.size(); ++i) out.push_back(as_string(n[i], ctx.item(i)));
+  return out;
+}
+
+// host:port with an IP address host ("[::1]:5050", "0.0.0.0:5050", "127.0.0.1:0").
+bool valid_listen(const std::string& a) {
+  const auto colon = a.rfind(':');
+  if (colon == std::string::npos || colon + 1 == a.size()) return false;
+  std::string host = a.substr(0, colon);
+  const std::string port = a.substr(colon + 1);
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+  }
+  if (port.size() > 5 || std::stoul(port) > 65535) return false;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned char buf[16];
+  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+bool valid_host_name(const std::string& h) {
+  if (h.empty() || h.size() > 255) return false;
+  for (char c : h) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '-' || c == ':' || c == '[' || c == ']' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool valid_pattern(const std::string& p) {
+  if (p.empty() || p.front() == '/' || p.back() == '/') return false;
+  for (char c : p) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
+                    c == '/' || c == '*';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool valid_endpoint(const std::string& e) {
+  const auto scheme_end = e.find("://");
+  if (scheme_end == std::string::npos) return false;
+  const auto scheme = e.substr(0, scheme_end);
+  if (scheme != "http" && scheme != "https") return false;
+  auto rest = e.substr(scheme_end + 3);
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find_first_of("/?#@ ") != std::string::npos) return false;
+  return true;
+}
+
+void check_readable(const YAML::Node& n, const context& ctx, const std::string& path) {
+  if (::access(path.c_str(), R_OK) != 0) ctx.fail(n, "file " + path + " cannot be read");
+}
+
+upstream::registry_options parse_registry(const YAML::Node& n, const context& ctx) {
+  check_keys(n, ctx,
+             {"names", "endpoint", "credentials", "username_file", "password_file", "repositories", "ca_file", "realm_hosts"});
+  upstream::registry_options r;
+  if (!n["names"]) ctx.fail(n, "names is required (the ns values containerd sends, e.g. [registry.example.ts.net])");
+  r.names = as_string_list(n["names"], ctx.child("names"));
+  if (r.names.empty()) ctx.child("names").fail(n["names"], "must name at least one registry");
+  for (std::size_t i = 0; i < r.names.size(); ++i) {
+    if (!valid_host_name(r.names[i])) ctx.child("names").item(i).fail(n["names"], "\"" + r.names[i] + "\" is not a registry host name");
+  }
+  if (n["endpoint"]) {
+    r.endpoint = as_string(n["endpoint"], ctx.child("endpoint"));
+    if (!valid_endpoint(r.endpoint)) {
+      ctx.child("endpoint").fail(n["endpoint"], "must be an http:// or https:// URL with no path, user or query, not \"" + r.endpoint + "\"");
+    }
+    while (r.endpoint.back() == '/') r.endpoint.pop_back();
+  } else {
+    r.endpoint = "https://" + r.names.front();
+  }
+  auto& c = r.credentials;
+  if (n["credentials"]) c.docker_config_file = as_string(n["credentials"], ctx.child("credentials"));
+  if (n["username_file"]) c.username_file = as_string(n["username_file"], ctx.child("username_file"));
+  if (n["password_file"]) c.password_file = as_string(n["password_file"], ctx.child("password_file"));
+  if (!c.docker_config_file.empty() && (!c.username_file.empty() || !c.password_file.empty())) {
+    ctx.child("credentials").fail(n["credentials"], "use either credentials or username_file/password_file, not both");
+  }
+  if (c.username_file.empty() != c.password_file.empty()) {
+    ctx.child(c.username_file.empty() ? "username_file" : "password_file")
+        .fail(n, "username_file and password_file go together");
+  }
+  c.names = r.names;
+  c.endpoint_host = upstream::normalize_registry_host(r.endpoint);
+  if (n["repositories"]) {
+    r.repositories = as_string_list(n["repositories"], ctx.child("repositories"));
+    for (std::size_t i = 0; i < r.repositories.size(); ++i) {
+      if (!valid_pattern(r.repositories[i])) {
+        ctx.child("repositories").item(i).fail(n["repositories"], "\"" + r.repositories[i] +
+                                                                      "\" is not a repository pattern (lower-case name, '*' and '**')");
+      }
+    }
+  }
+  if (n["ca_file"]) {
+    r.ca_file = as_string(n["ca_file"], ctx.child("ca_file"));
+    check_readable(n["ca_file"], ctx.child("ca_file"), r.ca_file);
+  }
+  if (n["realm_hosts"]) r.realm_hosts = as_string_list(n["realm_hosts"], ctx.child("realm_hosts"));
+  return r;
+}
+
+void apply_env(settings& s, const env_lookup& env) {
+  auto fail = [](const char* var, const std::string& what) { throw config_error(std::string("environment ") + var + ": " + what); };
+  if (const char* v = env("BERTH_LISTEN")) {
+    if (!valid_listen(v)) fail("BERTH_LISTEN", "must be IP:port, not \"" + std::string(v) + "\"");
+    s.server.listen = v;
+  }
+  if (const char* v = env("BERTH_ADMIN_LISTEN")) {
+    if (!valid_listen(v)) fail("BERTH_ADMIN_LISTEN", "must be IP:port, not \"" + std::string(v) + "\"");
+    s.server.admin_listen = v;
+  }
+  if (const char* v = env("BERTH_DEFAULT_REGISTRY")) s.default_registry = v;
+  if (const char* v = env("BERTH_LOG_LEVEL")) {
+    if (!log::parse_level(v, s.log_level)) fail("BERTH_LOG_LEVEL", "must be debug, info, warn or error");
+  }
+  if (const char* v = env("BERTH_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || n < 0 || n > 256) fail("BERTH_THREADS", "must be a number from 0 to 256");
+    s.server.threads = static_cast<unsigned>(n);
+  }
+  if (const char* v = env("BERTH_ACCESS_LOG")) {
+    const std::string b = v;
+    if (b == "true" || b == "1") s.server.access_log = true;
+    else if (b == "false" || b == "0") s.server.access_log = false;
+    else fail("BERTH_ACCESS_LOG", "must be true or false");
+  }
+}
+
+}  // namespace
+
+const char* process_env(const char* name) { return std::getenv(name); }
+
+bool parse_duration(std::string_view text, std::chrono::milliseconds& out) {
+  if (text.empty()) return false;
+  double total_ms = 0;
+  std::size_t i = 0;
+  bool any = false;
+  while (i < text.size()) {
+    std::size_t start = i;
+    while (i < text.size() && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.')) ++i;
+    if (start == i) return false;
+    double value = 0;
+    try {
+      value = std::stod(std::string(text.substr(start, i - start)));
+    } catch (const std::exception&) {
+      return false;
+    }
+    std::size_t ustart = i;
+    while (i < text.size() && text[i] >= 'a' && text[i] <= 'z') ++i;
+    const auto unit = text.substr(ustart, i - ustart);
+    if (unit.empty()) {
+      if (any || i != text.size()) return false;
+      total_ms += value * 1000;
+    } else if (unit == "ms") {
+      total_ms += value;
+    } else if (unit == "s") {
+      total_ms += value * 1000;
+    } else if (unit == "m") {
+      total_ms += value * 60000;
+    } else if (unit == "h") {
+      total_ms += value * 3600000;
+    } else {
+      return false;
+    }
+    any = true;
+  }
+  out = std::chrono::milliseconds(static_cast<long long>(total_ms));
+  return true;
+}
+
+settings parse(std::string_view yaml, const std::string& source, const env_lookup& env) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& ex) {
+    throw config_error(source + ":" + std::to_string(ex.mark.line + 1) + ":" + std::to_string(ex.mark.column + 1) +
+                       ": not valid YAML: " + ex.msg);
+  }
+  const context top{source, ""};
+  if (!root.IsDefined() || root.IsNull()) throw config_error(source + ": the file is empty");
+  check_keys(root, top,
+             {"listen", "admin_listen", "threads", "log_level", "access_log", "shutdown_timeout", "registries",
+              "default_registry", "upstream", "clients"});
+  settings s;
+  s.source = source;
+  if (root["listen"]) {
+    s.server.listen = as_string(root["listen"], top.child("listen"));
+    if (!valid_listen(s.server.listen)) top.child("listen").fail(root["listen"], "must be IP:port such as 127.0.0.1:5050");
+  }
+  if (root["admin_listen"]) {
+    s.server.admin_listen = as_string(root["admin_listen"], top.child("admin_listen"));
+    if (!valid_listen(s.server.admin_listen)) top.child("admin_listen").fail(root["admin_listen"], "must be IP:port such as 127.0.0.1:9095");
+  }
+  if (root["threads"]) s.server.threads = static_cast<unsigned>(as_count(root["threads"], top.child("threads"), 0, 256));
+  if (root["log_level"]) {
+    const auto l = as_string(root["log_level"], top.child("log_level"));
+    if (!log::parse_level(l, s.log_level)) top.child("log_level").fail(root["log_level"], "must be debug, info, warn or error");
+  }
+  if (root["access_log"]) s.server.access_log = as_bool(root["access_log"], top.child("access_log"));
+  if (root["shutdown_timeout"]) s.server.shutdown_timeout = as_duration(root["shutdown_timeout"], top.child("shutdown_timeout"));
+  if (auto c = root["clients"]) {
+    const auto ctx = top.child("clients");
+    check_keys(c, ctx, {"idle_timeout", "write_timeout", "max_header_bytes"});
+    if (c["idle_timeout"]) s.server.idle_timeout = as_duration(c["idle_timeout"], ctx.child("idle_timeout"));
+    if (c["write_timeout"]) s.server.write_timeout = as_duration(c["write_timeout"], ctx.child("write_timeout"));
+    if (c["max_header_bytes"]) s.server.max_header_bytes = as_count(c["max_header_bytes"], ctx.child("max_header_bytes"), 1024, 1 << 20);
+  }
+  if (auto u = root["upstream"]) {
+    const auto ctx = top.child("upstream");
+    check_keys(u, ctx,
+               {"connect_timeout", "response_timeout", "read_timeout", "idle_timeout", "pool_wait_timeout",
+                "max_connections_per_host", "max_idle_per_host", "max_redirects"});
+    auto& p = s.upstream;
+    if (u["connect_timeout"]) p.connect_timeout = as_duration(u["connect_timeout"], ctx.child("connect_timeout"));
+    if (u["response_timeout"]) p.response_timeout = as_duration(u["response_timeout"], ctx.child("response_timeout"));
+    if (u["read_timeout"]) p.read_timeout = as_duration(u["read_timeout"], ctx.child("read_timeout"));
+    if (u["idle_timeout"]) p.idle_timeout = as_duration(u["idle_timeout"], ctx.child("idle_timeout"));
+    if (u["pool_wait_timeout"]) p.pool_wait_timeout = as_duration(u["pool_wait_timeout"], ctx.child("pool_wait_timeout"));
+    if (u["max_connections_per_host"]) p.max_connections_per_host = as_count(u["max_connections_per_host"], ctx.child("max_connections_per_host"), 1, 10000);
+    if (u["max_idle_per_host"]) p.max_idle_per_host = as_count(u["max_idle_per_host"], ctx.child("max_idle_per_host"), 0, 10000);
+    if (u["max_redirects"]) p.max_redirects = as_count(u["max_redirects"], ctx.child("max_redirects"), 0, 20);
+  }
+  const auto regs = root["registries"];
+  if (!regs) throw config_error(source + ": registries: is required (at least one upstream registry)");
+  if (!regs.IsSequence() || regs.size() == 0) top.child("registries").fail(regs, "must be a non-empty list of registries");
+  std::set<std::string> seen;
+  for (std::size_t i = 0; i < regs.size(); ++i) {
+    const auto ctx = top.child("registries").item(i);
+    s.registries.push_back(parse_registry(regs[i], ctx));
+    for (const auto& n : s.registries.back().names) {
+      if (!seen.insert(upstream::normalize_registry_host(n)).second) ctx.child("names").fail(regs[i]["names"], "\"" + n + "\" is already used by another registry");
+    }
+  }
+  if (root["default_registry"]) s.default_registry = as_string(root["default_registry"], top.child("default_registry"));
+
+  apply_env(s, env);
+
+  if (!s.default_registry.empty() && !seen.contains(upstream::normalize_registry_host(s.default_registry))) {
+    const YAML::Node where = root["default_registry"] ? root["default_registry"] : root;
+    top.child("default_registry").fail(where, "\"" + s.default_registry + "\" is not one of the registries' names");
+  }
+  if (s.server.listen == s.server.admin_listen && !s.server.listen.ends_with(":0")) {
+    top.child("admin_listen").fail(root["admin_listen"] ? root["admin_listen"] : root, "must differ from listen (metrics never share the mirror port)");
+  }
+  return s;
+}
+
+settings load_file(const std::string& path, const env_lookup& env) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw config_error(path + ": cannot be read");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path, env);
+}
+
+std::string render(const settings& s) {
+  YAML::Emitter out;
+  auto ms = [](std::chrono::milliseconds d) {
+    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
+    return std::to_string(d.count()) + "ms";
+  };
+  out << YAML::BeginMap;
+  out << YAML::Key << "listen" << YAML::Value << s.server.listen;
+  out << YAML::Key << "admin_listen" << YAML::Value << s.server.admin_listen;
+  out << YAML::Key << "threads" << YAML::Value << s.server.threads;
+  out << YAML::Key << "log_level" << YAML::Value << std::string(log::level_name(s.log_level));
+  out << YAML::Key << "access_log" << YAML::Value << s.server.access_log;
+  out << YAML::Key << "shutdown_timeout" << YAML::Value << ms(s.server.shutdown_timeout);
+  out << YAML::Key << "clients" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "idle_timeout" << YAML::Value << ms(s.server.idle_timeout);
+  out << YAML::Key << "write_timeout" << YAML::Value << ms(s.server.write_timeout);
+  out << YAML::Key << "max_header_bytes" << YAML::Value << s.server.max_header_bytes;
+  out << YAML::EndMap;
+  out << YAML::Key << "upstream" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "connect_timeout" << YAML::Value << ms(s.upstream.connect_timeout);
+  out << YAML::Key << "response_timeout" << YAML::Value << ms(s.upstream.response_timeout);
+  out << YAML::Key << "read_timeout" << YAML::Value << ms(s.upstream.read_timeout);
+  out << YAML::Key << "idle_timeout" << YAML::Value << ms(s.upstream.idle_timeout);
+  out << YAML::Key << "pool_wait_timeout" << YAML::Value << ms(s.upstream.pool_wait_timeout);
+  out << YAML::Key << "max_connections_per_host" << YAML::Value << s.upstream.max_connections_per_host;
+  out << YAML::Key << "max_idle_per_host" << YAML::Value << s.upstream.max_idle_per_host;
+  out << YAML::Key << "max_redirects" << YAML::Value << s.upstream.max_redirects;
+  out << YAML::EndMap;
+  out << YAML::Key << "registries" << YAML::Value << YAML::BeginSeq;
+  for (const auto& r : s.registries) {
+    out << YAML::BeginMap;
+    out << YAML::Key << "names" << YAML::Value << YAML::Flow << r.names;
+    out << YAML::Key << "endpoint" << YAML::Value << r.endpoint;
+    // Only file names: the secrets in them are never printed.
+    if (!r.credentials.docker_config_file.empty()) out << YAML::Key << "credentials" << YAML::Value << r.credentials.docker_config_file;
+    if (!r.credentials.username_file.empty()) out << YAML::Key << "username_file" << YAML::Value << r.credentials.username_file;
+    if (!r.credentials.password_file.empty()) out << YAML::Key << "password_file" << YAML::Value << r.credentials.password_file;
+    if (!r.repositories.empty()) out << YAML::Key << "repositories" << YAML::Value << YAML::Flow << r.repositories;
+    if (!r.ca_file.empty()) out << YAML::Key << "ca_file" << YAML::Value << r.ca_file;
+    if (!r.realm_hosts.empty()) out << YAML::Key << "realm_hosts" << YAML::Value << YAML::Flow << r.realm_hosts;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  if (!s.default_registry.empty()) out << YAML::Key << "default_registry" << YAML::Value << s.default_registry;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace berth::config

@@ -1,0 +1,44 @@
+#pragma once
+// Reads and validates the YAML config and the BERTH_* environment into each
+// module's options struct. The only module that includes the YAML parser.
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/log.hpp"
+#include "http/options.hpp"
+#include "upstream/options.hpp"
+
+namespace berth::config {
+
+struct settings {
+  http::server_options server;
+  upstream::pool_options upstream;
+  std::vector<upstream::registry_options> registries;
+  std::string default_registry;
+  log::level log_level = log::level::info;
+  std::string source;  // the file it came from
+};
+
+// "FILE:LINE:COL: KEY: what is wrong" (or "environment VAR: ...").
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Returns the value of an environment variable or nullptr.
+using env_lookup = std::function<const char*(const char*)>;
+const char* process_env(const char* name);
+
+settings load_file(const std::string& path, const env_lookup& env = process_env);
+settings parse(std::string_view yaml, const std::string& source, const env_lookup& env = process_env);
+
+// The effective config as YAML, with every secret left out (files are named, never read out).
+std::string render(const settings& s);
+
+// "30s", "250ms", "5m", "1h", "2h30m", or a plain number of seconds. False if malformed.
+bool parse_duration(std::string_view text, std::chrono::milliseconds& out);
+
+}  // namespace berth::config

@@ -1,0 +1,36 @@
+#pragma once
+// Incremental sha256/sha512 over OpenSSL EVP. Owned by one coroutine; not thread-safe.
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace berth::core {
+
+class hasher {
+ public:
+  // `algorithm` is "sha256" or "sha512" (what parse_digest accepts).
+  explicit hasher(std::string_view algorithm = "sha256");
+  ~hasher();
+  hasher(hasher&&) noexcept;
+  hasher& operator=(hasher&&) noexcept;
+
+  void update(const void* data, std::size_t size);
+  void update(std::string_view s) { update(s.data(), s.size()); }
+  // "sha256:<hex>". Call once.
+  std::string finish();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+// One-shot digest of a buffer, "sha256:<hex>".
+std::string digest_of(std::string_view data, std::string_view algorithm = "sha256");
+
+// Base64 (standard alphabet, padded) over OpenSSL EVP.
+std::string base64_encode(std::string_view data);
+// Returns false on malformed input.
+bool base64_decode(std::string_view text, std::string& out);
+
+}  // namespace berth::core

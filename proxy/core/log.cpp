@@ -1,0 +1,100 @@
+#include "core/log.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/json/serialize.hpp>
+#include <boost/json/string.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+namespace berth::log {
+namespace {
+
+std::atomic<int> g_level{static_cast<int>(level::info)};
+
+void append_json_string(std::string& out, std::string_view s) {
+  out += boost::json::serialize(boost::json::string_view(s.data(), s.size()));
+}
+
+void append_timestamp(std::string& out) {
+  const auto now = std::chrono::system_clock::now();
+  const auto secs = std::chrono::system_clock::to_time_t(now);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  out += buf;
+}
+
+}  // namespace
+
+bool parse_level(std::string_view name, level& out) {
+  if (name == "debug") out = level::debug;
+  else if (name == "info") out = level::info;
+  else if (name == "warn" || name == "warning") out = level::warn;
+  else if (name == "error") out = level::error;
+  else return false;
+  return true;
+}
+
+std::string_view level_name(level l) {
+  switch (l) {
+    case level::debug: return "debug";
+    case level::info: return "info";
+    case level::warn: return "warn";
+    case level::error: return "error";
+  }
+  return "info";
+}
+
+void set_level(level l) { g_level.store(static_cast<int>(l), std::memory_order_relaxed); }
+bool enabled(level l) { return static_cast<int>(l) >= g_level.load(std::memory_order_relaxed); }
+
+void write(level l, std::string_view event, std::initializer_list<field> fields) {
+  if (!enabled(l)) return;
+  std::string line;
+  line.reserve(256);
+  line += "{\"ts\":";
+  append_timestamp(line);
+  line += ",\"level\":\"";
+  line += level_name(l);
+  line += "\",\"event\":";
+  append_json_string(line, event);
+  for (const auto& f : fields) {
+    line += ',';
+    append_json_string(line, f.key);
+    line += ':';
+    std::visit(
+        [&](const auto& v) {
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::string_view>) {
+            append_json_string(line, v);
+          } else if constexpr (std::is_same_v<T, bool>) {
+            line += v ? "true" : "false";
+          } else if constexpr (std::is_same_v<T, double>) {
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "%.6g", v);
+            line += buf;
+          } else {
+            line += std::to_string(v);
+          }
+        },
+        f.value);
+  }
+  line += "}\n";
+  const char* p = line.data();
+  std::size_t left = line.size();
+  while (left > 0) {
+    const ssize_t n = ::write(STDOUT_FILENO, p, left);
+    if (n <= 0) break;
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace berth::log

@@ -1,0 +1,35 @@
+#pragma once
+// What a handler gives back to the HTTP session: a status, headers, and either a
+// small buffered body, a streamed body, or an OCI error that http/ renders.
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/body_source.hpp"
+#include "core/headers.hpp"
+#include "core/oci_error.hpp"
+
+namespace berth::core {
+
+struct reply {
+  unsigned status = 200;
+  core::headers headers;
+  std::string body;                     // used when `stream` is null
+  std::unique_ptr<body_source> stream;  // streamed body (GET of a blob)
+  std::optional<oci_error> error;       // rendered as the OCI JSON error body
+  // For HEAD: the Content-Length to announce (the GET body's length).
+  std::optional<std::uint64_t> head_length;
+
+  // For the access log and metrics.
+  unsigned upstream_status = 0;
+  std::string registry;
+};
+
+inline reply error_reply(oci_error e) {
+  reply r;
+  r.status = e.status;
+  r.error = std::move(e);
+  return r;
+}
+
+}  // namespace berth::core

@@ -1,0 +1,342 @@
+#include "http/server.hpp"
+
+#include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+#include <mutex>
+#include <stdexcept>
+#include <unordered_set>
+
+#include "core/log.hpp"
+#include "metrics/metrics.hpp"
+
+namespace berth::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+
+std::string error_body(const core::oci_error& e) {
+  boost::json::object entry;
+  entry["code"] = e.code;
+  entry["message"] = e.message;
+  boost::json::array errors;
+  errors.push_back(std::move(entry));
+  boost::json::object root;
+  root["errors"] = std::move(errors);
+  return boost::json::serialize(root);
+}
+
+namespace {
+
+tcp::endpoint parse_listen(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos) throw std::runtime_error("listen address needs host:port: " + address);
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) host = "0.0.0.0";
+  error_code ec;
+  auto ip = asio::ip::make_address(host, ec);
+  if (ec) throw std::runtime_error("listen address is not an IP address: " + address);
+  unsigned long p = 0;
+  try {
+    std::size_t used = 0;
+    p = std::stoul(port, &used);
+    if (used != port.size() || p > 65535) throw std::out_of_range("port");
+  } catch (const std::exception&) {
+    throw std::runtime_error("listen address has a bad port: " + address);
+  }
+  return {ip, static_cast<unsigned short>(p)};
+}
+
+struct connection_state {
+  explicit connection_state(tcp::socket s) : stream(std::move(s)) {}
+  beast::tcp_stream stream;
+  bool idle = true;  // only touched on the connection's own worker thread
+};
+
+struct listener {
+  tcp::acceptor acceptor;
+  handler handle;
+  bool access_log;
+  std::string name;
+  explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
+};
+
+}  // namespace
+
+struct server::impl : std::enable_shared_from_this<server::impl> {
+  std::vector<asio::io_context*> workers;
+  server_options options;
+  metrics::registry& metrics;
+  std::atomic<bool> stopping{false};
+  std::atomic<std::size_t> next_worker{0};
+  std::vector<std::unique_ptr<listener>> listeners;
+
+  mutable std::mutex mu;  // guards connections
+  std::unordered_set<std::shared_ptr<connection_state>> connections;
+
+  impl(std::vector<asio::io_context*> w, server_options o, metrics::registry& m)
+      : workers(std::move(w)), options(std::move(o)), metrics(m) {}
+
+  asio::awaitable<void> accept_loop(listener& l);
+  asio::awaitable<void> session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker);
+  asio::awaitable<bool> write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
+                                    bool keep_alive, std::uint64_t& bytes);
+};
+
+server::server(std::vector<asio::io_context*> workers, server_options options, metrics::registry& metrics)
+    : impl_(std::make_shared<impl>(std::move(workers), std::move(options), metrics)) {}
+
+server::~server() = default;
+
+unsigned short server::listen(const std::string& address, handler h, bool access_log, const std::string& name) {
+  auto l = std::make_unique<listener>(*impl_->workers.front());
+  l->handle = std::move(h);
+  l->access_log = access_log;
+  l->name = name;
+  const auto ep = parse_listen(address);
+  l->acceptor.open(ep.protocol());
+  l->acceptor.set_option(tcp::acceptor::reuse_address(true));
+  error_code ec;
+  l->acceptor.bind(ep, ec);
+  if (ec) throw std::runtime_error("cannot listen on " + address + ": " + ec.message());
+  l->acceptor.listen(asio::socket_base::max_listen_connections);
+  const auto port = l->acceptor.local_endpoint().port();
+  auto& ref = *l;
+  impl_->listeners.push_back(std::move(l));
+  asio::co_spawn(*impl_->workers.front(), impl_->accept_loop(ref), asio::detached);
+  return port;
+}
+
+void server::begin_shutdown() {
+  impl_->stopping = true;
+  for (auto& l : impl_->listeners) {
+    asio::post(l->acceptor.get_executor(), [&a = l->acceptor] {
+      error_code ignored;
+      a.close(ignored);
+    });
+  }
+  std::lock_guard lock(impl_->mu);
+  for (const auto& c : impl_->connections) {
+    asio::post(c->stream.get_executor(), [c] {
+      if (c->idle) {
+        error_code ignored;
+        c->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        c->stream.socket().close(ignored);
+      }
+    });
+  }
+}
+
+std::size_t server::open_connections() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->connections.size();
+}
+
+asio::awaitable<void> server::impl::accept_loop(listener& l) {
+  auto self = shared_from_this();
+  while (!stopping) {
+    const auto index = next_worker.fetch_add(1) % workers.size();
+    error_code ec;
+    auto sock = co_await l.acceptor.async_accept(*workers[index], asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !l.acceptor.is_open()) co_return;
+      log::warn("accept_failed", {{"listener", l.name}, {"error", ec.message()}});
+      // Out of file descriptors and the like: back off instead of spinning.
+      asio::steady_timer t(l.acceptor.get_executor(), std::chrono::milliseconds(50));
+      co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    sock.set_option(tcp::no_delay(true), ec);
+    auto conn = std::make_shared<connection_state>(std::move(sock));
+    {
+      std::lock_guard lock(mu);
+      connections.insert(conn);
+    }
+    asio::co_spawn(*workers[index], session(conn, l, index), asio::detached);
+  }
+}
+
+asio::awaitable<bool> server::impl::write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
+                                                bool keep_alive, std::uint64_t& bytes) {
+  error_code ec;
+  if (r.error) {
+    r.body = error_body(*r.error);
+    r.headers.set("Content-Type", "application/json");
+    r.stream.reset();
+  }
+  auto fill = [&](auto& res) {
+    res.result(r.status);
+    res.version(version);
+    for (const auto& f : r.headers.fields()) res.insert(f.first, f.second);
+    res.set("Docker-Distribution-API-Version", "registry/2.0");
+    res.keep_alive(keep_alive);
+  };
+
+  if (head) {
+    bhttp::response<bhttp::empty_body> res;
+    fill(res);
+    std::uint64_t length = r.body.size();
+    if (r.head_length) {
+      length = *r.head_length;
+    } else if (r.stream && r.stream->size()) {
+      length = *r.stream->size();
+    }
+    res.content_length(length);
+    bhttp::response_serializer<bhttp::empty_body> sr{res};
+    conn.stream.expires_after(options.write_timeout);
+    co_await bhttp::async_write_header(conn.stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+    co_return !ec;
+  }
+
+  if (!r.stream) {
+    bhttp::response<bhttp::string_body> res;
+    fill(res);
+    res.body() = std::move(r.body);
+    res.prepare_payload();
+    conn.stream.expires_after(options.write_timeout);
+    co_await bhttp::async_write(conn.stream, res, asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) bytes = res.body().size();
+    co_return !ec;
+  }
+
+  // A streamed body goes through one fixed buffer: memory stays flat for any size.
+  bhttp::response<bhttp::buffer_body> res;
+  fill(res);
+  if (auto n = r.stream->size()) {
+    res.content_length(*n);
+  } else {
+    res.chunked(true);
+  }
+  res.body().data = nullptr;
+  res.body().more = true;
+  bhttp::response_serializer<bhttp::buffer_body> sr{res};
+  conn.stream.expires_after(options.write_timeout);
+  co_await bhttp::async_write_header(conn.stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) co_return false;
+  std::unique_ptr<char[]> buf(new char[options.stream_buffer_bytes]);
+  while (true) {
+    error_code src_ec;
+    const auto n = co_await r.stream->read(asio::buffer(buf.get(), options.stream_buffer_bytes), src_ec);
+    if (src_ec) {
+      // The body is broken: cut the connection so the client sees a short body
+      // and retries, rather than a complete-looking wrong one.
+      log::warn("stream_aborted", {{"error", src_ec.message()}, {"sent", bytes}});
+      co_return false;
+    }
+    if (n == 0) {
+      res.body().data = nullptr;
+      res.body().more = false;
+    } else {
+      res.body().data = buf.get();
+      res.body().size = n;
+      res.body().more = true;
+    }
+    conn.stream.expires_after(options.write_timeout);
+    co_await bhttp::async_write(conn.stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == bhttp::error::need_buffer) ec = {};
+    if (ec) co_return false;
+    bytes += n;
+    if (n == 0) break;
+  }
+  co_return true;
+}
+
+asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker) {
+  auto self = shared_from_this();
+  beast::flat_buffer buffer;
+  while (true) {
+    conn->idle = true;
+    if (stopping) break;
+    bhttp::request_parser<bhttp::empty_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
+    conn->stream.expires_after(options.idle_timeout);
+    error_code ec;
+    co_await bhttp::async_read(conn->stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      // A closed, timed-out or reset connection between requests is normal.
+      if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
+          ec == asio::error::connection_reset || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor ||
+          (buffer.size() == 0 && ec != bhttp::error::header_limit))
+        break;
+      // A malformed request gets an answer before the connection closes.
+      core::reply r;
+      if (ec == bhttp::error::header_limit) {
+        r = core::error_reply({431, "UNSUPPORTED", "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
+      } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
+        r = core::error_reply({413, "UNSUPPORTED", "request bodies are not accepted: Berth is a pull-only mirror"});
+      } else {
+        r = core::error_reply({400, "UNSUPPORTED", "malformed HTTP request: " + ec.message()});
+      }
+      std::uint64_t bytes = 0;
+      co_await write_reply(*conn, r, false, 11, false, bytes);
+      metrics.http_request("invalid", "-", r.status, std::chrono::duration<double>(0), bytes);
+      break;
+    }
+    conn->idle = false;
+    const auto started = clock_type::now();
+    metrics.http_in_flight(1);
+    auto& req = parser.get();
+    incoming in;
+    in.method = std::string(req.method_string());
+    in.target = std::string(req.target());
+    in.worker = worker;
+    for (const auto& f : req) {
+      if (f.name() == bhttp::field::accept) {
+        if (!in.accept.empty()) in.accept += ", ";
+        in.accept += std::string(f.value());
+      } else if (f.name() == bhttp::field::range && in.range.empty()) {
+        in.range = std::string(f.value());
+      }
+    }
+    handled h;
+    try {
+      h = co_await l.handle(in);
+    } catch (const std::exception& ex) {
+      log::error("handler_exception", {{"method", in.method}, {"target", in.target}, {"error", ex.what()}});
+      h.reply = core::error_reply({500, "UNKNOWN", "internal error"});
+    }
+    const bool keep_alive = req.keep_alive() && !stopping;
+    std::uint64_t bytes = 0;
+    const bool ok = co_await write_reply(*conn, h.reply, in.method == "HEAD", req.version(), keep_alive, bytes);
+    const std::chrono::duration<double> took = clock_type::now() - started;
+    metrics.http_in_flight(-1);
+    metrics.http_request(h.route, in.method, h.reply.status, took, bytes);
+    if (l.access_log) {
+      log::info("request", {{"method", in.method},
+                            {"path", in.target},
+                            {"ns", h.ns},
+                            {"route", h.route},
+                            {"status", h.reply.status},
+                            {"bytes", bytes},
+                            {"duration_ms", took.count() * 1000.0},
+                            {"upstream_status", h.reply.upstream_status},
+                            {"registry", h.reply.registry},
+                            {"complete", ok}});
+    }
+    if (!ok || !keep_alive) break;
+  }
+  error_code ignored;
+  conn->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  conn->stream.socket().close(ignored);
+  std::lock_guard lock(mu);
+  connections.erase(conn);
+}
+
+}  // namespace berth::http

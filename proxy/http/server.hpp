@@ -1,0 +1,62 @@
+#pragma once
+// HTTP/1.1 listeners and sessions. A session only reads requests and writes
+// replies; what to answer is the handler's business. Accepting happens on the
+// first worker; each connection then lives on one worker's io_context (one
+// thread), round robin.
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/reply.hpp"
+#include "http/options.hpp"
+
+namespace berth::metrics {
+class registry;
+}
+
+namespace berth::http {
+
+// What a handler sees of a request.
+struct incoming {
+  std::string method;
+  std::string target;
+  std::string accept;  // every Accept line joined with ", "
+  std::string range;
+  std::size_t worker = 0;  // index of the worker thread serving it
+};
+
+struct handled {
+  core::reply reply;
+  std::string route = "other";
+  std::string ns;
+};
+
+using handler = std::function<boost::asio::awaitable<handled>(const incoming&)>;
+
+// Renders an OCI error body: {"errors":[{"code":..,"message":..}]}.
+std::string error_body(const core::oci_error& e);
+
+class server {
+ public:
+  server(std::vector<boost::asio::io_context*> workers, server_options options, metrics::registry& metrics);
+  ~server();
+
+  // Binds "host:port" (port 0 picks one) and starts accepting. Throws on a bad
+  // address or a bind failure. Returns the bound port.
+  unsigned short listen(const std::string& address, handler h, bool access_log, const std::string& name);
+
+  // Stops accepting, closes idle keep-alive connections, and asks busy ones to
+  // close after their current response. Thread-safe.
+  void begin_shutdown();
+  std::size_t open_connections() const;
+
+  struct impl;
+
+ private:
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace berth::http

@@ -1,0 +1,187 @@
+// Berth: the command line, and the only place that wires the modules together.
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <unistd.h>
+#include <thread>
+
+#include "config/config.hpp"
+#include "core/log.hpp"
+#include "http/handlers.hpp"
+#include "http/server.hpp"
+#include "metrics/metrics.hpp"
+#include "mirror/mirror.hpp"
+#include "mirror/registry_table.hpp"
+#include "upstream/client.hpp"
+#include "upstream/token_cache.hpp"
+
+namespace asio = boost::asio;
+using namespace berth;
+
+namespace {
+
+// Everything a running Berth holds. Built once by serve(); see the note at its end
+// about tear-down.
+struct runtime {
+  config::settings settings;
+  metrics::registry metrics;
+  upstream::token_cache tokens;
+  std::vector<std::unique_ptr<upstream::registry>> registries;
+  std::vector<std::unique_ptr<asio::io_context>> workers;
+  std::vector<std::unique_ptr<upstream::client>> clients;
+  std::vector<std::unique_ptr<mirror::mirror>> mirrors;
+  std::unique_ptr<mirror::registry_table> table;
+  std::unique_ptr<http::server> pull;
+  std::unique_ptr<http::server> admin;
+  std::atomic<bool> ready{false};
+};
+
+void drain_then_stop(runtime& rt, std::shared_ptr<asio::steady_timer> timer,
+                     std::chrono::steady_clock::time_point deadline) {
+  if (rt.pull->open_connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
+    log::info("stopped", {{"open_connections", rt.pull->open_connections()}});
+    rt.admin->begin_shutdown();
+    for (auto& w : rt.workers) w->stop();
+    return;
+  }
+  timer->expires_after(std::chrono::milliseconds(50));
+  timer->async_wait([&rt, timer, deadline](boost::system::error_code) { drain_then_stop(rt, timer, deadline); });
+}
+
+int serve(const std::string& config_path) {
+  auto rt = std::make_unique<runtime>();
+  rt->settings = config::load_file(config_path);
+  auto& s = rt->settings;
+  log::set_level(s.log_level);
+
+  for (const auto& opts : s.registries) {
+    rt->registries.push_back(std::make_unique<upstream::registry>(opts, rt->tokens, rt->metrics));
+    if (auto err = rt->registries.back()->load_credentials(); !err.empty()) {
+      log::warn("credentials_unavailable", {{"registry", opts.id()}, {"error", err},
+                                            {"detail", "pulling anonymously until the file is readable"}});
+    }
+  }
+  std::vector<upstream::registry*> regs;
+  for (auto& r : rt->registries) regs.push_back(r.get());
+  rt->table = std::make_unique<mirror::registry_table>(regs, s.default_registry);
+
+  const unsigned threads = s.server.threads ? s.server.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<asio::io_context*> contexts;
+  std::vector<mirror::mirror*> mirrors;
+  for (unsigned i = 0; i < threads; ++i) {
+    rt->workers.push_back(std::make_unique<asio::io_context>(1));
+    contexts.push_back(rt->workers.back().get());
+    rt->clients.push_back(std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
+    rt->mirrors.push_back(std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics));
+    mirrors.push_back(rt->mirrors.back().get());
+  }
+
+  rt->pull = std::make_unique<http::server>(contexts, s.server, rt->metrics);
+  rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
+  const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors), s.server.access_log, "mirror");
+  const auto admin_port = rt->admin->listen(s.server.admin_listen, http::make_admin_handler(rt->metrics, rt->ready), false, "admin");
+  rt->ready = true;
+  rt->metrics.set_ready(true);
+  log::info("listening", {{"listen", s.server.listen}, {"port", static_cast<unsigned>(port)},
+                          {"admin_listen", s.server.admin_listen}, {"admin_port", static_cast<unsigned>(admin_port)},
+                          {"threads", threads}, {"registries", static_cast<unsigned>(regs.size())},
+                          {"config", s.source}});
+
+  asio::signal_set signals(*contexts.front(), SIGTERM, SIGINT);
+  signals.async_wait([&rt = *rt](boost::system::error_code ec, int sig) {
+    if (ec) return;
+    log::info("shutting_down", {{"signal", sig}, {"open_connections", rt.pull->open_connections()}});
+    rt.ready = false;
+    rt.metrics.set_ready(false);
+    rt.pull->begin_shutdown();
+    const auto deadline = std::chrono::steady_clock::now() + rt.settings.server.shutdown_timeout;
+    drain_then_stop(rt, std::make_shared<asio::steady_timer>(*rt.workers.front()), deadline);
+  });
+
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  for (auto& w : rt->workers) guards.push_back(asio::make_work_guard(*w));
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&w = *rt->workers[i]] { w.run(); });
+  rt->workers.front()->run();
+  for (auto& t : pool) t.join();
+  // The runtime is deliberately not torn down: connections cut by the drain
+  // deadline still own coroutine frames that point into it, and the process is
+  // exiting anyway. The kernel reclaims everything.
+  (void)rt.release();
+  return 0;
+}
+
+int check_config(const std::string& path) {
+  const auto s = config::load_file(path);
+  metrics::registry metrics;
+  upstream::token_cache tokens;
+  int rc = 0;
+  std::string notes;
+  for (std::size_t i = 0; i < s.registries.size(); ++i) {
+    const auto& opts = s.registries[i];
+    upstream::registry reg(opts, tokens, metrics);  // throws on an unusable endpoint or ca_file
+    if (opts.credentials.empty()) {
+      notes += "# registries[" + std::to_string(i) + "]: no credentials, pulls upstream anonymously\n";
+      continue;
+    }
+    const std::string file = opts.credentials.docker_config_file.empty() ? opts.credentials.password_file
+                                                                        : opts.credentials.docker_config_file;
+    const std::string key = opts.credentials.docker_config_file.empty() ? "username_file/password_file" : "credentials";
+    if (auto err = reg.load_credentials(); !err.empty()) {
+      if (::access(file.c_str(), F_OK) != 0) {
+        std::cerr << path << ": warning: registries[" << i << "]." << key << ": " << err
+                  << " (Berth pulls anonymously until it appears)\n";
+      } else {
+        std::cerr << path << ": registries[" << i << "]." << key << ": " << err << "\n";
+        rc = 1;
+      }
+    } else {
+      notes += "# registries[" + std::to_string(i) + "]: credentials loaded (password redacted)\n";
+    }
+  }
+  std::cout << "# effective configuration of " << path << " (environment overrides applied)\n"
+            << config::render(s) << notes;
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Berth: a node-local pull-through registry proxy for containerd"};
+  app.set_version_flag("--version", std::string("berth ") + BERTH_VERSION);
+  app.require_subcommand(1);
+
+  std::string config_path;
+  auto* serve_cmd = app.add_subcommand("serve", "Run the mirror");
+  serve_cmd->add_option("-c,--config", config_path, "Config file (YAML)")->envname("BERTH_CONFIG")->required();
+
+  std::string check_path;
+  auto* check_cmd = app.add_subcommand("check-config", "Validate a config file and print the effective config, secrets redacted");
+  check_cmd->add_option("file", check_path, "Config file (YAML)")->required();
+
+  auto* version_cmd = app.add_subcommand("version", "Print the version");
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (*version_cmd) {
+      std::cout << "berth " << BERTH_VERSION << "\n";
+      return 0;
+    }
+    if (*check_cmd) return check_config(check_path);
+    if (*serve_cmd) return serve(config_path);
+  } catch (const config::config_error& e) {
+    std::cerr << "berth: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "berth: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

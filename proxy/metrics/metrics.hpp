@@ -1,0 +1,43 @@
+#pragma once
+// Every Prometheus metric Berth exports, declared once. The only module that
+// includes prometheus-cpp. Thread-safe: any thread may record.
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace berth::metrics {
+
+class registry {
+ public:
+  registry();
+  ~registry();
+  registry(const registry&) = delete;
+  registry& operator=(const registry&) = delete;
+
+  // One request served to a client. `route` is the router's name for it
+  // (manifest, blob, tags, referrers, base, invalid, ...).
+  void http_request(std::string_view route, std::string_view method, unsigned status,
+                    std::chrono::duration<double> duration, std::uint64_t bytes);
+  void http_in_flight(int delta);
+
+  // One request to an upstream (registry, storage redirect target or token realm).
+  // `status` 0 means no HTTP answer (connect error, timeout).
+  void upstream_request(std::string_view registry, std::string_view kind, unsigned status,
+                        std::chrono::duration<double> duration);
+  void upstream_error(std::string_view registry, std::string_view reason);
+  void upstream_bytes(std::string_view registry, std::uint64_t bytes);
+  void token_fetch(std::string_view registry, std::string_view result);
+  void digest_mismatch(std::string_view registry, std::string_view kind);
+  void credentials_load(std::string_view registry, std::string_view result);
+  void set_ready(bool ready);
+
+  // The Prometheus text exposition format.
+  std::string serialize() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace berth::metrics

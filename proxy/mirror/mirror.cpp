@@ -1,0 +1,367 @@
+#include "mirror/mirror.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
+
+#include "core/hasher.hpp"
+#include "core/log.hpp"
+#include "core/media_types.hpp"
+#include "metrics/metrics.hpp"
+#include "upstream/client.hpp"
+
+namespace berth::mirror {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+namespace {
+
+// Response headers worth passing from the upstream to the client. Everything
+// else (Set-Cookie, WWW-Authenticate, Location, hop-by-hop fields) stays behind.
+constexpr std::string_view k_passed_headers[] = {"Content-Type", "Docker-Content-Digest", "Content-Range",
+                                                 "Accept-Ranges", "ETag", "Last-Modified", "Retry-After",
+                                                 "OCI-Filters-Applied"};
+
+void copy_headers(const core::headers& from, core::headers& to) {
+  for (const auto& f : from.fields()) {
+    for (auto name : k_passed_headers) {
+      if (core::iequals(f.first, name)) to.add(std::string(name), f.second);
+    }
+  }
+}
+
+std::optional<std::uint64_t> content_length(const core::headers& h) {
+  auto v = h.get("Content-Length");
+  if (!v || v->empty()) return std::nullopt;
+  std::uint64_t n = 0;
+  for (char c : *v) {
+    if (c < '0' || c > '9') return std::nullopt;
+    n = n * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return n;
+}
+
+// The OCI error code for an upstream status that came without a usable OCI body.
+core::oci_error error_for_status(unsigned status, endpoint kind, const std::string& what) {
+  switch (status) {
+    case 401: return {401, "UNAUTHORIZED", "the upstream registry refused Berth's credentials for " + what};
+    case 403: return {403, "DENIED", "the upstream registry denied access to " + what};
+    case 404:
+      if (kind == endpoint::blob) return {404, "BLOB_UNKNOWN", "blob unknown to the upstream registry: " + what};
+      if (kind == endpoint::tags_list) return {404, "NAME_UNKNOWN", "repository unknown to the upstream registry: " + what};
+      return {404, "MANIFEST_UNKNOWN", "manifest unknown to the upstream registry: " + what};
+    case 412: return {412, "DENIED", "the upstream registry's policy forbids pulling " + what};
+    case 429: return {429, "TOOMANYREQUESTS", "the upstream registry is rate limiting: " + what};
+    default: break;
+  }
+  if (status >= 500) return {status, "UNAVAILABLE", "the upstream registry failed (HTTP " + std::to_string(status) + ") for " + what};
+  return {status, "UNKNOWN", "the upstream registry answered HTTP " + std::to_string(status) + " for " + what};
+}
+
+core::reply transport_error(const error_code& ec, const std::string& registry) {
+  core::reply r;
+  if (ec == upstream::errc::timeout) {
+    r = core::error_reply({504, "UNAVAILABLE", "upstream registry " + registry + " timed out"});
+  } else if (ec == upstream::errc::pool_exhausted) {
+    r = core::error_reply({503, "UNAVAILABLE", "no connection to upstream registry " + registry + " is free; retry"});
+    r.headers.add("Retry-After", "1");
+  } else {
+    r = core::error_reply({502, "UNAVAILABLE", "upstream registry " + registry + ": " + ec.message()});
+  }
+  r.registry = registry;
+  return r;
+}
+
+bool is_oci_error_body(const std::string& body) {
+  error_code ec;
+  auto v = boost::json::parse(body, ec);
+  if (ec || !v.is_object()) return false;
+  const auto* errors = v.get_object().if_contains("errors");
+  return errors && errors->is_array();
+}
+
+// A blob body that checks its digest as it streams. The last read, which completes
+// the body, is withheld when the hash does not match, so a client never receives
+// the whole of a wrong blob: its connection is cut short instead.
+class verifying_body final : public core::body_source {
+ public:
+  verifying_body(std::unique_ptr<core::body_source> inner, core::digest expected, std::uint64_t size,
+                 metrics::registry& metrics, std::string registry)
+      : inner_(std::move(inner)),
+        hasher_(expected.algorithm),
+        expected_(expected.str()),
+        size_(size),
+        metrics_(metrics),
+        registry_(std::move(registry)) {}
+
+  std::optional<std::uint64_t> size() const override { return size_; }
+
+  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
+    const auto n = co_await inner_->read(buf, ec);
+    if (ec) co_return 0;
+    if (n == 0) {
+      if (seen_ != size_) ec = upstream::errc::connection_lost;
+      co_return 0;
+    }
+    hasher_.update(buf.data(), n);
+    seen_ += n;
+    if (seen_ > size_) {
+      ec = upstream::errc::protocol_error;
+      co_return 0;
+    }
+    if (seen_ == size_) {
+      const auto got = hasher_.finish();
+      if (got != expected_) {
+        metrics_.digest_mismatch(registry_, "blob");
+        log::error("digest_mismatch", {{"registry", registry_}, {"kind", "blob"}, {"expected", expected_}, {"got", got}});
+        ec = upstream::errc::protocol_error;
+        co_return 0;
+      }
+    }
+    co_return n;
+  }
+
+ private:
+  std::unique_ptr<core::body_source> inner_;
+  core::hasher hasher_;
+  std::string expected_;
+  std::uint64_t size_;
+  std::uint64_t seen_ = 0;
+  metrics::registry& metrics_;
+  std::string registry_;
+};
+
+std::string upstream_target(const pull_request& req) {
+  std::string t = "/v2/" + req.name + "/";
+  switch (req.kind) {
+    case endpoint::manifest: t += "manifests/" + req.reference; break;
+    case endpoint::blob: t += "blobs/" + req.reference; break;
+    case endpoint::tags_list: t += "tags/list"; break;
+    case endpoint::referrers: t += "referrers/" + req.reference; break;
+    case endpoint::base: return "/v2/";
+  }
+  boost::urls::url u = boost::urls::parse_uri_reference(t).value();
+  if (req.n) u.params().append({"n", *req.n});
+  if (req.last) u.params().append({"last", *req.last});
+  if (req.artifact_type) u.params().append({"artifactType", *req.artifact_type});
+  return std::string(u.encoded_target());
+}
+
+// Link: <url>; rel="next" -> the same path and query on this proxy, with ns kept.
+std::string rewrite_link(std::string_view link, const std::string& ns) {
+  const auto open = link.find('<');
+  const auto close = link.find('>', open == std::string_view::npos ? 0 : open);
+  if (open == std::string_view::npos || close == std::string_view::npos) return {};
+  auto parsed = boost::urls::parse_uri_reference(link.substr(open + 1, close - open - 1));
+  if (!parsed) return {};
+  boost::urls::url u = *parsed;
+  u.remove_origin();
+  if (!ns.empty()) u.params().set("ns", ns);
+  return "<" + std::string(u.encoded_target()) + ">" + std::string(link.substr(close + 1));
+}
+
+}  // namespace
+
+mirror::mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics,
+               mirror_options options)
+    : table_(table), client_(client), metrics_(metrics), options_(options) {}
+
+asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
+  if (req.kind == endpoint::base) {
+    core::reply r;
+    r.headers.add("Content-Type", "application/json");
+    r.body = "{}";
+    co_return r;
+  }
+  auto* reg = table_.find(req.ns);
+  if (reg == nullptr) {
+    co_return core::error_reply(core::name_unknown(
+        req.ns.empty() ? std::string("no ns parameter and no default_registry configured")
+                       : "registry " + req.ns + " is not mirrored here"));
+  }
+  if (!registry_table::allows(*reg, req.name)) {
+    auto r = core::error_reply(core::name_unknown("repository " + req.name + " is not allowed through this mirror"));
+    r.registry = reg->id();
+    co_return r;
+  }
+  core::reply r;
+  switch (req.kind) {
+    case endpoint::manifest: r = co_await manifest(*reg, req); break;
+    case endpoint::blob: r = co_await blob(*reg, req); break;
+    default: r = co_await listing(*reg, req); break;
+  }
+  r.registry = reg->id();
+  co_return r;
+}
+
+namespace {
+
+// Turns an upstream error status into the client's reply. An OCI JSON body from
+// the upstream (Harbor's PROJECTPOLICYVIOLATION among them) is passed through intact.
+asio::awaitable<core::reply> upstream_error_reply(upstream::response& res, const pull_request& req, std::size_t limit) {
+  const std::string what = req.name + (req.reference.empty() ? "" : (req.digest ? "@" : ":") + req.reference);
+  core::reply r;
+  r.status = res.status;
+  r.upstream_status = res.status;
+  if (auto ra = res.headers.get("Retry-After")) r.headers.add("Retry-After", std::string(*ra));
+  std::string body;
+  error_code ec;
+  co_await res.read_all(body, limit, ec);
+  if (!req.head && !ec && !body.empty() && is_oci_error_body(body)) {
+    r.headers.add("Content-Type", "application/json");
+    r.body = std::move(body);
+    co_return r;
+  }
+  r.error = error_for_status(res.status, req.kind, what);
+  r.status = r.error->status;
+  co_return r;
+}
+
+}  // namespace
+
+asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pull_request& req) {
+  upstream::request up;
+  up.target = upstream_target(req);
+  up.repository = req.name;
+  // Forward what the client accepts; a client that says nothing gets what
+  // containerd asks for, never schema 1.
+  up.accept = req.accept.empty() ? std::string(core::media_type::containerd_accept) : req.accept;
+  up.method = req.head ? "HEAD" : "GET";
+
+  error_code ec;
+  auto res = co_await client_.fetch(reg, up, ec);
+  if (ec) co_return transport_error(ec, reg.id());
+
+  // Some registries refuse HEAD on manifests (405); containerd then GETs, so do we.
+  // A HEAD that lacks the digest or length is completed the same way.
+  if (req.head && (res.status == 405 || (res.status == 200 && (!res.headers.get("Docker-Content-Digest") ||
+                                                              !content_length(res.headers))))) {
+    up.method = "GET";
+    res = co_await client_.fetch(reg, up, ec);
+    if (ec) co_return transport_error(ec, reg.id());
+  }
+  if (res.status != 200) co_return co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
+
+  core::reply r;
+  r.upstream_status = res.status;
+  copy_headers(res.headers, r.headers);
+  r.headers.erase("Content-Range");
+  r.headers.erase("Accept-Ranges");
+  if (req.head && !res.body) {
+    r.head_length = content_length(res.headers);
+    if (req.digest && res.headers.get("Docker-Content-Digest") != std::optional<std::string_view>(req.digest->str())) {
+      r.headers.set("Docker-Content-Digest", req.digest->str());
+    }
+    co_return r;
+  }
+
+  std::string body;
+  co_await res.read_all(body, options_.max_manifest_bytes, ec);
+  if (ec == upstream::errc::body_too_large) {
+    co_return core::error_reply({502, "MANIFEST_INVALID", "upstream manifest is larger than " +
+                                                              std::to_string(options_.max_manifest_bytes) + " bytes"});
+  }
+  if (ec) co_return transport_error(ec, reg.id());
+
+  const std::string algorithm = req.digest ? req.digest->algorithm : "sha256";
+  const std::string computed = core::digest_of(body, algorithm);
+  if (req.digest && computed != req.digest->str()) {
+    metrics_.digest_mismatch(reg.id(), "manifest");
+    log::error("digest_mismatch", {{"registry", reg.id()}, {"kind", "manifest"}, {"repository", req.name},
+                                   {"expected", req.digest->str()}, {"got", computed}});
+    co_return core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + req.digest->str()});
+  }
+  if (auto claimed = res.headers.get("Docker-Content-Digest"); claimed && *claimed != computed &&
+                                                               claimed->substr(0, algorithm.size()) == algorithm) {
+    metrics_.digest_mismatch(reg.id(), "manifest_header");
+    log::warn("upstream_digest_header_mismatch",
+              {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
+  }
+  r.headers.set("Docker-Content-Digest", computed);
+  if (!r.headers.get("Content-Type")) r.headers.set("Content-Type", std::string(core::media_type::oci_manifest));
+  if (req.head) {
+    r.head_length = body.size();
+  } else {
+    r.body = std::move(body);
+  }
+  co_return r;
+}
+
+asio::awaitable<core::reply> mirror::blob(upstream::registry& reg, const pull_request& req) {
+  upstream::request up;
+  up.target = upstream_target(req);
+  up.repository = req.name;
+  up.method = req.head ? "HEAD" : "GET";
+  up.range = req.range;
+
+  error_code ec;
+  auto res = co_await client_.fetch(reg, up, ec);
+  if (ec) co_return transport_error(ec, reg.id());
+  // Harbor proxy-cache projects answer HEAD on a blob they have not cached with
+  // 404 (PROTOCOL.md §3); only GET is proxied. Ask with GET and keep the headers.
+  if (req.head && res.status == 404) {
+    up.method = "GET";
+    res = co_await client_.fetch(reg, up, ec);
+    if (ec) co_return transport_error(ec, reg.id());
+    if (res.status == 200) {
+      core::reply r;
+      r.upstream_status = res.status;
+      copy_headers(res.headers, r.headers);
+      r.head_length = content_length(res.headers);
+      r.headers.set("Docker-Content-Digest", req.reference);
+      co_return r;  // dropping res.body closes that connection: no blob is downloaded
+    }
+  }
+  if (res.status != 200 && res.status != 206) co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+
+  core::reply r;
+  r.status = res.status;
+  r.upstream_status = res.status;
+  copy_headers(res.headers, r.headers);
+  r.headers.set("Docker-Content-Digest", req.reference);
+  if (!r.headers.get("Content-Type")) r.headers.set("Content-Type", "application/octet-stream");
+  const auto length = content_length(res.headers);
+  if (req.head) {
+    r.head_length = length;
+    co_return r;
+  }
+  if (!res.body) {
+    // An empty blob.
+    if (res.status == 200 && req.digest && core::digest_of("", req.digest->algorithm) != req.digest->str()) {
+      co_return core::error_reply({502, "DIGEST_INVALID", "upstream sent an empty body for " + req.reference});
+    }
+    co_return r;
+  }
+  if (res.status == 200 && length && req.digest) {
+    r.stream = std::make_unique<verifying_body>(std::move(res.body), *req.digest, *length, metrics_, reg.id());
+  } else {
+    r.stream = std::move(res.body);  // a range, or a length we cannot check up front
+  }
+  co_return r;
+}
+
+asio::awaitable<core::reply> mirror::listing(upstream::registry& reg, const pull_request& req) {
+  upstream::request up;
+  up.target = upstream_target(req);
+  up.repository = req.name;
+  up.accept = req.kind == endpoint::referrers ? std::string(core::media_type::oci_index) : "application/json";
+
+  error_code ec;
+  auto res = co_await client_.fetch(reg, up, ec);
+  if (ec) co_return transport_error(ec, reg.id());
+  if (res.status != 200) co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+
+  core::reply r;
+  r.upstream_status = res.status;
+  copy_headers(res.headers, r.headers);
+  if (auto link = res.headers.get("Link")) {
+    if (auto rewritten = rewrite_link(*link, req.ns); !rewritten.empty()) r.headers.add("Link", rewritten);
+  }
+  co_await res.read_all(r.body, options_.max_tags_body_bytes, ec);
+  if (ec) co_return transport_error(ec, reg.id());
+  co_return r;
+}
+
+}  // namespace berth::mirror

@@ -1,0 +1,738 @@
+#include "upstream/client.hpp"
+
+#include <sys/socket.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "core/hasher.hpp"
+#include "core/log.hpp"
+#include "metrics/metrics.hpp"
+#include "upstream/challenge.hpp"
+#include "upstream/token_cache.hpp"
+
+namespace berth::upstream {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------------------
+// errors
+
+namespace {
+class category_impl : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "berth.upstream"; }
+  std::string message(int ev) const override {
+    switch (static_cast<errc>(ev)) {
+      case errc::connect_failed: return "upstream unreachable";
+      case errc::timeout: return "upstream timed out";
+      case errc::tls_failed: return "TLS handshake with upstream failed";
+      case errc::protocol_error: return "upstream sent an invalid HTTP response";
+      case errc::connection_lost: return "upstream connection lost mid-response";
+      case errc::too_many_redirects: return "too many upstream redirects";
+      case errc::bad_redirect: return "upstream redirect without a usable Location";
+      case errc::pool_exhausted: return "no upstream connection available";
+      case errc::body_too_large: return "upstream response too large";
+      case errc::token_failed: return "upstream token service failed";
+    }
+    return "upstream error";
+  }
+};
+}  // namespace
+
+const boost::system::error_category& error_category() {
+  static const category_impl c;
+  return c;
+}
+
+// ---------------------------------------------------------------------------
+// URLs
+
+std::string origin::str() const { return scheme + "://" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port; }
+
+std::string origin::host_header() const {
+  const std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  if ((scheme == "https" && port == "443") || (scheme == "http" && port == "80")) return h;
+  return h + ":" + port;
+}
+
+std::optional<origin> parse_url(std::string_view url, std::string* target) {
+  auto u = boost::urls::parse_uri(boost::core::string_view(url.data(), url.size()));
+  if (!u) return std::nullopt;
+  origin o;
+  o.scheme = std::string(u->scheme());
+  for (auto& c : o.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (o.scheme != "http" && o.scheme != "https") return std::nullopt;
+  if (!u->has_authority() || u->encoded_host().empty() || u->has_userinfo()) return std::nullopt;
+  o.host = u->host_type() == boost::urls::host_type::ipv6 ? std::string(u->encoded_host_address())
+                                                           : std::string(u->encoded_host());
+  if (o.host.empty()) return std::nullopt;
+  for (auto& c : o.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  o.port = u->has_port() ? std::string(u->port()) : (o.tls() ? "443" : "80");
+  if (o.port.empty()) return std::nullopt;
+  if (target) {
+    std::string t = u->encoded_path().empty() ? "/" : std::string(u->encoded_path());
+    if (u->has_query()) t += "?" + std::string(u->encoded_query());
+    *target = std::move(t);
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// registry
+
+struct registry::impl {
+  registry_options options;
+  origin endpoint;
+  token_cache& tokens;
+  metrics::registry& metrics;
+  ssl::context tls{ssl::context::tls_client};
+  credentials_provider creds;
+
+  std::mutex mu;  // guards the challenge facts below
+  std::string bearer_realm;
+  std::string bearer_service;
+  bool basic = false;
+
+  impl(registry_options o, token_cache& t, metrics::registry& m)
+      : options(std::move(o)),
+        tokens(t),
+        metrics(m),
+        creds(options.credentials, [this](std::string_view result) { metrics.credentials_load(options.id(), result); }) {}
+
+  // May the robot credentials be sent to this origin? Only the endpoint's own host
+  // (any port, never from https down to http) or an explicitly configured realm host.
+  bool may_receive_credentials(const origin& o) const {
+    if (endpoint.tls() && !o.tls()) return false;
+    if (o.host == endpoint.host) return true;
+    for (const auto& h : options.realm_hosts) {
+      if (normalize_registry_host(h) == o.host || normalize_registry_host(h) == o.host + ":" + o.port) return true;
+    }
+    return false;
+  }
+};
+
+registry::registry(registry_options options, token_cache& tokens, metrics::registry& metrics)
+    : impl_(std::make_unique<impl>(std::move(options), tokens, metrics)) {
+  auto o = parse_url(impl_->options.endpoint);
+  if (!o) throw std::runtime_error("endpoint is not an http(s) URL: " + impl_->options.endpoint);
+  impl_->endpoint = *o;
+  auto& ctx = impl_->tls;
+  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                  ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  ctx.set_verify_mode(ssl::verify_peer);
+  ctx.set_default_verify_paths();
+  if (!impl_->options.ca_file.empty()) {
+    error_code ec;
+    ctx.load_verify_file(impl_->options.ca_file, ec);
+    if (ec) throw std::runtime_error("ca_file " + impl_->options.ca_file + ": " + ec.message());
+  }
+}
+
+registry::~registry() = default;
+const registry_options& registry::options() const { return impl_->options; }
+const origin& registry::endpoint() const { return impl_->endpoint; }
+std::string registry::load_credentials() { return impl_->creds.load_now(); }
+
+// ---------------------------------------------------------------------------
+// connections and the pool
+
+namespace {
+
+struct connection {
+  origin org;
+  std::string key;
+  std::optional<beast::tcp_stream> plain;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
+  beast::flat_buffer buffer;
+  clock_type::time_point idle_since{};
+
+  beast::tcp_stream& lowest() { return secure ? beast::get_lowest_layer(*secure) : *plain; }
+
+  // Runs `f(stream)` on whichever stream this connection has.
+  template <class F>
+  auto with_stream(F&& f) {
+    if (secure) return f(*secure);
+    return f(*plain);
+  }
+
+  // An idle keep-alive connection the server has closed (or sent anything on) is
+  // not reusable.
+  bool looks_alive() {
+    auto& sock = lowest().socket();
+    if (!sock.is_open() || buffer.size() != 0) return false;
+    char c;
+    const auto n = ::recv(sock.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  void close() {
+    error_code ignored;
+    lowest().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    lowest().socket().close(ignored);
+  }
+};
+
+bool is_ip_literal(const std::string& host) {
+  error_code ec;
+  asio::ip::make_address(host, ec);
+  return !ec;
+}
+
+error_code map_transport_error(const error_code& ec) {
+  if (ec == beast::error::timeout || ec == asio::error::timed_out) return errc::timeout;
+  if (ec.category() == asio::error::get_ssl_category() || ec.category() == asio::ssl::error::get_stream_category())
+    return errc::tls_failed;
+  if (ec == asio::error::connection_refused || ec == asio::error::host_unreachable ||
+      ec == asio::error::network_unreachable || ec == asio::error::host_not_found ||
+      ec == asio::error::host_not_found_try_again || ec == asio::error::no_data)
+    return errc::connect_failed;
+  if (ec.category() == make_error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
+      ec != http::error::partial_message)
+    return errc::protocol_error;
+  return errc::connection_lost;
+}
+
+}  // namespace
+
+struct client::impl {
+  struct host_slot {
+    std::vector<std::unique_ptr<connection>> idle;
+    std::size_t active = 0;
+    std::deque<std::shared_ptr<asio::steady_timer>> waiters;
+  };
+
+  asio::any_io_executor executor;
+  pool_options options;
+  metrics::registry& metrics;
+  std::unordered_map<std::string, host_slot> hosts;
+
+  impl(asio::any_io_executor ex, pool_options o, metrics::registry& m) : executor(std::move(ex)), options(o), metrics(m) {}
+
+  void wake_one(host_slot& slot) {
+    while (!slot.waiters.empty()) {
+      auto t = std::move(slot.waiters.front());
+      slot.waiters.pop_front();
+      if (t->cancel() > 0) return;  // someone was really waiting
+    }
+  }
+
+  void release(std::unique_ptr<connection> c, bool reusable) {
+    auto& slot = hosts[c->key];
+    if (slot.active > 0) --slot.active;
+    if (reusable && slot.idle.size() < options.max_idle_per_host) {
+      c->idle_since = clock_type::now();
+      slot.idle.push_back(std::move(c));
+    } else {
+      c->close();
+    }
+    wake_one(slot);
+  }
+
+  // A connection to `o`: an idle pooled one (reused = true) or a new one.
+  asio::awaitable<std::unique_ptr<connection>> acquire(const origin& o, ssl::context& tls, bool& reused,
+                                                       error_code& ec) {
+    const std::string key = o.str() + "|" + std::to_string(reinterpret_cast<std::uintptr_t>(&tls));
+    auto& slot = hosts[key];
+    const auto now = clock_type::now();
+    while (!slot.idle.empty()) {
+      auto c = std::move(slot.idle.back());
+      slot.idle.pop_back();
+      if (now - c->idle_since < options.idle_timeout && c->looks_alive()) {
+        ++slot.active;
+        reused = true;
+        co_return c;
+      }
+      c->close();
+    }
+    const auto deadline = now + options.pool_wait_timeout;
+    while (slot.active >= options.max_connections_per_host) {
+      if (clock_type::now() >= deadline) {
+        ec = errc::pool_exhausted;
+        co_return nullptr;
+      }
+      auto t = std::make_shared<asio::steady_timer>(executor);
+      t->expires_at(deadline);
+      slot.waiters.push_back(t);
+      error_code ignored;
+      co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      // An idle connection may have come back while we waited.
+      if (!slot.idle.empty()) {
+        auto c = std::move(slot.idle.back());
+        slot.idle.pop_back();
+        if (c->looks_alive()) {
+          ++slot.active;
+          reused = true;
+          co_return c;
+        }
+        c->close();
+      }
+    }
+    ++slot.active;
+    reused = false;
+    auto c = std::make_unique<connection>();
+    c->org = o;
+    c->key = key;
+    co_await connect(*c, tls, ec);
+    if (ec) {
+      --slot.active;
+      wake_one(slot);
+      co_return nullptr;
+    }
+    co_return c;
+  }
+
+  asio::awaitable<void> connect(connection& c, ssl::context& tls, error_code& ec) {
+    if (c.org.tls()) {
+      c.secure.emplace(executor, tls);
+    } else {
+      c.plain.emplace(executor);
+    }
+    tcp::resolver resolver(executor);
+    auto endpoints = co_await resolver.async_resolve(c.org.host, c.org.port, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      ec = errc::connect_failed;
+      co_return;
+    }
+    c.lowest().expires_after(options.connect_timeout);
+    co_await c.lowest().async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      ec = map_transport_error(ec);
+      co_return;
+    }
+    c.lowest().socket().set_option(tcp::no_delay(true), ec);
+    ec = {};
+    if (c.secure) {
+      if (!is_ip_literal(c.org.host)) SSL_set_tlsext_host_name(c.secure->native_handle(), c.org.host.c_str());
+      c.secure->set_verify_callback(ssl::host_name_verification(c.org.host));
+      co_await c.secure->async_handshake(ssl::stream_base::client, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        log::warn("upstream_tls_failed", {{"host", c.org.host}, {"port", c.org.port}, {"error", ec.message()}});
+        ec = ec == beast::error::timeout ? error_code(errc::timeout) : error_code(errc::tls_failed);
+        co_return;
+      }
+    }
+    c.lowest().expires_never();
+  }
+};
+
+namespace {
+
+using response_parser = http::response_parser<http::buffer_body>;
+
+// The rest of an upstream response body, read straight from the pooled connection.
+// Gives the connection back to the pool once the body is complete.
+class upstream_body final : public core::body_source {
+ public:
+  upstream_body(client::impl& pool, std::unique_ptr<connection> conn, std::unique_ptr<response_parser> parser,
+                std::string registry)
+      : pool_(pool), conn_(std::move(conn)), parser_(std::move(parser)), registry_(std::move(registry)) {
+    if (auto n = parser_->content_length()) size_ = *n;
+  }
+  ~upstream_body() override { finish(false); }
+
+  std::optional<std::uint64_t> size() const override { return size_; }
+
+  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
+    ec = {};
+    while (conn_) {
+      if (parser_->is_done()) {
+        finish(parser_->keep_alive());
+        co_return 0;
+      }
+      auto& body = parser_->get().body();
+      body.data = buf.data();
+      body.size = buf.size();
+      conn_->lowest().expires_after(pool_.options.read_timeout);
+      co_await conn_->with_stream([&](auto& s) {
+        return http::async_read(s, conn_->buffer, *parser_, asio::redirect_error(asio::use_awaitable, ec));
+      });
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {
+        pool_.metrics.upstream_error(registry_, ec == beast::error::timeout ? "body_stall" : "body_broken");
+        ec = map_transport_error(ec);
+        finish(false);
+        co_return 0;
+      }
+      const std::size_t n = buf.size() - body.size;
+      if (parser_->is_done()) finish(parser_->keep_alive());
+      if (n > 0) {
+        received_ += n;
+        co_return n;
+      }
+    }
+    co_return 0;
+  }
+
+ private:
+  void finish(bool reusable) {
+    if (!conn_) return;
+    if (received_ > 0) pool_.metrics.upstream_bytes(registry_, received_);
+    received_ = 0;
+    conn_->lowest().expires_never();
+    pool_.release(std::move(conn_), reusable);
+  }
+
+  client::impl& pool_;
+  std::unique_ptr<connection> conn_;
+  std::unique_ptr<response_parser> parser_;
+  std::string registry_;
+  std::optional<std::uint64_t> size_;
+  std::uint64_t received_ = 0;
+};
+
+// One request/response exchange on a pooled connection, retried once on a new
+// connection when a reused keep-alive connection turns out to be dead.
+struct exchange_result {
+  unsigned status = 0;
+  core::headers headers;
+  std::unique_ptr<core::body_source> body;
+};
+
+asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls, const origin& o,
+                                          http::request<http::empty_body>& req, bool head,
+                                          const std::string& registry_id, std::string_view kind, error_code& ec) {
+  exchange_result out;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ec = {};
+    const auto started = clock_type::now();
+    bool reused = false;
+    auto conn = co_await pool.acquire(o, tls, reused, ec);
+    if (ec) {
+      pool.metrics.upstream_request(registry_id, kind, 0, clock_type::now() - started);
+      pool.metrics.upstream_error(registry_id, ec == errc::pool_exhausted ? "pool_exhausted"
+                                               : ec == errc::timeout      ? "connect_timeout"
+                                               : ec == errc::tls_failed   ? "tls"
+                                                                          : "connect");
+      co_return out;
+    }
+    auto parser = std::make_unique<response_parser>();
+    parser->body_limit(boost::none);
+    parser->header_limit(64 * 1024);
+    if (head) parser->skip(true);
+    conn->lowest().expires_after(pool.options.response_timeout);
+    co_await conn->with_stream(
+        [&](auto& s) { return http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec)); });
+    if (!ec) {
+      co_await conn->with_stream([&](auto& s) {
+        return http::async_read_header(s, conn->buffer, *parser, asio::redirect_error(asio::use_awaitable, ec));
+      });
+    }
+    if (ec) {
+      const bool stale = reused && ec != beast::error::timeout;
+      pool.release(std::move(conn), false);
+      if (stale) continue;  // a dead keep-alive connection: try once more on a fresh one
+      pool.metrics.upstream_request(registry_id, kind, 0, clock_type::now() - started);
+      pool.metrics.upstream_error(registry_id, ec == beast::error::timeout ? "response_timeout" : "response");
+      ec = map_transport_error(ec);
+      co_return out;
+    }
+    conn->lowest().expires_never();
+    auto& res = parser->get();
+    out.status = res.result_int();
+    pool.metrics.upstream_request(registry_id, kind, out.status, clock_type::now() - started);
+    for (const auto& f : res) out.headers.add(std::string(f.name_string()), std::string(f.value()));
+    if (head || parser->is_done()) {
+      const bool keep = parser->is_done() && parser->keep_alive();
+      pool.release(std::move(conn), keep);
+    } else {
+      out.body = std::make_unique<upstream_body>(pool, std::move(conn), std::move(parser), registry_id);
+    }
+    co_return out;
+  }
+  co_return out;
+}
+
+http::request<http::empty_body> make_request(http::verb verb, const origin& o, const std::string& target) {
+  http::request<http::empty_body> req{verb, target, 11};
+  req.set(http::field::host, o.host_header());
+  req.set(http::field::user_agent, "berth/0.1");
+  // Never let a body arrive encoded: what is hashed must be what is served.
+  req.set(http::field::accept_encoding, "identity");
+  req.keep_alive(true);
+  return req;
+}
+
+// Reads the rest of a small body and drops it, so the connection can be reused.
+asio::awaitable<void> drain(std::unique_ptr<core::body_source>& body) {
+  if (!body) co_return;
+  std::string ignored;
+  error_code ec;
+  response r;
+  r.body = std::move(body);
+  co_await r.read_all(ignored, 64 * 1024, ec);
+}
+
+std::string token_key(const std::string& registry, const std::string& realm, const std::string& service,
+                      const std::string& scope) {
+  return registry + '\n' + realm + '\n' + service + '\n' + scope;
+}
+
+}  // namespace
+
+asio::awaitable<void> response::read_all(std::string& out, std::size_t limit, error_code& ec) {
+  ec = {};
+  out.clear();
+  if (!body) co_return;
+  if (auto n = body->size(); n && *n > limit) {
+    body.reset();
+    ec = errc::body_too_large;
+    co_return;
+  }
+  char buf[16384];
+  while (true) {
+    const auto n = co_await body->read(asio::buffer(buf), ec);
+    if (ec) break;
+    if (n == 0) break;
+    if (out.size() + n > limit) {
+      ec = errc::body_too_large;
+      break;
+    }
+    out.append(buf, n);
+  }
+  body.reset();
+}
+
+client::client(asio::any_io_executor executor, pool_options options, metrics::registry& metrics)
+    : impl_(std::make_unique<impl>(std::move(executor), options, metrics)) {}
+client::~client() = default;
+
+namespace {
+
+// GET realm?service=..&scope=.. with the robot's Basic credentials (Harbor's
+// /service/token is GET-only).
+asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& reg, std::string realm,
+                                          std::string service, std::string scope) {
+  token_result result;
+  std::string realm_target;
+  auto realm_origin = parse_url(realm, &realm_target);
+  if (!realm_origin) {
+    result.error = "token realm is not an http(s) URL";
+    reg.metrics.token_fetch(reg.options.id(), "bad_realm");
+    co_return result;
+  }
+  boost::urls::url u = boost::urls::parse_uri_reference(realm_target).value();
+  if (!service.empty()) u.params().append({"service", service});
+  // Several scopes arrive space-separated; each becomes its own scope parameter.
+  std::size_t start = 0;
+  while (start <= scope.size() && !scope.empty()) {
+    auto sp = scope.find(' ', start);
+    auto one = scope.substr(start, sp == std::string::npos ? std::string::npos : sp - start);
+    if (!one.empty()) u.params().append({"scope", one});
+    if (sp == std::string::npos) break;
+    start = sp + 1;
+  }
+  auto req = make_request(http::verb::get, *realm_origin, std::string(u.encoded_target()));
+  req.set(http::field::accept, "application/json");
+  if (reg.may_receive_credentials(*realm_origin)) {
+    if (auto c = reg.creds.get()) {
+      req.set(http::field::authorization, "Basic " + core::base64_encode(c->username + ":" + c->password));
+    }
+  } else {
+    log::warn("token_realm_untrusted",
+              {{"registry", reg.options.id()}, {"realm_host", realm_origin->host}, {"detail", "fetching anonymously"}});
+  }
+  error_code ec;
+  auto ex = co_await exchange(pool, reg.tls, *realm_origin, req, false, reg.options.id(), "token", ec);
+  if (ec) {
+    result.error = "token service: " + ec.message();
+    reg.metrics.token_fetch(reg.options.id(), "unreachable");
+    co_return result;
+  }
+  result.status = ex.status;
+  std::string body;
+  response r;
+  r.body = std::move(ex.body);
+  co_await r.read_all(body, 1024 * 1024, ec);
+  if (ex.status != 200 || ec) {
+    result.error = "token service answered HTTP " + std::to_string(ex.status);
+    reg.metrics.token_fetch(reg.options.id(), "http_" + std::to_string(ex.status));
+    co_return result;
+  }
+  auto doc = boost::json::parse(body, ec);
+  const auto* obj = ec ? nullptr : doc.if_object();
+  if (obj) {
+    for (const char* k : {"token", "access_token"}) {
+      if (const auto* v = obj->if_contains(k); v && v->is_string() && !v->get_string().empty()) {
+        result.token = std::string(v->get_string());
+        break;
+      }
+    }
+    if (const auto* v = obj->if_contains("expires_in"); v && v->is_number()) {
+      result.expires_in = std::chrono::seconds(static_cast<long long>(v->to_number<double>()));
+    }
+  }
+  if (result.token.empty()) {
+    result.error = "token service sent no token";
+    reg.metrics.token_fetch(reg.options.id(), "invalid");
+    co_return result;
+  }
+  reg.metrics.token_fetch(reg.options.id(), "ok");
+  co_return result;
+}
+
+}  // namespace
+
+asio::awaitable<response> client::fetch(registry& registry, request req, error_code& ec) {
+  auto& reg = registry.internals();
+  auto& pool = *impl_;
+  const bool head = req.method == "HEAD";
+  const auto verb = head ? http::verb::head : http::verb::get;
+  const std::string default_scope = "repository:" + req.repository + ":pull";
+
+  origin current = reg.endpoint;
+  std::string target = req.target;
+  std::string authorization;  // what we send to the endpoint origin
+  std::string sent_token_key;
+  std::string sent_token;
+
+  // Start with what we already know about this registry's auth, so a warm request
+  // costs one round trip.
+  {
+    std::lock_guard lock(reg.mu);
+    if (!reg.bearer_realm.empty()) {
+      sent_token_key = token_key(reg.options.id(), reg.bearer_realm, reg.bearer_service, default_scope);
+    } else if (reg.basic) {
+      if (auto c = reg.creds.get()) {
+        authorization = "Basic " + core::base64_encode(c->username + ":" + c->password);
+      }
+    }
+  }
+  if (!sent_token_key.empty()) {
+    sent_token = reg.tokens.peek(sent_token_key);
+    if (!sent_token.empty()) authorization = "Bearer " + sent_token;
+  }
+
+  int auth_rounds = 0;
+  std::size_t redirects = 0;
+  while (true) {
+    auto r = make_request(verb, current, target);
+    if (!req.accept.empty()) r.set(http::field::accept, req.accept);
+    if (!req.range.empty()) r.set(http::field::range, req.range);
+    const bool at_endpoint = current == reg.endpoint;
+    if (at_endpoint && !authorization.empty()) r.set(http::field::authorization, authorization);
+
+    auto ex = co_await exchange(pool, reg.tls, current, r, head, reg.options.id(), at_endpoint ? "registry" : "redirect", ec);
+    if (ec) co_return response{};
+
+    if (ex.status == 401 && at_endpoint && auth_rounds < 2) {
+      std::vector<std::string> values;
+      for (const auto& f : ex.headers.fields()) {
+        if (core::iequals(f.first, "WWW-Authenticate")) values.push_back(f.second);
+      }
+      auto ch = pick_challenge(values);
+      if (!ch) co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
+      if (ch->scheme == "bearer") {
+        const auto realm = ch->param("realm");
+        const auto service = ch->param("service");
+        auto scope = ch->param("scope");
+        if (scope.empty()) scope = default_scope;
+        {
+          std::lock_guard lock(reg.mu);
+          reg.bearer_realm = realm;
+          reg.bearer_service = service;
+        }
+        const auto key = token_key(reg.options.id(), realm, service, scope);
+        // The token we sent was refused (expired or revoked): never hand it out again.
+        if (!sent_token.empty()) reg.tokens.invalidate(sent_token_key, sent_token);
+        co_await drain(ex.body);
+        auto tok = co_await reg.tokens.get(key, [&pool, &reg, realm, service, scope]() {
+          return fetch_token(pool, reg, realm, service, scope);
+        });
+        if (!tok.ok()) {
+          log::warn("token_fetch_failed", {{"registry", reg.options.id()}, {"status", tok.status}, {"error", tok.error}});
+          if (tok.status == 401 || tok.status == 403) {
+            // The token service refused the robot: the client gets that answer.
+            response denied;
+            denied.status = tok.status;
+            co_return denied;
+          }
+          ec = errc::token_failed;
+          co_return response{};
+        }
+        sent_token_key = key;
+        sent_token = tok.token;
+        authorization = "Bearer " + tok.token;
+        ++auth_rounds;
+        continue;
+      }
+      if (ch->scheme == "basic") {
+        auto c = reg.creds.get();
+        if (!c || authorization.rfind("Basic ", 0) == 0) {
+          co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
+        }
+        {
+          std::lock_guard lock(reg.mu);
+          reg.basic = true;
+        }
+        co_await drain(ex.body);
+        authorization = "Basic " + core::base64_encode(c->username + ":" + c->password);
+        sent_token.clear();
+        ++auth_rounds;
+        continue;
+      }
+      co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
+    }
+
+    const bool redirect = ex.status == 301 || ex.status == 302 || ex.status == 303 || ex.status == 307 || ex.status == 308;
+    if (redirect) {
+      const auto location = ex.headers.get("Location");
+      co_await drain(ex.body);
+      if (++redirects > pool.options.max_redirects) {
+        ec = errc::too_many_redirects;
+        co_return response{};
+      }
+      if (!location) {
+        ec = errc::bad_redirect;
+        co_return response{};
+      }
+      // Resolve relative to the current URL. The new URL is followed, never cached.
+      auto base = boost::urls::parse_uri(current.str() + target);
+      auto ref = boost::urls::parse_uri_reference(*location);
+      if (!base || !ref) {
+        ec = errc::bad_redirect;
+        co_return response{};
+      }
+      boost::urls::url resolved;
+      if (!boost::urls::resolve(*base, *ref, resolved)) {
+        ec = errc::bad_redirect;
+        co_return response{};
+      }
+      std::string next_target;
+      auto next = parse_url(std::string(resolved.buffer()), &next_target);
+      if (!next) {
+        ec = errc::bad_redirect;
+        co_return response{};
+      }
+      log::debug("upstream_redirect", {{"registry", reg.options.id()}, {"status", ex.status}, {"to_host", next->host}});
+      current = *next;
+      target = std::move(next_target);
+      continue;  // Authorization is only ever attached at the endpoint origin
+    }
+
+    co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
+  }
+}
+
+}  // namespace berth::upstream

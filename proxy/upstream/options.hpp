@@ -1,0 +1,35 @@
+#pragma once
+// Options for the upstream side, filled by config/. Defaults are the documented ones.
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "upstream/credentials.hpp"
+
+namespace berth::upstream {
+
+// One upstream registry (a Harbor). Shared, immutable after start-up.
+struct registry_options {
+  std::vector<std::string> names;         // values of containerd's ?ns= that route here
+  std::string endpoint;                   // "https://host[:port]", where Berth fetches from
+  credentials_source credentials;         // robot account files (empty: anonymous)
+  std::vector<std::string> repositories;  // allowlist patterns ("library/*", "platform/**"); empty = all
+  std::string ca_file;                    // extra CA bundle; the system CAs are always trusted too
+  std::vector<std::string> realm_hosts;   // other hosts allowed to receive the credentials
+  const std::string& id() const { return names.front(); }
+};
+
+// The keep-alive connection pool and timeouts. One pool per worker thread.
+struct pool_options {
+  std::size_t max_connections_per_host = 64;  // per worker thread
+  std::size_t max_idle_per_host = 16;         // per worker thread
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds response_timeout{30000};  // request sent -> response headers
+  std::chrono::milliseconds read_timeout{30000};      // longest gap between body bytes
+  std::chrono::milliseconds idle_timeout{50000};      // pooled idle connections are closed after this
+  std::chrono::milliseconds pool_wait_timeout{10000};  // waiting for a free connection slot
+  std::size_t max_redirects = 5;
+};
+
+}  // namespace berth::upstream

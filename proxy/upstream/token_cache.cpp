@@ -1,0 +1,105 @@
+#include "upstream/token_cache.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <vector>
+
+namespace berth::upstream {
+
+namespace asio = boost::asio;
+
+struct token_cache::flight {
+  bool done = false;
+  token_result result;
+  std::vector<std::shared_ptr<asio::steady_timer>> waiters;
+};
+
+token_cache::clock::duration token_cache::margin_for(std::chrono::seconds ttl) {
+  return std::min<clock::duration>(std::chrono::seconds(30), ttl / 5);
+}
+
+std::string token_cache::peek(const std::string& key) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end() || it->second.token.empty() || clock::now() >= it->second.use_until) return {};
+  return it->second.token;
+}
+
+std::size_t token_cache::size() {
+  std::lock_guard lock(mu_);
+  return entries_.size();
+}
+
+void token_cache::invalidate(const std::string& key, const std::string& token) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(key);
+  if (it != entries_.end() && it->second.token == token) it->second.token.clear();
+}
+
+asio::awaitable<token_result> token_cache::get(const std::string& key, fetcher fetch) {
+  const auto executor = co_await asio::this_coro::executor;
+  std::shared_ptr<flight> joined;
+  std::shared_ptr<asio::steady_timer> timer;
+  {
+    std::lock_guard lock(mu_);
+    auto& e = entries_[key];
+    if (!e.token.empty() && clock::now() < e.use_until) {
+      token_result r;
+      r.token = e.token;
+      r.status = 200;
+      co_return r;
+    }
+    if (e.in_flight) {
+      // Register before suspending; the wake-up is posted to this executor, so it
+      // cannot run before async_wait below has started (no lost wake-up).
+      joined = e.in_flight;
+      timer = std::make_shared<asio::steady_timer>(executor);
+      timer->expires_after(wait_limit_);
+      joined->waiters.push_back(timer);
+    } else {
+      e.in_flight = std::make_shared<flight>();
+    }
+  }
+
+  if (joined) {
+    boost::system::error_code ec;
+    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    std::lock_guard lock(mu_);
+    if (joined->done) co_return joined->result;
+    token_result timeout;
+    timeout.error = "timed out waiting for a token fetch under way";
+    co_return timeout;
+  }
+
+  token_result result;
+  try {
+    result = co_await fetch();
+  } catch (const std::exception& ex) {
+    result = token_result{};
+    result.error = ex.what();
+  }
+
+  std::vector<std::shared_ptr<asio::steady_timer>> to_wake;
+  {
+    std::lock_guard lock(mu_);
+    auto& e = entries_[key];
+    auto f = std::move(e.in_flight);
+    if (result.ok()) {
+      const auto ttl = result.expires_in.count() > 0 ? result.expires_in : k_default_ttl;
+      e.token = result.token;
+      e.use_until = clock::now() + ttl - margin_for(ttl);
+    }
+    f->done = true;
+    f->result = result;
+    to_wake = std::move(f->waiters);
+  }
+  for (auto& t : to_wake) {
+    asio::post(t->get_executor(), [t] { t->cancel(); });
+  }
+  co_return result;
+}
+
+}  // namespace berth::upstream
