@@ -657,9 +657,12 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
         // The token we sent was refused (expired or revoked): never hand it out again.
         if (!sent_token.empty()) reg.tokens.invalidate(sent_token_key, sent_token);
         co_await drain(ex.body);
-        auto tok = co_await reg.tokens.get(key, [&pool, &reg, realm, service, scope]() {
+        // Named, not a temporary: GCC 12 mis-destroys lambda temporaries inside a
+        // co_await expression.
+        token_cache::fetcher fetcher = [&pool, &reg, realm, service, scope]() {
           return fetch_token(pool, reg, realm, service, scope);
-        });
+        };
+        auto tok = co_await reg.tokens.get(key, std::move(fetcher));
         if (!tok.ok()) {
           log::warn("token_fetch_failed", {{"registry", reg.options.id()}, {"status", tok.status}, {"error", tok.error}});
           if (tok.status == 401 || tok.status == 403) {
@@ -708,7 +711,8 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
         co_return response{};
       }
       // Resolve relative to the current URL. The new URL is followed, never cached.
-      auto base = boost::urls::parse_uri(current.str() + target);
+      const std::string current_url = current.str() + target;  // the view below points into it
+      auto base = boost::urls::parse_uri(current_url);
       auto ref = boost::urls::parse_uri_reference(*location);
       if (!base || !ref) {
         ec = errc::bad_redirect;

@@ -18,7 +18,7 @@ struct token_cache::flight {
 };
 
 token_cache::clock::duration token_cache::margin_for(std::chrono::seconds ttl) {
-  return std::min<clock::duration>(std::chrono::seconds(30), ttl / 5);
+  return std::min<clock::duration>(std::chrono::seconds(30), std::chrono::duration_cast<clock::duration>(ttl) / 5);
 }
 
 std::string token_cache::peek(const std::string& key) {

@@ -1,0 +1,127 @@
+"""Session fixtures: one token issuer, registries, storage server and pushed image,
+shared by the tests; each is stopped at the end even when tests fail."""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+import harness
+
+REGISTRY_NAME = "registry.example.internal"
+REDIRECT_NAME = "redirect.example.internal"
+ROBOT = "robot$cluster-pull"
+PUSHER = "admin"
+
+
+def berth_binary():
+    path = os.environ.get("BERTH_BIN")
+    if not path or not os.path.exists(path):
+        pytest.exit("BERTH_BIN must name the built berth binary", returncode=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = tempfile.mkdtemp(prefix="berth-it-")
+    yield d
+    if os.environ.get("BERTH_KEEP_TMP") != "1":
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def world(workdir):
+    """The stand-in Harbor: token issuer + registry (+ a redirecting twin) with the
+    test image pushed as library/app:v1 (OCI index) and library/app-docker:v1
+    (Docker schema 2 list)."""
+    stop = []
+    try:
+        pki = harness.Pki(os.path.join(workdir, "pki"))
+        robot_password = harness.generate_password()
+        pusher_password = harness.generate_password()
+        issuer = harness.TokenIssuer(
+            os.path.join(workdir, "issuer"),
+            pki,
+            {
+                ROBOT: (robot_password, {"library/": ["pull"], "platform/": ["pull"]}),
+                PUSHER: (pusher_password, {"": ["pull", "push", "delete"]}),
+            },
+        ).start()
+        stop.append(issuer.stop)
+        storage_root = os.path.join(workdir, "storage")
+        registry = harness.Registry(os.path.join(workdir, "registry"), pki, issuer, storage_root).start()
+        stop.append(registry.stop)
+        storage = harness.StorageServer(storage_root).start()
+        stop.append(storage.stop)
+        redirecting = harness.Registry(os.path.join(workdir, "registry-redirect"), pki, issuer, storage_root,
+                                       redirect_base=storage.base_url).start()
+        stop.append(redirecting.stop)
+
+        cache = os.environ.get("BERTH_TEST_IMAGE_CACHE", os.path.join(workdir, "image"))
+        big_mb = int(os.environ.get("BERTH_TEST_BIG_LAYER_MB", "110"))
+        image = harness.make_test_image(os.path.join(cache, "layout"), big_layer_mb=big_mb)
+        host = f"127.0.0.1:{registry.port}"
+        creds = f"{PUSHER}:{pusher_password}"
+        harness.skopeo_push(os.path.join(cache, "layout"), f"docker://{host}/library/app:v1", creds)
+        harness.skopeo_push(os.path.join(cache, "layout"), f"docker://{host}/library/app-docker:v1", creds, fmt="v2s2")
+        harness.skopeo_push(os.path.join(cache, "layout"), f"docker://{host}/private/secret:v1", creds)
+        docker_list = harness.skopeo_inspect_raw(f"docker://{host}/library/app-docker:v1", creds=creds)
+
+        yield {
+            "pki": pki,
+            "issuer": issuer,
+            "registry": registry,
+            "redirecting": redirecting,
+            "storage": storage,
+            "image": image,
+            "docker_list": docker_list,
+            "robot_password": robot_password,
+            "pusher_creds": creds,
+            "workdir": workdir,
+        }
+    finally:
+        for fn in reversed(stop):
+            fn()
+
+
+def write_docker_config(path, registry_host, username, password):
+    import base64
+    import json
+
+    with open(path, "w") as f:
+        json.dump({"auths": {registry_host: {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}}}, f)
+    os.chmod(path, 0o600)
+
+
+def berth_config(world, secret_path, extra_registry="", extra_top=""):
+    reg = world["registry"]
+    red = world["redirecting"]
+    return f"""listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+threads: 2
+log_level: info
+registries:
+  - names: [{REGISTRY_NAME}]
+    endpoint: {reg.endpoint}
+    credentials: {secret_path}
+    repositories: ["library/*", "platform/**", "private/*"]
+    ca_file: {world['pki'].ca_file}
+{extra_registry}  - names: [{REDIRECT_NAME}]
+    endpoint: {red.endpoint}
+    credentials: {secret_path}
+    ca_file: {world['pki'].ca_file}
+default_registry: {REGISTRY_NAME}
+{extra_top}"""
+
+
+@pytest.fixture(scope="session")
+def berth(world, workdir):
+    d = os.path.join(workdir, "berth")
+    os.makedirs(d, exist_ok=True)
+    secret = os.path.join(d, "dockerconfigjson")
+    write_docker_config(secret, REGISTRY_NAME, ROBOT, world["robot_password"])
+    b = harness.Berth(berth_binary(), d, berth_config(world, secret)).start()
+    yield b
+    b.stop()
+    assert world["robot_password"] not in b.log(), "the robot password leaked into Berth's log"

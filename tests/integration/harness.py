@@ -1,0 +1,717 @@
+"""Real components for Berth's integration tests and demo.
+
+Everything listens on loopback ports chosen at run time and is stopped by the
+caller (the pytest fixtures stop them even when a test fails):
+
+- TokenIssuer: a Harbor-like /service/token (GET only, POST -> 405, Basic auth of
+  robot accounts, RS256 JWTs the CNCF registry accepts, anonymous -> empty access).
+- Registry: the real CNCF distribution registry (docker-registry) with TLS and token auth.
+- StorageServer: plain HTTP file server standing in for S3; rejects any Authorization.
+- Berth: the binary under test.
+- Containerd: a private containerd daemon driven with ctr.
+- make_test_image(): a deterministic multi-arch OCI image layout.
+"""
+
+import base64
+import datetime
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def dead_port():
+    """A loopback port nothing listens on (for containerd's fallback server)."""
+    return free_port()
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as e:  # noqa: BLE001 - keep polling
+            last = e
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what} (last error: {last})")
+
+
+def generate_password(n=24):
+    rng = random.SystemRandom()
+    return "".join(rng.choice(PASSWORD_ALPHABET) for _ in range(n))
+
+
+# ---------------------------------------------------------------------------
+# PKI
+
+
+class Pki:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "berth test CA")])
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        import ipaddress
+
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.ca_file = os.path.join(directory, "ca.pem")
+        self.cert_file = os.path.join(directory, "server.pem")
+        self.key_file = os.path.join(directory, "server.key")
+        with open(self.ca_file, "wb") as f:
+            f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+        with open(self.cert_file, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(self.key_file, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
+                )
+            )
+
+    def server_context(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+# ---------------------------------------------------------------------------
+# Token issuer
+
+
+def _b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def libtrust_kid(public_key):
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    b32 = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode().rstrip("=")
+    return ":".join(b32[i : i + 4] for i in range(0, 48, 4))
+
+
+class TokenIssuer:
+    """Harbor's /service/token, closely enough for the CNCF registry and Berth.
+
+    accounts: {username: (password, {repository_pattern_prefix: [actions]})}; a
+    repository gets the actions of every prefix it starts with ("" = all).
+    """
+
+    def __init__(self, directory, pki, accounts, service="harbor-registry", issuer="berth-test-issuer", expires_in=1800):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.pki = pki
+        self.accounts = accounts
+        self.service = service
+        self.issuer = issuer
+        self.expires_in = expires_in  # None: leave expires_in out of the response
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .sign(self.key, hashes.SHA256())
+        )
+        self.bundle = os.path.join(directory, "token-signer.pem")
+        with open(self.bundle, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        self.kid = libtrust_kid(self.key.public_key())
+        self.requests = []  # (method, username or None, [scopes])
+        self.lock = threading.Lock()
+        self.port = free_port()
+        self.realm = f"https://127.0.0.1:{self.port}/service/token"
+        self._server = None
+        self._thread = None
+
+    def grants(self, username, password, scopes):
+        access = []
+        account = self.accounts.get(username) if username is not None else None
+        if account is not None and account[0] != password:
+            return None  # wrong password: 401
+        for scope in scopes:
+            parts = scope.split(":")
+            if len(parts) < 3 or parts[0] != "repository":
+                continue
+            name = ":".join(parts[1:-1])
+            wanted = parts[-1].split(",")
+            allowed = set()
+            if account is not None:
+                for prefix, actions in account[1].items():
+                    if name.startswith(prefix):
+                        allowed.update(actions)
+            access.append({"type": "repository", "name": name, "actions": [a for a in wanted if a in allowed]})
+        return access
+
+    def make_token(self, subject, access):
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject or "",
+            "aud": self.service,
+            "exp": now + (self.expires_in or 60),
+            "nbf": now - 5,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        signing_input = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
+        sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return signing_input + "." + _b64url(sig)
+
+    def start(self):
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body, ctype="application/json"):
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):  # noqa: N802 - Harbor's token service is GET only
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with issuer.lock:
+                    issuer.requests.append(("POST", None, []))
+                self._send(405, '{"errors":[{"code":"UNSUPPORTED","message":"method not allowed"}]}')
+
+            def do_GET(self):  # noqa: N802
+                url = urllib.parse.urlsplit(self.path)
+                if url.path != "/service/token":
+                    self._send(404, "{}")
+                    return
+                q = urllib.parse.parse_qs(url.query)
+                scopes = []
+                for s in q.get("scope", []):
+                    scopes.extend(s.split(" "))
+                username = password = None
+                auth = self.headers.get("Authorization")
+                if auth and auth.lower().startswith("basic "):
+                    raw = base64.b64decode(auth[6:]).decode()
+                    username, _, password = raw.partition(":")
+                with issuer.lock:
+                    issuer.requests.append(("GET", username, scopes))
+                access = issuer.grants(username, password, scopes)
+                if access is None or (username is not None and username not in issuer.accounts):
+                    self._send(401, '{"errors":[{"code":"UNAUTHORIZED","message":"invalid credentials"}]}')
+                    return
+                token = issuer.make_token(username, access)
+                body = {"token": token, "access_token": token,
+                        "issued_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                if issuer.expires_in is not None:
+                    body["expires_in"] = issuer.expires_in
+                self._send(200, json.dumps(body))
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._server.socket = self.pki.server_context().wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def token_requests(self, username=None):
+        with self.lock:
+            return [r for r in self.requests if username is None or r[1] == username]
+
+
+# ---------------------------------------------------------------------------
+# Storage server (stands in for S3 behind a registry's 307 redirects)
+
+
+class StorageServer:
+    def __init__(self, root, host="127.0.0.2"):
+        self.root = root
+        self.host = host
+        self.port = free_port(host)
+        self.requests = []  # (method, path, had_authorization)
+        self.lock = threading.Lock()
+        self._server = None
+
+    @property
+    def base_url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def start(self):
+        storage = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self, head):
+                had_auth = self.headers.get("Authorization") is not None
+                with storage.lock:
+                    storage.requests.append((self.command, self.path, had_auth))
+                if had_auth:
+                    # What S3 does with a presigned URL plus an Authorization header.
+                    body = b"<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed</Message></Error>"
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if not head:
+                        self.wfile.write(body)
+                    return
+                path = os.path.normpath(urllib.parse.urlsplit(self.path).path).lstrip("/")
+                full = os.path.join(storage.root, path)
+                if not full.startswith(storage.root) or not os.path.isfile(full):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                size = os.path.getsize(full)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                if not head:
+                    with open(full, "rb") as f:
+                        shutil.copyfileobj(f, self.wfile, 1 << 20)
+
+            def do_GET(self):  # noqa: N802
+                self._serve(False)
+
+            def do_HEAD(self):  # noqa: N802
+                self._serve(True)
+
+        self._server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+class Process:
+    def __init__(self, name, argv, log_path, env=None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc = None
+        self._log = None
+
+    def start(self):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        if self._log:
+            self._log.close()
+        return rc
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+class Registry(Process):
+    """The CNCF distribution registry with TLS and token auth (Harbor's shape)."""
+
+    def __init__(self, directory, pki, issuer, storage_root, redirect_base=None):
+        os.makedirs(directory, exist_ok=True)
+        self.port = free_port()
+        self.storage_root = storage_root
+        middleware = ""
+        if redirect_base:
+            middleware = (
+                "middleware:\n  storage:\n    - name: redirect\n      options:\n"
+                f"        baseurl: {redirect_base}\n"
+            )
+        config = f"""version: 0.1
+log:
+  level: info
+  formatter: json
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {storage_root}
+  delete:
+    enabled: true
+{middleware}http:
+  addr: 127.0.0.1:{self.port}
+  secret: {generate_password()}
+  tls:
+    certificate: {pki.cert_file}
+    key: {pki.key_file}
+auth:
+  token:
+    realm: {issuer.realm}
+    service: {issuer.service}
+    issuer: {issuer.issuer}
+    rootcertbundle: {issuer.bundle}
+"""
+        cfg = os.path.join(directory, "config.yml")
+        with open(cfg, "w") as f:
+            f.write(config)
+        super().__init__("registry", ["docker-registry", "serve", cfg], os.path.join(directory, "registry.log"))
+        self.ca_file = pki.ca_file
+
+    @property
+    def endpoint(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self):
+        super().start()
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+
+        def up():
+            try:
+                urllib.request.urlopen(self.endpoint + "/v2/", context=ctx, timeout=2)
+            except urllib.error.HTTPError as e:
+                return e.code == 401
+            return True
+
+        wait_for(up, what="registry to listen")
+        return self
+
+    def requests_seen(self):
+        """Request URIs the registry logged (its access log)."""
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("msg") == "response completed" and "http.request.uri" in rec:
+                    out.append((rec.get("http.request.method"), rec["http.request.uri"], rec.get("http.response.status")))
+        return out
+
+
+class Berth(Process):
+    def __init__(self, binary, directory, config_text, env=None):
+        os.makedirs(directory, exist_ok=True)
+        self.dir = directory
+        self.config_path = os.path.join(directory, "berth.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        super().__init__("berth", [binary, "serve", "--config", self.config_path], os.path.join(directory, "berth.log"), full_env)
+        self.port = None
+        self.admin_port = None
+
+    def start(self):
+        super().start()
+
+        def listening():
+            if not self.alive():
+                raise RuntimeError("berth exited:\n" + self.log())
+            for line in self.log().splitlines():
+                if '"event":"listening"' in line:
+                    rec = json.loads(line)
+                    self.port = rec["port"]
+                    self.admin_port = rec["admin_port"]
+                    return True
+            return False
+
+        wait_for(listening, what="berth to listen")
+        return self
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name, **labels):
+        """Sum of a metric's samples whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name = head.split("{")[0]
+            if metric_name != name:
+                continue
+            got = {}
+            if "{" in head:
+                for part in head[head.index("{") + 1 : head.rindex("}")].split(","):
+                    if "=" in part:
+                        k, _, v = part.partition("=")
+                        got[k] = v.strip('"')
+            if all(got.get(k) == str(v) for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def access_log(self):
+        out = []
+        for line in self.log().splitlines():
+            if '"event":"request"' in line:
+                out.append(json.loads(line))
+        return out
+
+
+class Containerd(Process):
+    def __init__(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        self.dir = directory
+        self.sock = os.path.join(directory, "containerd.sock")
+        cfg = os.path.join(directory, "config.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""version = 2
+root = "{directory}/root"
+state = "{directory}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[debug]
+  address = "{directory}/debug.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{directory}/opt"
+""")
+        super().__init__("containerd", ["containerd", "--config", cfg], os.path.join(directory, "containerd.log"))
+
+    def start(self):
+        super().start()
+
+        def up():
+            if not self.alive():
+                raise RuntimeError("containerd exited:\n" + self.log())
+            return subprocess.run(["ctr", "--address", self.sock, "version"], capture_output=True).returncode == 0
+
+        wait_for(up, timeout=30, what="containerd to start")
+        return self
+
+    def ctr(self, *args, check=True, timeout=300):
+        return subprocess.run(["ctr", "--address", self.sock, *args], capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+
+def write_hosts_toml(certs_dir, registry_host, mirror_url, fallback_port):
+    d = os.path.join(certs_dir, registry_host)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "hosts.toml"), "w") as f:
+        f.write(f'server = "http://127.0.0.1:{fallback_port}"\n\n'
+                f'[host."{mirror_url}"]\n  capabilities = ["pull", "resolve"]\n')
+
+
+# ---------------------------------------------------------------------------
+# Test image
+
+
+def _gzip_tar(files, level=1):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tar_bytes = raw.getvalue()
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level, mtime=0) as gz:
+        gz.write(tar_bytes)
+    return out.getvalue(), "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+
+
+def _put_blob(layout, data):
+    digest = hashlib.sha256(data).hexdigest()
+    path = os.path.join(layout, "blobs", "sha256", digest)
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(data)
+    return {"digest": "sha256:" + digest, "size": len(data)}
+
+
+def make_test_image(layout, big_layer_mb=110, seed=20261121):
+    """A deterministic two-platform OCI image layout tagged 'v1'.
+
+    linux/amd64: shared layer + big layer; linux/arm64: shared layer + small layer.
+    Returns {"index": digest, "manifests": {platform: digest}, "blobs": [digests]}.
+    """
+    stamp = os.path.join(layout, "summary.json")
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            summary = json.load(f)
+        if summary.get("big_layer_mb") == big_layer_mb and summary.get("seed") == seed:
+            return summary
+    shutil.rmtree(layout, ignore_errors=True)
+    os.makedirs(os.path.join(layout, "blobs", "sha256"))
+    rng = random.Random(seed)
+    shared, shared_diff = _gzip_tar([("shared/data.bin", rng.randbytes(2 * 1024 * 1024)), ("etc/hello", b"hello from berth\n")])
+    big, big_diff = _gzip_tar([("big/data.bin", rng.randbytes(big_layer_mb * 1024 * 1024))])
+    small, small_diff = _gzip_tar([("arm/data.bin", rng.randbytes(300 * 1024))])
+    layer_type = "application/vnd.oci.image.layer.v1.tar+gzip"
+    manifests = {}
+    index_entries = []
+    blobs = []
+    for arch, layers in (("amd64", [(shared, shared_diff), (big, big_diff)]), ("arm64", [(shared, shared_diff), (small, small_diff)])):
+        layer_descs = []
+        for data, _ in layers:
+            d = _put_blob(layout, data)
+            layer_descs.append({"mediaType": layer_type, **d})
+            blobs.append(d["digest"])
+        config = json.dumps({
+            "architecture": arch, "os": "linux",
+            "config": {"Cmd": ["/bin/true"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]},
+        }, sort_keys=True).encode()
+        cdesc = _put_blob(layout, config)
+        blobs.append(cdesc["digest"])
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cdesc},
+            "layers": layer_descs,
+        }, sort_keys=True).encode()
+        mdesc = _put_blob(layout, manifest)
+        manifests[arch] = mdesc["digest"]
+        index_entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", **mdesc,
+                              "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": index_entries}, sort_keys=True).encode()
+    idesc = _put_blob(layout, index)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", **idesc,
+                                                      "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}, f)
+    summary = {"index": idesc["digest"], "manifests": manifests, "blobs": sorted(set(blobs)),
+               "big_layer": "sha256:" + hashlib.sha256(big).hexdigest(), "big_layer_mb": big_layer_mb, "seed": seed}
+    with open(stamp, "w") as f:
+        json.dump(summary, f)
+    return summary
+
+
+def skopeo_push(layout, dest, creds, fmt=None):
+    argv = ["skopeo", "copy", "--all", "--dest-tls-verify=false", "--dest-creds", creds]
+    if fmt:
+        argv += ["--format", fmt]
+    argv += [f"oci:{layout}:v1", dest]
+    subprocess.run(argv, check=True, capture_output=True, timeout=600)
+
+
+def skopeo_inspect_raw(ref, creds=None, tls_verify=False):
+    argv = ["skopeo", "inspect", "--raw", f"--tls-verify={'true' if tls_verify else 'false'}"]
+    if creds:
+        argv += ["--creds", creds]
+    else:
+        argv += ["--no-creds"]
+    argv.append(ref)
+    return subprocess.run(argv, check=True, capture_output=True, timeout=120).stdout
+
+
+def http_request(url, method="GET", headers=None, timeout=30):
+    """(status, headers, body) without raising on HTTP errors."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()

@@ -1,0 +1,149 @@
+#include "config/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+using namespace berth;
+using config::config_error;
+
+namespace {
+
+config::env_lookup env_of(std::map<std::string, std::string> vars) {
+  return [vars = std::move(vars)](const char* name) -> const char* {
+    auto it = vars.find(name);
+    return it == vars.end() ? nullptr : it->second.c_str();
+  };
+}
+const config::env_lookup no_env = env_of({});
+
+const char* k_example = R"(
+listen: 127.0.0.1:5050
+admin_listen: 127.0.0.1:9095
+registries:
+  - names: [registry.example.ts.net]
+    endpoint: https://registry.example.ts.net
+    credentials: /etc/berth/harbor-pull/.dockerconfigjson
+    repositories: ["library/*", "platform/**"]
+default_registry: registry.example.ts.net
+)";
+
+std::string error_of(const std::string& yaml, const config::env_lookup& env = no_env) {
+  try {
+    config::parse(yaml, "berth.yaml", env);
+  } catch (const config_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Config, ParsesTheIssueExample) {
+  auto s = config::parse(k_example, "berth.yaml", no_env);
+  EXPECT_EQ(s.server.listen, "127.0.0.1:5050");
+  EXPECT_EQ(s.server.admin_listen, "127.0.0.1:9095");
+  ASSERT_EQ(s.registries.size(), 1u);
+  const auto& r = s.registries[0];
+  EXPECT_EQ(r.names, std::vector<std::string>{"registry.example.ts.net"});
+  EXPECT_EQ(r.endpoint, "https://registry.example.ts.net");
+  EXPECT_EQ(r.credentials.docker_config_file, "/etc/berth/harbor-pull/.dockerconfigjson");
+  EXPECT_EQ(r.credentials.endpoint_host, "registry.example.ts.net");
+  EXPECT_EQ(r.repositories.size(), 2u);
+  EXPECT_EQ(s.default_registry, "registry.example.ts.net");
+}
+
+TEST(Config, DefaultsAreDocumentedOnes) {
+  auto s = config::parse("registries: [{names: [r.example]}]", "b.yaml", no_env);
+  EXPECT_EQ(s.server.listen, "127.0.0.1:5050");
+  EXPECT_EQ(s.server.admin_listen, "127.0.0.1:9095");
+  EXPECT_EQ(s.registries[0].endpoint, "https://r.example");  // endpoint defaults to the first name
+  EXPECT_EQ(s.upstream.connect_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(s.log_level, log::level::info);
+}
+
+TEST(Config, ErrorsNameFileLineAndKey) {
+  const auto e = error_of("registries:\n  - names: [r.example]\n    endpoint: ftp://r.example\n");
+  EXPECT_NE(e.find("berth.yaml:3:15: registries[0].endpoint: must be an http:// or https:// URL"), std::string::npos) << e;
+}
+
+TEST(Config, UnknownKeysAreErrors) {
+  const auto e = error_of("registries: [{names: [r]}]\nlisten_addr: 1\n");
+  EXPECT_NE(e.find("berth.yaml:2:1: listen_addr: unknown key"), std::string::npos) << e;
+  const auto e2 = error_of("registries:\n  - names: [r]\n    credential: /x\n");
+  EXPECT_NE(e2.find("registries[0].credential: unknown key"), std::string::npos) << e2;
+}
+
+TEST(Config, ManyWaysToBeWrong) {
+  struct bad {
+    const char* yaml;
+    const char* says;
+  };
+  for (const auto& b : std::vector<bad>{
+           {"listen: 127.0.0.1:5050\n", "registries: is required"},
+           {"registries: []\n", "must be a non-empty list"},
+           {"registries: [{endpoint: https://x}]\n", "names is required"},
+           {"registries: [{names: [a b]}]\n", "is not a registry host name"},
+           {"registries: [{names: [r]}, {names: [R]}]\n", "already used"},
+           {"registries: [{names: [r]}]\nlisten: localhost:5050\n", "listen: must be IP:port"},
+           {"registries: [{names: [r]}]\nlisten: 127.0.0.1:99999\n", "listen: must be IP:port"},
+           {"registries: [{names: [r]}]\ndefault_registry: other\n", "is not one of the registries' names"},
+           {"registries: [{names: [r]}]\nthreads: many\n", "threads: must be a whole number"},
+           {"registries: [{names: [r]}]\nlog_level: loud\n", "log_level: must be debug, info, warn or error"},
+           {"registries: [{names: [r]}]\nupstream: {connect_timeout: soon}\n", "upstream.connect_timeout: must be a duration"},
+           {"registries: [{names: [r], repositories: [\"Library/*\"]}]\n", "is not a repository pattern"},
+           {"registries: [{names: [r], ca_file: /nonexistent/ca.pem}]\n", "ca_file: file /nonexistent/ca.pem cannot be read"},
+           {"registries: [{names: [r], credentials: /a, username_file: /b, password_file: /c}]\n", "not both"},
+           {"registries: [{names: [r], username_file: /b}]\n", "go together"},
+           {"registries: [{names: [r], endpoint: \"https://user:pw@r\"}]\n", "with no path, user or query"},
+           {"registries: [{names: [r]}]\nlisten: 127.0.0.1:5050\nadmin_listen: 127.0.0.1:5050\n", "must differ from listen"},
+           {"registries: [{names: [r]\n", "not valid YAML"},
+           {"", "the file is empty"},
+       }) {
+    const auto e = error_of(b.yaml);
+    EXPECT_NE(e.find(b.says), std::string::npos) << "yaml: " << b.yaml << "\nerror: " << e;
+    EXPECT_EQ(e.rfind("berth.yaml", 0), 0u) << e;  // every message starts with the file
+  }
+}
+
+TEST(Config, EnvironmentOverrides) {
+  auto s = config::parse(k_example, "berth.yaml",
+                         env_of({{"BERTH_LISTEN", "0.0.0.0:6000"}, {"BERTH_ADMIN_LISTEN", "127.0.0.1:7000"},
+                                 {"BERTH_LOG_LEVEL", "debug"}, {"BERTH_THREADS", "3"}, {"BERTH_ACCESS_LOG", "false"}}));
+  EXPECT_EQ(s.server.listen, "0.0.0.0:6000");
+  EXPECT_EQ(s.server.admin_listen, "127.0.0.1:7000");
+  EXPECT_EQ(s.log_level, log::level::debug);
+  EXPECT_EQ(s.server.threads, 3u);
+  EXPECT_FALSE(s.server.access_log);
+  const auto e = error_of(k_example, env_of({{"BERTH_THREADS", "x"}}));
+  EXPECT_NE(e.find("environment BERTH_THREADS: must be a number"), std::string::npos) << e;
+  const auto e2 = error_of(k_example, env_of({{"BERTH_DEFAULT_REGISTRY", "nope"}}));
+  EXPECT_NE(e2.find("default_registry"), std::string::npos) << e2;
+}
+
+TEST(Config, RenderNamesFilesButNoSecrets) {
+  auto s = config::parse(k_example, "berth.yaml", no_env);
+  const auto out = config::render(s);
+  EXPECT_NE(out.find("credentials: /etc/berth/harbor-pull/.dockerconfigjson"), std::string::npos);
+  EXPECT_NE(out.find("listen: 127.0.0.1:5050"), std::string::npos);
+  // The rendering is itself a valid config that parses to the same thing.
+  auto again = config::parse(out, "rendered.yaml", no_env);
+  EXPECT_EQ(again.registries[0].endpoint, s.registries[0].endpoint);
+  EXPECT_EQ(again.upstream.read_timeout, s.upstream.read_timeout);
+}
+
+TEST(Duration, Parses) {
+  std::chrono::milliseconds d{};
+  ASSERT_TRUE(config::parse_duration("30s", d));
+  EXPECT_EQ(d, std::chrono::seconds(30));
+  ASSERT_TRUE(config::parse_duration("250ms", d));
+  EXPECT_EQ(d.count(), 250);
+  ASSERT_TRUE(config::parse_duration("1h30m", d));
+  EXPECT_EQ(d, std::chrono::minutes(90));
+  ASSERT_TRUE(config::parse_duration("5", d));
+  EXPECT_EQ(d, std::chrono::seconds(5));
+  EXPECT_FALSE(config::parse_duration("", d));
+  EXPECT_FALSE(config::parse_duration("5x", d));
+  EXPECT_FALSE(config::parse_duration("s", d));
+  EXPECT_FALSE(config::parse_duration("5 s", d));
+}

@@ -1,0 +1,28 @@
+#include "core/hasher.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace berth::core;
+
+TEST(Hasher, KnownVectors) {
+  EXPECT_EQ(digest_of(""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(digest_of("abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(digest_of("abc", "sha512").substr(0, 23), "sha512:ddaf35a193617aba");
+}
+
+TEST(Hasher, IncrementalEqualsOneShot) {
+  hasher h;
+  h.update("a");
+  h.update("bc");
+  EXPECT_EQ(h.finish(), digest_of("abc"));
+}
+
+TEST(Base64, RoundTripsAndRejectsGarbage) {
+  EXPECT_EQ(base64_encode("robot$cluster-pull:pw"), "cm9ib3QkY2x1c3Rlci1wdWxsOnB3");
+  std::string out;
+  ASSERT_TRUE(base64_decode("cm9ib3QkY2x1c3Rlci1wdWxsOnB3", out));
+  EXPECT_EQ(out, "robot$cluster-pull:pw");
+  ASSERT_TRUE(base64_decode("YQ==", out));
+  EXPECT_EQ(out, "a");
+  EXPECT_FALSE(base64_decode("!!!!", out));
+}
