@@ -473,16 +473,14 @@ auth:
         return self
 
     def requests_seen(self):
-        """Request URIs the registry logged (its access log)."""
+        """(method, uri, status) of every request, from the registry's access log."""
+        import re
+
         out = []
         for line in self.log().splitlines():
-            if line.startswith("{"):
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get("msg") == "response completed" and "http.request.uri" in rec:
-                    out.append((rec.get("http.request.method"), rec["http.request.uri"], rec.get("http.response.status")))
+            m = re.search(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ', line)
+            if m and not line.startswith("{"):
+                out.append((m.group(1), m.group(2), int(m.group(3))))
         return out
 
 
@@ -715,3 +713,34 @@ def http_request(url, method="GET", headers=None, timeout=30):
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
+
+
+def make_small_image(layout, seed, tag="v1"):
+    """A one-layer linux/amd64 OCI image with content unique to `seed`.
+    Returns {"manifest", "config", "layer"} digests."""
+    shutil.rmtree(layout, ignore_errors=True)
+    os.makedirs(os.path.join(layout, "blobs", "sha256"))
+    rng = random.Random(seed)
+    layer, diff = _gzip_tar([("unique/data.bin", rng.randbytes(256 * 1024))])
+    ldesc = _put_blob(layout, layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed,
+                         "rootfs": {"type": "layers", "diff_ids": [diff]}}, sort_keys=True).encode()
+    cdesc = _put_blob(layout, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cdesc},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **ldesc}],
+    }, sort_keys=True).encode()
+    mdesc = _put_blob(layout, manifest)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **mdesc,
+                                                      "annotations": {"org.opencontainers.image.ref.name": tag}}]}, f)
+    return {"manifest": mdesc["digest"], "config": cdesc["digest"], "layer": ldesc["digest"],
+            "manifest_size": mdesc["size"], "layer_size": ldesc["size"]}
+
+
+def blob_data_path(storage_root, digest):
+    hexd = digest.split(":", 1)[1]
+    return os.path.join(storage_root, "docker", "registry", "v2", "blobs", "sha256", hexd[:2], hexd, "data")
