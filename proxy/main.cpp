@@ -1,14 +1,14 @@
 // Berth: the command line, and the only place that wires the modules together.
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <cstdio>
 #include <iostream>
 #include <memory>
-#include <unistd.h>
 #include <thread>
 
 #include "config/config.hpp"
@@ -63,8 +63,9 @@ int serve(const std::string& config_path) {
   for (const auto& opts : s.registries) {
     rt->registries.push_back(std::make_unique<upstream::registry>(opts, rt->tokens, rt->metrics));
     if (auto err = rt->registries.back()->load_credentials(); !err.empty()) {
-      log::warn("credentials_unavailable", {{"registry", opts.id()}, {"error", err},
-                                            {"detail", "pulling anonymously until the file is readable"}});
+      log::warn(
+          "credentials_unavailable",
+          {{"registry", opts.id()}, {"error", err}, {"detail", "pulling anonymously until the file is readable"}});
     }
   }
   std::vector<upstream::registry*> regs;
@@ -77,7 +78,8 @@ int serve(const std::string& config_path) {
   for (unsigned i = 0; i < threads; ++i) {
     rt->workers.push_back(std::make_unique<asio::io_context>(1));
     contexts.push_back(rt->workers.back().get());
-    rt->clients.push_back(std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
+    rt->clients.push_back(
+        std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
     rt->mirrors.push_back(std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics));
     mirrors.push_back(rt->mirrors.back().get());
   }
@@ -85,12 +87,16 @@ int serve(const std::string& config_path) {
   rt->pull = std::make_unique<http::server>(contexts, s.server, rt->metrics);
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors), s.server.access_log, "mirror");
-  const auto admin_port = rt->admin->listen(s.server.admin_listen, http::make_admin_handler(rt->metrics, rt->ready), false, "admin");
+  const auto admin_port =
+      rt->admin->listen(s.server.admin_listen, http::make_admin_handler(rt->metrics, rt->ready), false, "admin");
   rt->ready = true;
   rt->metrics.set_ready(true);
-  log::info("listening", {{"listen", s.server.listen}, {"port", static_cast<unsigned>(port)},
-                          {"admin_listen", s.server.admin_listen}, {"admin_port", static_cast<unsigned>(admin_port)},
-                          {"threads", threads}, {"registries", static_cast<unsigned>(regs.size())},
+  log::info("listening", {{"listen", s.server.listen},
+                          {"port", static_cast<unsigned>(port)},
+                          {"admin_listen", s.server.admin_listen},
+                          {"admin_port", static_cast<unsigned>(admin_port)},
+                          {"threads", threads},
+                          {"registries", static_cast<unsigned>(regs.size())},
                           {"config", s.source}});
 
   asio::signal_set signals(*contexts.front(), SIGTERM, SIGINT);
@@ -131,7 +137,7 @@ int check_config(const std::string& path) {
       continue;
     }
     const std::string file = opts.credentials.docker_config_file.empty() ? opts.credentials.password_file
-                                                                        : opts.credentials.docker_config_file;
+                                                                         : opts.credentials.docker_config_file;
     const std::string key = opts.credentials.docker_config_file.empty() ? "username_file/password_file" : "credentials";
     if (auto err = reg.load_credentials(); !err.empty()) {
       if (::access(file.c_str(), F_OK) != 0) {
@@ -162,7 +168,8 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("-c,--config", config_path, "Config file (YAML)")->envname("BERTH_CONFIG")->required();
 
   std::string check_path;
-  auto* check_cmd = app.add_subcommand("check-config", "Validate a config file and print the effective config, secrets redacted");
+  auto* check_cmd =
+      app.add_subcommand("check-config", "Validate a config file and print the effective config, secrets redacted");
   check_cmd->add_option("file", check_path, "Config file (YAML)")->required();
 
   auto* version_cmd = app.add_subcommand("version", "Print the version");

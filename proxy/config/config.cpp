@@ -118,8 +118,8 @@ bool valid_host_name(const std::string& h) {
 bool valid_pattern(const std::string& p) {
   if (p.empty() || p.front() == '/' || p.back() == '/') return false;
   for (char c : p) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
-                    c == '/' || c == '*';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' || c == '/' || c == '*';
     if (!ok) return false;
   }
   return true;
@@ -141,19 +141,23 @@ void check_readable(const YAML::Node& n, const context& ctx, const std::string& 
 }
 
 upstream::registry_options parse_registry(const YAML::Node& n, const context& ctx) {
-  check_keys(n, ctx,
-             {"names", "endpoint", "credentials", "username_file", "password_file", "repositories", "ca_file", "realm_hosts"});
+  check_keys(
+      n, ctx,
+      {"names", "endpoint", "credentials", "username_file", "password_file", "repositories", "ca_file", "realm_hosts"});
   upstream::registry_options r;
   if (!n["names"]) ctx.fail(n, "names is required (the ns values containerd sends, e.g. [registry.example.ts.net])");
   r.names = as_string_list(n["names"], ctx.child("names"));
   if (r.names.empty()) ctx.child("names").fail(n["names"], "must name at least one registry");
   for (std::size_t i = 0; i < r.names.size(); ++i) {
-    if (!valid_host_name(r.names[i])) ctx.child("names").item(i).fail(n["names"], "\"" + r.names[i] + "\" is not a registry host name");
+    if (!valid_host_name(r.names[i]))
+      ctx.child("names").item(i).fail(n["names"], "\"" + r.names[i] + "\" is not a registry host name");
   }
   if (n["endpoint"]) {
     r.endpoint = as_string(n["endpoint"], ctx.child("endpoint"));
     if (!valid_endpoint(r.endpoint)) {
-      ctx.child("endpoint").fail(n["endpoint"], "must be an http:// or https:// URL with no path, user or query, not \"" + r.endpoint + "\"");
+      ctx.child("endpoint")
+          .fail(n["endpoint"],
+                "must be an http:// or https:// URL with no path, user or query, not \"" + r.endpoint + "\"");
     }
     while (r.endpoint.back() == '/') r.endpoint.pop_back();
   } else {
@@ -176,8 +180,10 @@ upstream::registry_options parse_registry(const YAML::Node& n, const context& ct
     r.repositories = as_string_list(n["repositories"], ctx.child("repositories"));
     for (std::size_t i = 0; i < r.repositories.size(); ++i) {
       if (!valid_pattern(r.repositories[i])) {
-        ctx.child("repositories").item(i).fail(n["repositories"], "\"" + r.repositories[i] +
-                                                                      "\" is not a repository pattern (lower-case name, '*' and '**')");
+        ctx.child("repositories")
+            .item(i)
+            .fail(n["repositories"],
+                  "\"" + r.repositories[i] + "\" is not a repository pattern (lower-case name, '*' and '**')");
       }
     }
   }
@@ -190,7 +196,9 @@ upstream::registry_options parse_registry(const YAML::Node& n, const context& ct
 }
 
 void apply_env(settings& s, const env_lookup& env) {
-  auto fail = [](const char* var, const std::string& what) { throw config_error(std::string("environment ") + var + ": " + what); };
+  auto fail = [](const char* var, const std::string& what) {
+    throw config_error(std::string("environment ") + var + ": " + what);
+  };
   if (const char* v = env("BERTH_LISTEN")) {
     if (!valid_listen(v)) fail("BERTH_LISTEN", "must be IP:port, not \"" + std::string(v) + "\"");
     s.server.listen = v;
@@ -211,15 +219,20 @@ void apply_env(settings& s, const env_lookup& env) {
   }
   if (const char* v = env("BERTH_ACCESS_LOG")) {
     const std::string b = v;
-    if (b == "true" || b == "1") s.server.access_log = true;
-    else if (b == "false" || b == "0") s.server.access_log = false;
-    else fail("BERTH_ACCESS_LOG", "must be true or false");
+    if (b == "true" || b == "1")
+      s.server.access_log = true;
+    else if (b == "false" || b == "0")
+      s.server.access_log = false;
+    else
+      fail("BERTH_ACCESS_LOG", "must be true or false");
   }
 }
 
 }  // namespace
 
-const char* process_env(const char* name) { return std::getenv(name); }
+const char* process_env(const char* name) {
+  return std::getenv(name);
+}
 
 bool parse_duration(std::string_view text, std::chrono::milliseconds& out) {
   if (text.empty()) return false;
@@ -276,25 +289,31 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   s.source = source;
   if (root["listen"]) {
     s.server.listen = as_string(root["listen"], top.child("listen"));
-    if (!valid_listen(s.server.listen)) top.child("listen").fail(root["listen"], "must be IP:port such as 127.0.0.1:5050");
+    if (!valid_listen(s.server.listen))
+      top.child("listen").fail(root["listen"], "must be IP:port such as 127.0.0.1:5050");
   }
   if (root["admin_listen"]) {
     s.server.admin_listen = as_string(root["admin_listen"], top.child("admin_listen"));
-    if (!valid_listen(s.server.admin_listen)) top.child("admin_listen").fail(root["admin_listen"], "must be IP:port such as 127.0.0.1:9095");
+    if (!valid_listen(s.server.admin_listen))
+      top.child("admin_listen").fail(root["admin_listen"], "must be IP:port such as 127.0.0.1:9095");
   }
-  if (root["threads"]) s.server.threads = static_cast<unsigned>(as_count(root["threads"], top.child("threads"), 0, 256));
+  if (root["threads"])
+    s.server.threads = static_cast<unsigned>(as_count(root["threads"], top.child("threads"), 0, 256));
   if (root["log_level"]) {
     const auto l = as_string(root["log_level"], top.child("log_level"));
-    if (!log::parse_level(l, s.log_level)) top.child("log_level").fail(root["log_level"], "must be debug, info, warn or error");
+    if (!log::parse_level(l, s.log_level))
+      top.child("log_level").fail(root["log_level"], "must be debug, info, warn or error");
   }
   if (root["access_log"]) s.server.access_log = as_bool(root["access_log"], top.child("access_log"));
-  if (root["shutdown_timeout"]) s.server.shutdown_timeout = as_duration(root["shutdown_timeout"], top.child("shutdown_timeout"));
+  if (root["shutdown_timeout"])
+    s.server.shutdown_timeout = as_duration(root["shutdown_timeout"], top.child("shutdown_timeout"));
   if (auto c = root["clients"]) {
     const auto ctx = top.child("clients");
     check_keys(c, ctx, {"idle_timeout", "write_timeout", "max_header_bytes"});
     if (c["idle_timeout"]) s.server.idle_timeout = as_duration(c["idle_timeout"], ctx.child("idle_timeout"));
     if (c["write_timeout"]) s.server.write_timeout = as_duration(c["write_timeout"], ctx.child("write_timeout"));
-    if (c["max_header_bytes"]) s.server.max_header_bytes = as_count(c["max_header_bytes"], ctx.child("max_header_bytes"), 1024, 1 << 20);
+    if (c["max_header_bytes"])
+      s.server.max_header_bytes = as_count(c["max_header_bytes"], ctx.child("max_header_bytes"), 1024, 1 << 20);
   }
   if (auto u = root["upstream"]) {
     const auto ctx = top.child("upstream");
@@ -306,20 +325,26 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
     if (u["response_timeout"]) p.response_timeout = as_duration(u["response_timeout"], ctx.child("response_timeout"));
     if (u["read_timeout"]) p.read_timeout = as_duration(u["read_timeout"], ctx.child("read_timeout"));
     if (u["idle_timeout"]) p.idle_timeout = as_duration(u["idle_timeout"], ctx.child("idle_timeout"));
-    if (u["pool_wait_timeout"]) p.pool_wait_timeout = as_duration(u["pool_wait_timeout"], ctx.child("pool_wait_timeout"));
-    if (u["max_connections_per_host"]) p.max_connections_per_host = as_count(u["max_connections_per_host"], ctx.child("max_connections_per_host"), 1, 10000);
-    if (u["max_idle_per_host"]) p.max_idle_per_host = as_count(u["max_idle_per_host"], ctx.child("max_idle_per_host"), 0, 10000);
+    if (u["pool_wait_timeout"])
+      p.pool_wait_timeout = as_duration(u["pool_wait_timeout"], ctx.child("pool_wait_timeout"));
+    if (u["max_connections_per_host"])
+      p.max_connections_per_host =
+          as_count(u["max_connections_per_host"], ctx.child("max_connections_per_host"), 1, 10000);
+    if (u["max_idle_per_host"])
+      p.max_idle_per_host = as_count(u["max_idle_per_host"], ctx.child("max_idle_per_host"), 0, 10000);
     if (u["max_redirects"]) p.max_redirects = as_count(u["max_redirects"], ctx.child("max_redirects"), 0, 20);
   }
   const auto regs = root["registries"];
   if (!regs) throw config_error(source + ": registries: is required (at least one upstream registry)");
-  if (!regs.IsSequence() || regs.size() == 0) top.child("registries").fail(regs, "must be a non-empty list of registries");
+  if (!regs.IsSequence() || regs.size() == 0)
+    top.child("registries").fail(regs, "must be a non-empty list of registries");
   std::set<std::string> seen;
   for (std::size_t i = 0; i < regs.size(); ++i) {
     const auto ctx = top.child("registries").item(i);
     s.registries.push_back(parse_registry(regs[i], ctx));
     for (const auto& n : s.registries.back().names) {
-      if (!seen.insert(upstream::normalize_registry_host(n)).second) ctx.child("names").fail(regs[i]["names"], "\"" + n + "\" is already used by another registry");
+      if (!seen.insert(upstream::normalize_registry_host(n)).second)
+        ctx.child("names").fail(regs[i]["names"], "\"" + n + "\" is already used by another registry");
     }
   }
   if (root["default_registry"]) s.default_registry = as_string(root["default_registry"], top.child("default_registry"));
@@ -331,7 +356,9 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
     top.child("default_registry").fail(where, "\"" + s.default_registry + "\" is not one of the registries' names");
   }
   if (s.server.listen == s.server.admin_listen && !s.server.listen.ends_with(":0")) {
-    top.child("admin_listen").fail(root["admin_listen"] ? root["admin_listen"] : root, "must differ from listen (metrics never share the mirror port)");
+    top.child("admin_listen")
+        .fail(root["admin_listen"] ? root["admin_listen"] : root,
+              "must differ from listen (metrics never share the mirror port)");
   }
   return s;
 }
@@ -378,10 +405,18 @@ std::string render(const settings& s) {
     out << YAML::Key << "names" << YAML::Value << YAML::Flow << r.names;
     out << YAML::Key << "endpoint" << YAML::Value << r.endpoint;
     // Only file names: the secrets in them are never printed.
-    if (!r.credentials.docker_config_file.empty()) out << YAML::Key << "credentials" << YAML::Value << r.credentials.docker_config_file;
-    if (!r.credentials.username_file.empty()) out << YAML::Key << "username_file" << YAML::Value << r.credentials.username_file;
-    if (!r.credentials.password_file.empty()) out << YAML::Key << "password_file" << YAML::Value << r.credentials.password_file;
-    if (!r.repositories.empty()) out << YAML::Key << "repositories" << YAML::Value << YAML::Flow << r.repositories;
+    if (!r.credentials.docker_config_file.empty())
+      out << YAML::Key << "credentials" << YAML::Value << r.credentials.docker_config_file;
+    if (!r.credentials.username_file.empty())
+      out << YAML::Key << "username_file" << YAML::Value << r.credentials.username_file;
+    if (!r.credentials.password_file.empty())
+      out << YAML::Key << "password_file" << YAML::Value << r.credentials.password_file;
+    if (!r.repositories.empty()) {
+      // Quoted: a pattern starting with '*' would otherwise read back as a YAML alias.
+      out << YAML::Key << "repositories" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+      for (const auto& p : r.repositories) out << YAML::DoubleQuoted << p;
+      out << YAML::EndSeq;
+    }
     if (!r.ca_file.empty()) out << YAML::Key << "ca_file" << YAML::Value << r.ca_file;
     if (!r.realm_hosts.empty()) out << YAML::Key << "realm_hosts" << YAML::Value << YAML::Flow << r.realm_hosts;
     out << YAML::EndMap;

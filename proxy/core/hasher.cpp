@@ -23,7 +23,9 @@ hasher::~hasher() = default;
 hasher::hasher(hasher&&) noexcept = default;
 hasher& hasher::operator=(hasher&&) noexcept = default;
 
-void hasher::update(const void* data, std::size_t size) { EVP_DigestUpdate(impl_->ctx, data, size); }
+void hasher::update(const void* data, std::size_t size) {
+  EVP_DigestUpdate(impl_->ctx, data, size);
+}
 
 std::string hasher::finish() {
   unsigned char md[EVP_MAX_MD_SIZE];

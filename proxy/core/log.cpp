@@ -21,8 +21,7 @@ void append_json_string(std::string& out, std::string_view s) {
 void append_timestamp(std::string& out) {
   const auto now = std::chrono::system_clock::now();
   const auto secs = std::chrono::system_clock::to_time_t(now);
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char buf[40];
@@ -34,11 +33,16 @@ void append_timestamp(std::string& out) {
 }  // namespace
 
 bool parse_level(std::string_view name, level& out) {
-  if (name == "debug") out = level::debug;
-  else if (name == "info") out = level::info;
-  else if (name == "warn" || name == "warning") out = level::warn;
-  else if (name == "error") out = level::error;
-  else return false;
+  if (name == "debug")
+    out = level::debug;
+  else if (name == "info")
+    out = level::info;
+  else if (name == "warn" || name == "warning")
+    out = level::warn;
+  else if (name == "error")
+    out = level::error;
+  else
+    return false;
   return true;
 }
 
@@ -52,8 +56,12 @@ std::string_view level_name(level l) {
   return "info";
 }
 
-void set_level(level l) { g_level.store(static_cast<int>(l), std::memory_order_relaxed); }
-bool enabled(level l) { return static_cast<int>(l) >= g_level.load(std::memory_order_relaxed); }
+void set_level(level l) {
+  g_level.store(static_cast<int>(l), std::memory_order_relaxed);
+}
+bool enabled(level l) {
+  return static_cast<int>(l) >= g_level.load(std::memory_order_relaxed);
+}
 
 void write(level l, std::string_view event, std::initializer_list<field> fields) {
   if (!enabled(l)) return;

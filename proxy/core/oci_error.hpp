@@ -11,10 +11,20 @@ struct oci_error {
   std::string message;  // for humans; never holds a secret
 };
 
-inline oci_error name_invalid(std::string message) { return {400, "NAME_INVALID", std::move(message)}; }
-inline oci_error name_unknown(std::string message) { return {404, "NAME_UNKNOWN", std::move(message)}; }
-inline oci_error digest_invalid(std::string message) { return {400, "DIGEST_INVALID", std::move(message)}; }
-inline oci_error manifest_invalid(std::string message) { return {400, "MANIFEST_INVALID", std::move(message)}; }
-inline oci_error unsupported(std::string message) { return {405, "UNSUPPORTED", std::move(message)}; }
+inline oci_error name_invalid(std::string message) {
+  return {400, "NAME_INVALID", std::move(message)};
+}
+inline oci_error name_unknown(std::string message) {
+  return {404, "NAME_UNKNOWN", std::move(message)};
+}
+inline oci_error digest_invalid(std::string message) {
+  return {400, "DIGEST_INVALID", std::move(message)};
+}
+inline oci_error manifest_invalid(std::string message) {
+  return {400, "MANIFEST_INVALID", std::move(message)};
+}
+inline oci_error unsupported(std::string message) {
+  return {405, "UNSUPPORTED", std::move(message)};
+}
 
 }  // namespace berth::core

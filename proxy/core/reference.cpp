@@ -3,8 +3,12 @@
 namespace berth::core {
 namespace {
 
-bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
-bool is_lower_hex(char c) { return (c >= 'a' && c <= 'f') || (c >= '0' && c <= '9'); }
+bool is_lower_alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+bool is_lower_hex(char c) {
+  return (c >= 'a' && c <= 'f') || (c >= '0' && c <= '9');
+}
 
 // One path component: [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
 bool is_valid_component(std::string_view c) {
@@ -78,8 +82,8 @@ std::optional<digest> parse_digest(std::string_view text, digest_problem* proble
   }
   if (need_component) return fail(digest_problem::malformed);
   for (char c : encoded) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '=' ||
-                    c == '_' || c == '-';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '=' || c == '_' || c == '-';
     if (!ok) return fail(digest_problem::malformed);
   }
   std::size_t want = 0;

@@ -31,6 +31,8 @@ enum class digest_problem { none, malformed, unsupported_algorithm, bad_encoding
 std::optional<digest> parse_digest(std::string_view text, digest_problem* problem = nullptr);
 
 // True if the text looks like a digest at all (contains ':'), as opposed to a tag.
-inline bool looks_like_digest(std::string_view ref) { return ref.find(':') != std::string_view::npos; }
+inline bool looks_like_digest(std::string_view ref) {
+  return ref.find(':') != std::string_view::npos;
+}
 
 }  // namespace berth::core

@@ -89,12 +89,14 @@ routed route(std::string_view method, std::string_view target) {
 
   std::vector<std::string> segs;
   for (auto s : url.segments()) segs.emplace_back(s);
-  if (segs.empty() || segs[0] != "v2") return fail("unsupported", {404, "UNSUPPORTED", "not an OCI distribution endpoint"}, ns);
+  if (segs.empty() || segs[0] != "v2")
+    return fail("unsupported", {404, "UNSUPPORTED", "not an OCI distribution endpoint"}, ns);
 
   const bool head = method == "HEAD";
   const bool get = method == "GET";
   if (!get && !head) {
-    return fail("unsupported", core::unsupported("Berth is a pull-only mirror: " + std::string(method) + " is not supported"), ns);
+    return fail("unsupported",
+                core::unsupported("Berth is a pull-only mirror: " + std::string(method) + " is not supported"), ns);
   }
   req.head = head;
 
@@ -147,8 +149,9 @@ routed route(std::string_view method, std::string_view target) {
       req.digest = core::parse_digest(req.reference, &problem);
       if (!req.digest) {
         const char* why = problem == core::digest_problem::unsupported_algorithm ? "unsupported digest algorithm"
-                          : problem == core::digest_problem::bad_encoding ? "digest encoding is not lowercase hex of the right length"
-                                                                          : "malformed digest";
+                          : problem == core::digest_problem::bad_encoding
+                              ? "digest encoding is not lowercase hex of the right length"
+                              : "malformed digest";
         return fail(route_name, core::digest_invalid(why), ns);
       }
     } else if (!core::is_valid_tag(req.reference)) {

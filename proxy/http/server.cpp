@@ -272,13 +272,15 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
     if (ec) {
       // A closed, timed-out or reset connection between requests is normal.
       if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
-          ec == asio::error::connection_reset || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor ||
-          (buffer.size() == 0 && ec != bhttp::error::header_limit))
+          ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
+          ec == asio::error::bad_descriptor || (buffer.size() == 0 && ec != bhttp::error::header_limit))
         break;
       // A malformed request gets an answer before the connection closes.
       core::reply r;
       if (ec == bhttp::error::header_limit) {
-        r = core::error_reply({431, "UNSUPPORTED", "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
+        r = core::error_reply(
+            {431, "UNSUPPORTED",
+             "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
       } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
         r = core::error_reply({413, "UNSUPPORTED", "request bodies are not accepted: Berth is a pull-only mirror"});
       } else {

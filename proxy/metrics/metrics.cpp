@@ -19,33 +19,66 @@ const prometheus::Histogram::BucketBoundaries& latency_buckets() {
                                                          0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
   return b;
 }
-std::string s(std::string_view v) { return std::string(v); }
+std::string s(std::string_view v) {
+  return std::string(v);
+}
 }  // namespace
 
 struct registry::impl {
   std::shared_ptr<prometheus::Registry> reg = std::make_shared<prometheus::Registry>();
   prometheus::Family<prometheus::Counter>& http_requests =
-      BuildCounter().Name("berth_http_requests_total").Help("Requests served to clients, by route, method and status").Register(*reg);
+      BuildCounter()
+          .Name("berth_http_requests_total")
+          .Help("Requests served to clients, by route, method and status")
+          .Register(*reg);
   prometheus::Family<prometheus::Histogram>& http_duration =
-      BuildHistogram().Name("berth_http_request_duration_seconds").Help("Time from request to the last byte of the response, by route").Register(*reg);
-  prometheus::Family<prometheus::Counter>& http_bytes =
-      BuildCounter().Name("berth_http_response_bytes_total").Help("Response body bytes sent to clients, by route").Register(*reg);
-  prometheus::Gauge& http_in_flight =
-      BuildGauge().Name("berth_http_requests_in_flight").Help("Client requests being served now").Register(*reg).Add({});
+      BuildHistogram()
+          .Name("berth_http_request_duration_seconds")
+          .Help("Time from request to the last byte of the response, by route")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& http_bytes = BuildCounter()
+                                                            .Name("berth_http_response_bytes_total")
+                                                            .Help("Response body bytes sent to clients, by route")
+                                                            .Register(*reg);
+  prometheus::Gauge& http_in_flight = BuildGauge()
+                                          .Name("berth_http_requests_in_flight")
+                                          .Help("Client requests being served now")
+                                          .Register(*reg)
+                                          .Add({});
   prometheus::Family<prometheus::Counter>& upstream_requests =
-      BuildCounter().Name("berth_upstream_requests_total").Help("Requests sent upstream, by registry, kind (registry, token, redirect) and status (0: no answer)").Register(*reg);
+      BuildCounter()
+          .Name("berth_upstream_requests_total")
+          .Help("Requests sent upstream, by registry, kind (registry, token, redirect) and status (0: no answer)")
+          .Register(*reg);
   prometheus::Family<prometheus::Histogram>& upstream_duration =
-      BuildHistogram().Name("berth_upstream_request_duration_seconds").Help("Time to the upstream response headers, by registry and kind").Register(*reg);
+      BuildHistogram()
+          .Name("berth_upstream_request_duration_seconds")
+          .Help("Time to the upstream response headers, by registry and kind")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& upstream_errors =
-      BuildCounter().Name("berth_upstream_errors_total").Help("Upstream transport failures, by registry and reason").Register(*reg);
-  prometheus::Family<prometheus::Counter>& upstream_bytes =
-      BuildCounter().Name("berth_upstream_bytes_total").Help("Body bytes received from upstreams, by registry").Register(*reg);
+      BuildCounter()
+          .Name("berth_upstream_errors_total")
+          .Help("Upstream transport failures, by registry and reason")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& upstream_bytes = BuildCounter()
+                                                                .Name("berth_upstream_bytes_total")
+                                                                .Help("Body bytes received from upstreams, by registry")
+                                                                .Register(*reg);
   prometheus::Family<prometheus::Counter>& token_fetches =
-      BuildCounter().Name("berth_token_fetches_total").Help("Bearer token fetches from a registry's token service, by result").Register(*reg);
+      BuildCounter()
+          .Name("berth_token_fetches_total")
+          .Help("Bearer token fetches from a registry's token service, by result")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& digest_mismatches =
-      BuildCounter().Name("berth_digest_mismatches_total").Help("Upstream content whose bytes did not match its digest, by kind").Register(*reg);
+      BuildCounter()
+          .Name("berth_digest_mismatches_total")
+          .Help("Upstream content whose bytes did not match its digest, by kind")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& credentials_loads =
-      BuildCounter().Name("berth_credentials_loads_total").Help("Credential file (re)loads, by registry and result").Register(*reg);
+      BuildCounter()
+          .Name("berth_credentials_loads_total")
+          .Help("Credential file (re)loads, by registry and result")
+          .Register(*reg);
   prometheus::Gauge& ready =
       BuildGauge().Name("berth_ready").Help("1 when Berth is listening and serving").Register(*reg).Add({});
 };
@@ -55,17 +88,19 @@ registry::~registry() = default;
 
 void registry::http_request(std::string_view route, std::string_view method, unsigned status,
                             std::chrono::duration<double> duration, std::uint64_t bytes) {
-  impl_->http_requests.Add({{"route", s(route)}, {"method", s(method)}, {"status", std::to_string(status)}}).Increment();
+  impl_->http_requests.Add({{"route", s(route)}, {"method", s(method)}, {"status", std::to_string(status)}})
+      .Increment();
   impl_->http_duration.Add({{"route", s(route)}}, latency_buckets()).Observe(duration.count());
   if (bytes > 0) impl_->http_bytes.Add({{"route", s(route)}}).Increment(static_cast<double>(bytes));
 }
 
-void registry::http_in_flight(int delta) { impl_->http_in_flight.Increment(delta); }
+void registry::http_in_flight(int delta) {
+  impl_->http_in_flight.Increment(delta);
+}
 
 void registry::upstream_request(std::string_view registry, std::string_view kind, unsigned status,
                                 std::chrono::duration<double> duration) {
-  impl_->upstream_requests
-      .Add({{"registry", s(registry)}, {"kind", s(kind)}, {"status", std::to_string(status)}})
+  impl_->upstream_requests.Add({{"registry", s(registry)}, {"kind", s(kind)}, {"status", std::to_string(status)}})
       .Increment();
   impl_->upstream_duration.Add({{"registry", s(registry)}, {"kind", s(kind)}}, latency_buckets())
       .Observe(duration.count());
@@ -91,7 +126,9 @@ void registry::credentials_load(std::string_view registry, std::string_view resu
   impl_->credentials_loads.Add({{"registry", s(registry)}, {"result", s(result)}}).Increment();
 }
 
-void registry::set_ready(bool ready) { impl_->ready.Set(ready ? 1 : 0); }
+void registry::set_ready(bool ready) {
+  impl_->ready.Set(ready ? 1 : 0);
+}
 
 std::string registry::serialize() const {
   prometheus::TextSerializer serializer;

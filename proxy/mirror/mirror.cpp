@@ -20,9 +20,9 @@ namespace {
 
 // Response headers worth passing from the upstream to the client. Everything
 // else (Set-Cookie, WWW-Authenticate, Location, hop-by-hop fields) stays behind.
-constexpr std::string_view k_passed_headers[] = {"Content-Type", "Docker-Content-Digest", "Content-Range",
-                                                 "Accept-Ranges", "ETag", "Last-Modified", "Retry-After",
-                                                 "OCI-Filters-Applied"};
+constexpr std::string_view k_passed_headers[] = {
+    "Content-Type", "Docker-Content-Digest", "Content-Range", "Accept-Ranges",
+    "ETag",         "Last-Modified",         "Retry-After",   "OCI-Filters-Applied"};
 
 void copy_headers(const core::headers& from, core::headers& to) {
   for (const auto& f : from.fields()) {
@@ -50,13 +50,15 @@ core::oci_error error_for_status(unsigned status, endpoint kind, const std::stri
     case 403: return {403, "DENIED", "the upstream registry denied access to " + what};
     case 404:
       if (kind == endpoint::blob) return {404, "BLOB_UNKNOWN", "blob unknown to the upstream registry: " + what};
-      if (kind == endpoint::tags_list) return {404, "NAME_UNKNOWN", "repository unknown to the upstream registry: " + what};
+      if (kind == endpoint::tags_list)
+        return {404, "NAME_UNKNOWN", "repository unknown to the upstream registry: " + what};
       return {404, "MANIFEST_UNKNOWN", "manifest unknown to the upstream registry: " + what};
     case 412: return {412, "DENIED", "the upstream registry's policy forbids pulling " + what};
     case 429: return {429, "TOOMANYREQUESTS", "the upstream registry is rate limiting: " + what};
     default: break;
   }
-  if (status >= 500) return {status, "UNAVAILABLE", "the upstream registry failed (HTTP " + std::to_string(status) + ") for " + what};
+  if (status >= 500)
+    return {status, "UNAVAILABLE", "the upstream registry failed (HTTP " + std::to_string(status) + ") for " + what};
   return {status, "UNKNOWN", "the upstream registry answered HTTP " + std::to_string(status) + " for " + what};
 }
 
@@ -115,7 +117,8 @@ class verifying_body final : public core::body_source {
       const auto got = hasher_.finish();
       if (got != expected_) {
         metrics_.digest_mismatch(registry_, "blob");
-        log::error("digest_mismatch", {{"registry", registry_}, {"kind", "blob"}, {"expected", expected_}, {"got", got}});
+        log::error("digest_mismatch",
+                   {{"registry", registry_}, {"kind", "blob"}, {"expected", expected_}, {"got", got}});
         ec = upstream::errc::protocol_error;
         co_return 0;
       }
@@ -177,9 +180,9 @@ asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
   }
   auto* reg = table_.find(req.ns);
   if (reg == nullptr) {
-    co_return core::error_reply(core::name_unknown(
-        req.ns.empty() ? std::string("no ns parameter and no default_registry configured")
-                       : "registry " + req.ns + " is not mirrored here"));
+    co_return core::error_reply(
+        core::name_unknown(req.ns.empty() ? std::string("no ns parameter and no default_registry configured")
+                                          : "registry " + req.ns + " is not mirrored here"));
   }
   if (!registry_table::allows(*reg, req.name)) {
     auto r = core::error_reply(core::name_unknown("repository " + req.name + " is not allowed through this mirror"));
@@ -237,7 +240,7 @@ asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pul
   // Some registries refuse HEAD on manifests (405); containerd then GETs, so do we.
   // A HEAD that lacks the digest or length is completed the same way.
   if (req.head && (res.status == 405 || (res.status == 200 && (!res.headers.get("Docker-Content-Digest") ||
-                                                              !content_length(res.headers))))) {
+                                                               !content_length(res.headers))))) {
     up.method = "GET";
     res = co_await client_.fetch(reg, up, ec);
     if (ec) co_return transport_error(ec, reg.id());
@@ -260,8 +263,9 @@ asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pul
   std::string body;
   co_await res.read_all(body, options_.max_manifest_bytes, ec);
   if (ec == upstream::errc::body_too_large) {
-    co_return core::error_reply({502, "MANIFEST_INVALID", "upstream manifest is larger than " +
-                                                              std::to_string(options_.max_manifest_bytes) + " bytes"});
+    co_return core::error_reply(
+        {502, "MANIFEST_INVALID",
+         "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
   }
   if (ec) co_return transport_error(ec, reg.id());
 
@@ -269,12 +273,15 @@ asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pul
   const std::string computed = core::digest_of(body, algorithm);
   if (req.digest && computed != req.digest->str()) {
     metrics_.digest_mismatch(reg.id(), "manifest");
-    log::error("digest_mismatch", {{"registry", reg.id()}, {"kind", "manifest"}, {"repository", req.name},
-                                   {"expected", req.digest->str()}, {"got", computed}});
+    log::error("digest_mismatch", {{"registry", reg.id()},
+                                   {"kind", "manifest"},
+                                   {"repository", req.name},
+                                   {"expected", req.digest->str()},
+                                   {"got", computed}});
     co_return core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + req.digest->str()});
   }
-  if (auto claimed = res.headers.get("Docker-Content-Digest"); claimed && *claimed != computed &&
-                                                               claimed->substr(0, algorithm.size()) == algorithm) {
+  if (auto claimed = res.headers.get("Docker-Content-Digest");
+      claimed && *claimed != computed && claimed->substr(0, algorithm.size()) == algorithm) {
     metrics_.digest_mismatch(reg.id(), "manifest_header");
     log::warn("upstream_digest_header_mismatch",
               {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
@@ -314,7 +321,8 @@ asio::awaitable<core::reply> mirror::blob(upstream::registry& reg, const pull_re
       co_return r;  // dropping res.body closes that connection: no blob is downloaded
     }
   }
-  if (res.status != 200 && res.status != 206) co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+  if (res.status != 200 && res.status != 206)
+    co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
 
   core::reply r;
   r.status = res.status;

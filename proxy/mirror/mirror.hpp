@@ -28,7 +28,8 @@ struct mirror_options {
 
 class mirror {
  public:
-  mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics, mirror_options options = {});
+  mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics,
+         mirror_options options = {});
 
   boost::asio::awaitable<core::reply> serve(const pull_request& req);
 

@@ -12,9 +12,9 @@ enum class endpoint { base, manifest, blob, tags_list, referrers };
 struct pull_request {
   endpoint kind = endpoint::base;
   bool head = false;
-  std::string ns;         // URL-decoded ?ns=, empty when absent
-  std::string name;       // repository name, grammar-checked
-  std::string reference;  // tag or digest (manifests); digest (blobs, referrers)
+  std::string ns;                      // URL-decoded ?ns=, empty when absent
+  std::string name;                    // repository name, grammar-checked
+  std::string reference;               // tag or digest (manifests); digest (blobs, referrers)
   std::optional<core::digest> digest;  // set when `reference` is a digest
   // tags/list and referrers query parameters, passed through
   std::optional<std::string> n;

@@ -10,7 +10,7 @@
 namespace berth::upstream {
 
 struct challenge {
-  std::string scheme;                        // lower-case: "bearer", "basic", ...
+  std::string scheme;                         // lower-case: "bearer", "basic", ...
   std::map<std::string, std::string> params;  // names lower-case, values unquoted
 
   std::string param(const std::string& name) const {

@@ -69,7 +69,9 @@ const boost::system::error_category& error_category() {
 // ---------------------------------------------------------------------------
 // URLs
 
-std::string origin::str() const { return scheme + "://" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port; }
+std::string origin::str() const {
+  return scheme + "://" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port;
+}
 
 std::string origin::host_header() const {
   const std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
@@ -86,7 +88,7 @@ std::optional<origin> parse_url(std::string_view url, std::string* target) {
   if (o.scheme != "http" && o.scheme != "https") return std::nullopt;
   if (!u->has_authority() || u->encoded_host().empty() || u->has_userinfo()) return std::nullopt;
   o.host = u->host_type() == boost::urls::host_type::ipv6 ? std::string(u->encoded_host_address())
-                                                           : std::string(u->encoded_host());
+                                                          : std::string(u->encoded_host());
   if (o.host.empty()) return std::nullopt;
   for (auto& c : o.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   o.port = u->has_port() ? std::string(u->port()) : (o.tls() ? "443" : "80");
@@ -116,10 +118,9 @@ struct registry::impl {
   bool basic = false;
 
   impl(registry_options o, token_cache& t, metrics::registry& m)
-      : options(std::move(o)),
-        tokens(t),
-        metrics(m),
-        creds(options.credentials, [this](std::string_view result) { metrics.credentials_load(options.id(), result); }) {}
+      : options(std::move(o)), tokens(t), metrics(m), creds(options.credentials, [this](std::string_view result) {
+          metrics.credentials_load(options.id(), result);
+        }) {}
 
   // May the robot credentials be sent to this origin? Only the endpoint's own host
   // (any port, never from https down to http) or an explicitly configured realm host.
@@ -151,9 +152,15 @@ registry::registry(registry_options options, token_cache& tokens, metrics::regis
 }
 
 registry::~registry() = default;
-const registry_options& registry::options() const { return impl_->options; }
-const origin& registry::endpoint() const { return impl_->endpoint; }
-std::string registry::load_credentials() { return impl_->creds.load_now(); }
+const registry_options& registry::options() const {
+  return impl_->options;
+}
+const origin& registry::endpoint() const {
+  return impl_->endpoint;
+}
+std::string registry::load_credentials() {
+  return impl_->creds.load_now();
+}
 
 // ---------------------------------------------------------------------------
 // connections and the pool
@@ -228,7 +235,8 @@ struct client::impl {
   metrics::registry& metrics;
   std::unordered_map<std::string, host_slot> hosts;
 
-  impl(asio::any_io_executor ex, pool_options o, metrics::registry& m) : executor(std::move(ex)), options(o), metrics(m) {}
+  impl(asio::any_io_executor ex, pool_options o, metrics::registry& m)
+      : executor(std::move(ex)), options(o), metrics(m) {}
 
   void wake_one(host_slot& slot) {
     while (!slot.waiters.empty()) {
@@ -310,7 +318,8 @@ struct client::impl {
       c.plain.emplace(executor);
     }
     tcp::resolver resolver(executor);
-    auto endpoints = co_await resolver.async_resolve(c.org.host, c.org.port, asio::redirect_error(asio::use_awaitable, ec));
+    auto endpoints =
+        co_await resolver.async_resolve(c.org.host, c.org.port, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       ec = errc::connect_failed;
       co_return;
@@ -633,7 +642,8 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
     const bool at_endpoint = current == reg.endpoint;
     if (at_endpoint && !authorization.empty()) r.set(http::field::authorization, authorization);
 
-    auto ex = co_await exchange(pool, reg.tls, current, r, head, reg.options.id(), at_endpoint ? "registry" : "redirect", ec);
+    auto ex =
+        co_await exchange(pool, reg.tls, current, r, head, reg.options.id(), at_endpoint ? "registry" : "redirect", ec);
     if (ec) co_return response{};
 
     if (ex.status == 401 && at_endpoint && auth_rounds < 2) {
@@ -664,7 +674,8 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
         };
         auto tok = co_await reg.tokens.get(key, std::move(fetcher));
         if (!tok.ok()) {
-          log::warn("token_fetch_failed", {{"registry", reg.options.id()}, {"status", tok.status}, {"error", tok.error}});
+          log::warn("token_fetch_failed",
+                    {{"registry", reg.options.id()}, {"status", tok.status}, {"error", tok.error}});
           if (tok.status == 401 || tok.status == 403) {
             // The token service refused the robot: the client gets that answer.
             response denied;
@@ -698,7 +709,8 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
       co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
     }
 
-    const bool redirect = ex.status == 301 || ex.status == 302 || ex.status == 303 || ex.status == 307 || ex.status == 308;
+    const bool redirect =
+        ex.status == 301 || ex.status == 302 || ex.status == 303 || ex.status == 307 || ex.status == 308;
     if (redirect) {
       const auto location = ex.headers.get("Location");
       co_await drain(ex.body);

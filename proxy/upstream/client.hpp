@@ -36,7 +36,9 @@ enum class errc {
   token_failed,    // the token service did not answer usefully
 };
 const boost::system::error_category& error_category();
-inline boost::system::error_code make_error_code(errc e) { return {static_cast<int>(e), error_category()}; }
+inline boost::system::error_code make_error_code(errc e) {
+  return {static_cast<int>(e), error_category()};
+}
 
 // scheme://host[:port]
 struct origin {

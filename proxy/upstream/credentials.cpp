@@ -58,7 +58,8 @@ std::optional<credentials> parse_docker_config(std::string_view json, const std:
   auto find = [&](std::string_view host) {
     const auto want = normalize_registry_host(host);
     for (const auto& kv : *auths) {
-      if (normalize_registry_host(std::string_view(kv.key().data(), kv.key().size())) == want && kv.value().is_object()) {
+      if (normalize_registry_host(std::string_view(kv.key().data(), kv.key().size())) == want &&
+          kv.value().is_object()) {
         entry = &kv.value().get_object();
         entry_key = std::string(kv.key());
         return true;
@@ -115,7 +116,7 @@ std::vector<credentials_provider::file_state> credentials_provider::stat_files()
   std::vector<file_state> out;
   for (const auto* path : {&source_.docker_config_file, &source_.username_file, &source_.password_file}) {
     file_state fs;
-    struct stat st{};
+    struct stat st {};
     if (!path->empty() && ::stat(path->c_str(), &st) == 0) {  // stat follows the Secret's symlinks
       fs.exists = true;
       fs.dev = st.st_dev;

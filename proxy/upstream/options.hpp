@@ -25,9 +25,9 @@ struct pool_options {
   std::size_t max_connections_per_host = 64;  // per worker thread
   std::size_t max_idle_per_host = 16;         // per worker thread
   std::chrono::milliseconds connect_timeout{5000};
-  std::chrono::milliseconds response_timeout{30000};  // request sent -> response headers
-  std::chrono::milliseconds read_timeout{30000};      // longest gap between body bytes
-  std::chrono::milliseconds idle_timeout{50000};      // pooled idle connections are closed after this
+  std::chrono::milliseconds response_timeout{30000};   // request sent -> response headers
+  std::chrono::milliseconds read_timeout{30000};       // longest gap between body bytes
+  std::chrono::milliseconds idle_timeout{50000};       // pooled idle connections are closed after this
   std::chrono::milliseconds pool_wait_timeout{10000};  // waiting for a free connection slot
   std::size_t max_redirects = 5;
 };

@@ -24,7 +24,7 @@ registries:
   - names: [registry.example.ts.net]
     endpoint: https://registry.example.ts.net
     credentials: /etc/berth/harbor-pull/.dockerconfigjson
-    repositories: ["library/*", "platform/**"]
+    repositories: ["library/*", "platform/**", "**"]
 default_registry: registry.example.ts.net
 )";
 
@@ -49,7 +49,7 @@ TEST(Config, ParsesTheIssueExample) {
   EXPECT_EQ(r.endpoint, "https://registry.example.ts.net");
   EXPECT_EQ(r.credentials.docker_config_file, "/etc/berth/harbor-pull/.dockerconfigjson");
   EXPECT_EQ(r.credentials.endpoint_host, "registry.example.ts.net");
-  EXPECT_EQ(r.repositories.size(), 2u);
+  EXPECT_EQ(r.repositories.size(), 3u);
   EXPECT_EQ(s.default_registry, "registry.example.ts.net");
 }
 
@@ -64,7 +64,8 @@ TEST(Config, DefaultsAreDocumentedOnes) {
 
 TEST(Config, ErrorsNameFileLineAndKey) {
   const auto e = error_of("registries:\n  - names: [r.example]\n    endpoint: ftp://r.example\n");
-  EXPECT_NE(e.find("berth.yaml:3:15: registries[0].endpoint: must be an http:// or https:// URL"), std::string::npos) << e;
+  EXPECT_NE(e.find("berth.yaml:3:15: registries[0].endpoint: must be an http:// or https:// URL"), std::string::npos)
+      << e;
 }
 
 TEST(Config, UnknownKeysAreErrors) {
@@ -90,13 +91,16 @@ TEST(Config, ManyWaysToBeWrong) {
            {"registries: [{names: [r]}]\ndefault_registry: other\n", "is not one of the registries' names"},
            {"registries: [{names: [r]}]\nthreads: many\n", "threads: must be a whole number"},
            {"registries: [{names: [r]}]\nlog_level: loud\n", "log_level: must be debug, info, warn or error"},
-           {"registries: [{names: [r]}]\nupstream: {connect_timeout: soon}\n", "upstream.connect_timeout: must be a duration"},
+           {"registries: [{names: [r]}]\nupstream: {connect_timeout: soon}\n",
+            "upstream.connect_timeout: must be a duration"},
            {"registries: [{names: [r], repositories: [\"Library/*\"]}]\n", "is not a repository pattern"},
-           {"registries: [{names: [r], ca_file: /nonexistent/ca.pem}]\n", "ca_file: file /nonexistent/ca.pem cannot be read"},
+           {"registries: [{names: [r], ca_file: /nonexistent/ca.pem}]\n",
+            "ca_file: file /nonexistent/ca.pem cannot be read"},
            {"registries: [{names: [r], credentials: /a, username_file: /b, password_file: /c}]\n", "not both"},
            {"registries: [{names: [r], username_file: /b}]\n", "go together"},
            {"registries: [{names: [r], endpoint: \"https://user:pw@r\"}]\n", "with no path, user or query"},
-           {"registries: [{names: [r]}]\nlisten: 127.0.0.1:5050\nadmin_listen: 127.0.0.1:5050\n", "must differ from listen"},
+           {"registries: [{names: [r]}]\nlisten: 127.0.0.1:5050\nadmin_listen: 127.0.0.1:5050\n",
+            "must differ from listen"},
            {"registries: [{names: [r]\n", "not valid YAML"},
            {"", "the file is empty"},
        }) {
@@ -108,8 +112,11 @@ TEST(Config, ManyWaysToBeWrong) {
 
 TEST(Config, EnvironmentOverrides) {
   auto s = config::parse(k_example, "berth.yaml",
-                         env_of({{"BERTH_LISTEN", "0.0.0.0:6000"}, {"BERTH_ADMIN_LISTEN", "127.0.0.1:7000"},
-                                 {"BERTH_LOG_LEVEL", "debug"}, {"BERTH_THREADS", "3"}, {"BERTH_ACCESS_LOG", "false"}}));
+                         env_of({{"BERTH_LISTEN", "0.0.0.0:6000"},
+                                 {"BERTH_ADMIN_LISTEN", "127.0.0.1:7000"},
+                                 {"BERTH_LOG_LEVEL", "debug"},
+                                 {"BERTH_THREADS", "3"},
+                                 {"BERTH_ACCESS_LOG", "false"}}));
   EXPECT_EQ(s.server.listen, "0.0.0.0:6000");
   EXPECT_EQ(s.server.admin_listen, "127.0.0.1:7000");
   EXPECT_EQ(s.log_level, log::level::debug);
@@ -128,6 +135,7 @@ TEST(Config, RenderNamesFilesButNoSecrets) {
   EXPECT_NE(out.find("listen: 127.0.0.1:5050"), std::string::npos);
   // The rendering is itself a valid config that parses to the same thing.
   auto again = config::parse(out, "rendered.yaml", no_env);
+  EXPECT_EQ(again.registries[0].repositories, s.registries[0].repositories);
   EXPECT_EQ(again.registries[0].endpoint, s.registries[0].endpoint);
   EXPECT_EQ(again.upstream.read_timeout, s.upstream.read_timeout);
 }

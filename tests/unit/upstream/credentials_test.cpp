@@ -39,8 +39,9 @@ class temp_dir {
 }  // namespace
 
 TEST(DockerConfig, PicksTheEntryForARegistryName) {
-  const std::string json = R"({"auths":{"other.example":)" + auth_entry("x", "y") + R"(,"https://registry.example.ts.net/v1/":)" +
-                           auth_entry("robot$cluster-pull", "s3cr:et") + "}}";
+  const std::string json = R"({"auths":{"other.example":)" + auth_entry("x", "y") +
+                           R"(,"https://registry.example.ts.net/v1/":)" + auth_entry("robot$cluster-pull", "s3cr:et") +
+                           "}}";
   std::string err;
   auto c = parse_docker_config(json, {"registry.example.ts.net"}, "", err);
   ASSERT_TRUE(c) << err;
@@ -50,7 +51,8 @@ TEST(DockerConfig, PicksTheEntryForARegistryName) {
 
 TEST(DockerConfig, FallsBackToEndpointHostThenTheOnlyEntry) {
   std::string err;
-  const std::string two = R"({"auths":{"harbor.svc:8443":{"username":"robot$proj+ci","password":"p1"},"x.example":{"username":"u","password":"p"}}})";
+  const std::string two =
+      R"({"auths":{"harbor.svc:8443":{"username":"robot$proj+ci","password":"p1"},"x.example":{"username":"u","password":"p"}}})";
   auto c = parse_docker_config(two, {"registry.example.ts.net"}, "harbor.svc:8443", err);
   ASSERT_TRUE(c) << err;
   EXPECT_EQ(c->username, "robot$proj+ci");

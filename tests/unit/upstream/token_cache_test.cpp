@@ -80,7 +80,10 @@ TEST(TokenCache, FailuresReachEveryWaiterAndAreNotCached) {
   EXPECT_EQ(cache.peek("k"), "");
   // The next request tries again.
   ctx.restart();
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> { co_await cache.get("k", slow_fetcher(calls, "t", std::chrono::seconds(60))); }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> { co_await cache.get("k", slow_fetcher(calls, "t", std::chrono::seconds(60))); },
+      asio::detached);
   ctx.run();
   EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(cache.peek("k"), "t");
@@ -90,11 +93,14 @@ TEST(TokenCache, ScopesAreCachedSeparately) {
   token_cache cache;
   std::atomic<int> calls{0};
   asio::io_context ctx(1);
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    co_await cache.get("a", slow_fetcher(calls, "ta", std::chrono::seconds(60)));
-    co_await cache.get("b", slow_fetcher(calls, "tb", std::chrono::seconds(60)));
-    co_await cache.get("a", slow_fetcher(calls, "ta2", std::chrono::seconds(60)));
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        co_await cache.get("a", slow_fetcher(calls, "ta", std::chrono::seconds(60)));
+        co_await cache.get("b", slow_fetcher(calls, "tb", std::chrono::seconds(60)));
+        co_await cache.get("a", slow_fetcher(calls, "ta2", std::chrono::seconds(60)));
+      },
+      asio::detached);
   ctx.run();
   EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(cache.peek("a"), "ta");
@@ -105,9 +111,10 @@ TEST(TokenCache, InvalidateDropsOnlyThatToken) {
   token_cache cache;
   std::atomic<int> calls{0};
   asio::io_context ctx(1);
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(60)));
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(60))); },
+      asio::detached);
   ctx.run();
   cache.invalidate("a", "some-older-token");
   EXPECT_EQ(cache.peek("a"), "t1");
@@ -122,13 +129,16 @@ TEST(TokenCache, ExpiryHonoursExpiresInMinusAMargin) {
   std::atomic<int> calls{0};
   asio::io_context ctx(1);
   // expires_in 1 s: usable for 0.8 s, then fetched again.
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(1)));
-    co_await cache.get("a", slow_fetcher(calls, "t2", std::chrono::seconds(1)));
-    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(900));
-    co_await t.async_wait(asio::use_awaitable);
-    co_await cache.get("a", slow_fetcher(calls, "t3", std::chrono::seconds(1)));
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(1)));
+        co_await cache.get("a", slow_fetcher(calls, "t2", std::chrono::seconds(1)));
+        asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(900));
+        co_await t.async_wait(asio::use_awaitable);
+        co_await cache.get("a", slow_fetcher(calls, "t3", std::chrono::seconds(1)));
+      },
+      asio::detached);
   ctx.run();
   EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(cache.peek("a"), "t3");
@@ -138,9 +148,10 @@ TEST(TokenCache, MissingExpiresInMeansSixtySeconds) {
   token_cache cache;
   std::atomic<int> calls{0};
   asio::io_context ctx(1);
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(0)));
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(0))); },
+      asio::detached);
   ctx.run();
   EXPECT_EQ(cache.peek("a"), "t1");  // not expired at once: default 60 s
 }
