@@ -634,6 +634,7 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
   }
 
   int auth_rounds = 0;
+  bool answered_challenge = false;
   std::size_t redirects = 0;
   while (true) {
     auto r = make_request(verb, current, target);
@@ -646,7 +647,9 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
         co_await exchange(pool, reg.tls, current, r, head, reg.options.id(), at_endpoint ? "registry" : "redirect", ec);
     if (ec) co_return response{};
 
-    if (ex.status == 401 && at_endpoint && auth_rounds < 2) {
+    // One answer to a challenge per request: a 401 right after a token fetched for
+    // this request means the robot lacks access, and the client hears so.
+    if (ex.status == 401 && at_endpoint && auth_rounds < 3 && !answered_challenge) {
       std::vector<std::string> values;
       for (const auto& f : ex.headers.fields()) {
         if (core::iequals(f.first, "WWW-Authenticate")) values.push_back(f.second);
@@ -664,8 +667,10 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
           reg.bearer_service = service;
         }
         const auto key = token_key(reg.options.id(), realm, service, scope);
-        // The token we sent was refused (expired or revoked): never hand it out again.
-        if (!sent_token.empty()) reg.tokens.invalidate(sent_token_key, sent_token);
+        // The token we sent for this very scope was refused (expired or revoked):
+        // never hand it out again. A 401 for another scope (a redirect to another
+        // repository) says nothing about it.
+        if (!sent_token.empty() && key == sent_token_key) reg.tokens.invalidate(sent_token_key, sent_token);
         co_await drain(ex.body);
         // Named, not a temporary: GCC 12 mis-destroys lambda temporaries inside a
         // co_await expression.
@@ -687,6 +692,7 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
         }
         sent_token_key = key;
         sent_token = tok.token;
+        answered_challenge = true;
         authorization = "Bearer " + tok.token;
         ++auth_rounds;
         continue;
@@ -703,6 +709,7 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
         co_await drain(ex.body);
         authorization = "Basic " + core::base64_encode(c->username + ":" + c->password);
         sent_token.clear();
+        answered_challenge = true;
         ++auth_rounds;
         continue;
       }
@@ -744,7 +751,8 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
       log::debug("upstream_redirect", {{"registry", reg.options.id()}, {"status", ex.status}, {"to_host", next->host}});
       current = *next;
       target = std::move(next_target);
-      continue;  // Authorization is only ever attached at the endpoint origin
+      answered_challenge = false;  // a new resource may need a new scope (Harbor's 301 to library/)
+      continue;                    // Authorization is only ever attached at the endpoint origin
     }
 
     co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
