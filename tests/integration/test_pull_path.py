@@ -297,3 +297,16 @@ def test_access_log_is_structured(world, berth):
     for key in ("ts", "method", "path", "ns", "status", "bytes", "duration_ms", "upstream_status"):
         assert key in rec, key
     assert rec["status"] == 200 and rec["upstream_status"] == 200 and rec["ns"] == REGISTRY_NAME
+
+
+def test_streaming_a_big_blob_keeps_memory_flat(world, berth):
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    assert size > 100 * 1024 * 1024
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda _: get(berth, f"/v2/library/app/blobs/{big}")[2], range(4)))
+    assert all(len(b) == size for b in bodies)
+    with open(f"/proc/{berth.proc.pid}/status") as f:
+        hwm_kb = int([l for l in f if l.startswith("VmHWM:")][0].split()[1])
+    # Four concurrent 110 MB streams; the peak resident size stays far below one blob.
+    assert hwm_kb < 64 * 1024, f"peak RSS {hwm_kb} kB"
