@@ -7,11 +7,14 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <memory>
 #include <thread>
 
 #include "config/config.hpp"
+#include "containerd/hosts_toml.hpp"
 #include "core/log.hpp"
 #include "http/handlers.hpp"
 #include "http/server.hpp"
@@ -156,6 +159,56 @@ int check_config(const std::string& path) {
   return rc;
 }
 
+struct containerd_args {
+  std::vector<std::string> registries;
+  std::string mirror;
+  std::string certs_dir = "/etc/containerd/certs.d";
+  std::string server;
+  std::string dial_timeout = "1s";
+  std::string config;
+};
+
+// Registries and mirror URL from the flags, or from a Berth config file.
+void resolve_containerd_args(containerd_args& a) {
+  if (!a.config.empty()) {
+    const auto s = config::load_file(a.config);
+    if (a.registries.empty()) {
+      for (const auto& r : s.registries) a.registries.insert(a.registries.end(), r.names.begin(), r.names.end());
+    }
+    if (a.mirror.empty()) {
+      std::string listen = s.server.listen;
+      // containerd on the node reaches a wildcard listener on loopback.
+      if (listen.rfind("0.0.0.0:", 0) == 0) listen = "127.0.0.1:" + listen.substr(8);
+      if (listen.rfind("[::]:", 0) == 0) listen = "[::1]:" + listen.substr(5);
+      a.mirror = "http://" + listen;
+    }
+  }
+  if (a.registries.empty()) throw std::runtime_error("name at least one --registry (or give --config)");
+  if (a.mirror.empty()) throw std::runtime_error("give --mirror (or --config)");
+}
+
+int containerd_command(const std::string& verb, containerd_args a) {
+  resolve_containerd_args(a);
+  for (const auto& registry : a.registries) {
+    containerd::hosts_options o{registry, a.mirror, a.server, a.dial_timeout};
+    if (verb == "print") {
+      std::optional<std::string> existing;
+      const auto path = containerd::hosts_file(a.certs_dir, registry);
+      if (std::ifstream in{path, std::ios::binary}) {
+        existing = std::string(std::istreambuf_iterator<char>(in), {});
+      }
+      std::cout << "# " << path << "\n" << containerd::render(o, existing);
+    } else if (verb == "install") {
+      const auto r = containerd::install(a.certs_dir, o);
+      std::cout << r.action << " " << r.path << "\n";
+    } else {
+      const auto r = containerd::uninstall(a.certs_dir, registry, a.mirror);
+      std::cout << r.action << " " << r.path << "\n";
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -174,6 +227,24 @@ int main(int argc, char** argv) {
 
   auto* version_cmd = app.add_subcommand("version", "Print the version");
 
+  containerd_args ctd;
+  auto* ctd_cmd = app.add_subcommand("containerd", "Point containerd at Berth through certs.d/<registry>/hosts.toml");
+  ctd_cmd->require_subcommand(1);
+  for (auto [name, help] : {std::pair{"install", "Write Berth's host entry (keeps the file's other hosts, backs it up)"},
+                            std::pair{"uninstall", "Restore the original hosts.toml (or remove Berth's)"},
+                            std::pair{"print", "Show the hosts.toml install would write, without writing"}}) {
+    auto* sub = ctd_cmd->add_subcommand(name, help);
+    sub->add_option("--registry", ctd.registries, "Registry host containerd pulls from (repeatable)");
+    sub->add_option("--mirror", ctd.mirror, "Berth's URL, e.g. http://127.0.0.1:5050");
+    sub->add_option("--certs-dir", ctd.certs_dir, "containerd's config_path")->capture_default_str();
+    sub->add_option("--config", ctd.config, "Take registries and mirror from this Berth config");
+    if (std::string(name) != "uninstall") {
+      sub->add_option("--server", ctd.server, "Fallback server for a new file (default https://<registry>)");
+      sub->add_option("--dial-timeout", ctd.dial_timeout, "containerd 2.1+ dial timeout for Berth; '' to omit")
+          ->capture_default_str();
+    }
+  }
+
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -182,6 +253,11 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*check_cmd) return check_config(check_path);
+    if (*ctd_cmd) {
+      for (const char* verb : {"install", "uninstall", "print"}) {
+        if (*ctd_cmd->get_subcommand(verb)) return containerd_command(verb, ctd);
+      }
+    }
     if (*serve_cmd) return serve(config_path);
   } catch (const config::config_error& e) {
     std::cerr << "berth: " << e.what() << "\n";

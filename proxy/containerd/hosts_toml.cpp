@@ -1,0 +1,199 @@
+#include "containerd/hosts_toml.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace berth::containerd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool safe_registry(const std::string& r) {
+  if (r.empty() || r.size() > 255 || r == "." || r == ".." || r.front() == '.') return false;
+  for (char c : r) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '-' || c == ':' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool safe_url(const std::string& u) {
+  if (u.rfind("http://", 0) != 0 && u.rfind("https://", 0) != 0) return false;
+  for (char c : u) {
+    if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == ' ') return false;
+  }
+  return true;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+std::vector<std::string_view> lines_of(std::string_view text) {
+  std::vector<std::string_view> out;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    auto nl = text.find('\n', start);
+    if (nl == std::string_view::npos) nl = text.size();
+    out.push_back(text.substr(start, nl - start));
+    start = nl + 1;
+  }
+  return out;
+}
+
+bool is_table_header(std::string_view line) {
+  line = trim(line);
+  return !line.empty() && line.front() == '[';
+}
+
+// [host."<mirror>"] or [host."<mirror>".header] (also with single quotes).
+bool is_mirror_table(std::string_view line, std::string_view mirror) {
+  line = trim(line);
+  for (const char* q : {"\"", "'"}) {
+    const std::string prefix = std::string("[host.") + q + std::string(mirror) + q;
+    if (line.rfind(prefix, 0) == 0) {
+      const char next = line.size() > prefix.size() ? line[prefix.size()] : '\0';
+      if (next == ']' || next == '.') return true;
+    }
+  }
+  return false;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot be read");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_atomically(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".berth-tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error(tmp + ": cannot be written: " + std::strerror(errno));
+    out << content;
+    out.flush();
+    if (!out) throw std::runtime_error(tmp + ": write failed: " + std::strerror(errno));
+  }
+  fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+std::string hosts_dir(const std::string& certs_dir, const std::string& registry) {
+  return (fs::path(certs_dir) / registry).string();
+}
+std::string hosts_file(const std::string& certs_dir, const std::string& registry) {
+  return (fs::path(certs_dir) / registry / "hosts.toml").string();
+}
+std::string backup_file(const std::string& certs_dir, const std::string& registry) {
+  return (fs::path(certs_dir) / registry / "hosts.toml.berth-orig").string();
+}
+
+std::string strip(std::string_view existing, std::string_view mirror) {
+  std::string out;
+  bool in_block = false;  // inside Berth's marked block
+  bool in_table = false;  // inside another table for the same mirror URL
+  for (auto line : lines_of(existing)) {
+    const auto t = trim(line);
+    if (t == k_block_begin) {
+      in_block = true;
+      continue;
+    }
+    if (in_block) {
+      if (t == k_block_end) in_block = false;
+      continue;
+    }
+    if (is_table_header(line)) in_table = is_mirror_table(line, mirror);
+    if (in_table) continue;
+    out.append(line);
+    out.push_back('\n');
+  }
+  if (!existing.empty() && existing.back() != '\n' && !out.empty()) out.pop_back();
+  return out;
+}
+
+std::string render(const hosts_options& o, const std::optional<std::string>& existing) {
+  if (!safe_registry(o.registry)) throw std::invalid_argument("not a registry host name: " + o.registry);
+  if (!safe_url(o.mirror)) throw std::invalid_argument("mirror must be an http:// or https:// URL: " + o.mirror);
+  const std::string server = o.server.empty() ? "https://" + o.registry : o.server;
+  if (!safe_url(server)) throw std::invalid_argument("server must be an http:// or https:// URL: " + server);
+
+  std::string block;
+  block += k_block_begin;
+  block += "\n[host.\"" + o.mirror + "\"]\n";
+  block += "  capabilities = [\"pull\", \"resolve\"]\n";
+  if (!o.dial_timeout.empty()) block += "  dial_timeout = \"" + o.dial_timeout + "\"\n";
+  block += k_block_end;
+  block += "\n";
+
+  if (!existing) {
+    return std::string(k_created_marker) + "\nserver = \"" + server + "\"\n\n" + block;
+  }
+  // Top-level keys (server, ca, ...) must stay before the first table; Berth's
+  // table goes right after them, so containerd tries it before any other host.
+  const std::string kept = strip(*existing, o.mirror);
+  const auto lines = lines_of(kept);
+  std::string head, tail;
+  bool in_tables = false;
+  for (auto line : lines) {
+    if (!in_tables && is_table_header(line)) in_tables = true;
+    (in_tables ? tail : head).append(line).push_back('\n');
+  }
+  while (head.size() >= 2 && head.ends_with("\n\n")) head.pop_back();
+  std::string out = head;
+  if (!out.empty() && !out.ends_with("\n\n")) out += "\n";
+  out += block;
+  if (!tail.empty()) out += "\n" + tail;
+  return out;
+}
+
+outcome install(const std::string& certs_dir, const hosts_options& o) {
+  const auto path = hosts_file(certs_dir, o.registry);
+  const auto backup = backup_file(certs_dir, o.registry);
+  std::optional<std::string> existing;
+  if (fs::exists(path)) existing = read_file(path);
+  const auto next = render(o, existing);
+  if (existing && *existing == next) return {path, "unchanged"};
+  fs::create_directories(hosts_dir(certs_dir, o.registry));
+  const bool ours = existing && (existing->find(k_block_begin) != std::string::npos);
+  if (existing && !ours && !fs::exists(backup)) write_atomically(backup, *existing);
+  write_atomically(path, next);
+  return {path, existing ? "updated" : "created"};
+}
+
+outcome uninstall(const std::string& certs_dir, const std::string& registry, const std::string& mirror) {
+  if (!safe_registry(registry)) throw std::invalid_argument("not a registry host name: " + registry);
+  const auto path = hosts_file(certs_dir, registry);
+  const auto backup = backup_file(certs_dir, registry);
+  if (fs::exists(backup)) {
+    fs::rename(backup, path);
+    return {path, "restored"};
+  }
+  if (!fs::exists(path)) return {path, "nothing to do"};
+  const auto text = read_file(path);
+  if (text.rfind(k_created_marker, 0) == 0) {
+    fs::remove(path);
+    std::error_code ignored;
+    fs::remove(hosts_dir(certs_dir, registry), ignored);  // only if empty
+    return {path, "removed"};
+  }
+  const auto stripped = strip(text, mirror);
+  if (stripped == text) return {path, "nothing to do"};
+  write_atomically(path, stripped);
+  return {path, "updated"};
+}
+
+}  // namespace berth::containerd

@@ -1,0 +1,164 @@
+"""deploy/: the Kustomize base and overlays render, lint, carry a valid Berth
+config and the DaemonSet properties the cluster relies on; `berth containerd
+install` makes a real containerd pull through Berth; the image builds and runs."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+import harness
+from conftest import REGISTRY_NAME, berth_binary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEPLOY = os.path.join(ROOT, "deploy")
+
+
+def kustomize(path):
+    r = subprocess.run(["kubectl", "kustomize", path], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return list(yaml.safe_load_all(r.stdout))
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d and d.get("kind") == kind]
+
+
+@pytest.fixture(scope="module", params=["kubernetes/base", "kubernetes/overlays/example", "flux"])
+def rendered(request, tmp_path_factory):
+    if shutil.which("kubectl") is None:
+        # Debian does not package kubectl; CI's machine image ships it.
+        pytest.skip("kubectl (with kustomize) is not installed: deploy/ rendering not checked")
+    if request.param == "flux":
+        # The Flux app points at Berth's base by Git URL; render it against this checkout.
+        app = tmp_path_factory.mktemp("flux") / "app"
+        shutil.copytree(os.path.join(DEPLOY, "flux/kubernetes/apps/harbor/berth/app"), app)
+        k = (app / "kustomization.yaml").read_text()
+        remote = [l.strip()[2:] for l in k.splitlines() if "//deploy/kubernetes/base" in l][0]
+        local = os.path.relpath(os.path.join(DEPLOY, "kubernetes/base"), app)  # kustomize wants a relative path
+        (app / "kustomization.yaml").write_text(k.replace(remote, local))
+        return kustomize(str(app))
+    return kustomize(os.path.join(DEPLOY, request.param))
+
+
+def test_yamllint_passes():
+    r = subprocess.run(["yamllint", "-s", "-c", os.path.join(ROOT, ".yamllint"), DEPLOY, os.path.join(ROOT, "config")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_renders_every_object(rendered):
+    kinds = {d["kind"] for d in rendered if d}
+    assert {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor"} <= kinds
+
+
+def test_rendered_config_passes_check_config(rendered, tmp_path):
+    cm = by_kind(rendered, "ConfigMap")[0]
+    cfg = tmp_path / "berth.yaml"
+    cfg.write_text(cm["data"]["berth.yaml"])
+    r = subprocess.run([berth_binary(), "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "listen: 127.0.0.1:5050" in r.stdout  # the mirror stays on the node's loopback
+    ds = by_kind(rendered, "DaemonSet")[0]
+    # The DaemonSet mounts exactly the (hashed) ConfigMap that was rendered.
+    vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
+
+
+def test_daemonset_properties(rendered):
+    ds = by_kind(rendered, "DaemonSet")[0]
+    spec = ds["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    assert spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"]
+    assert pod["hostNetwork"] is True
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in pod["tolerations"]
+    assert pod["automountServiceAccountToken"] is False
+    berth = [c for c in pod["containers"] if c["name"] == "berth"][0]
+    assert berth["args"][:1] == ["serve"]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert berth[probe]["httpGet"]["path"] == path
+        assert berth[probe]["httpGet"]["port"] == "metrics"
+    assert [p["containerPort"] for p in berth["ports"] if p["name"] == "metrics"] == [9095]
+    res = berth["resources"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
+    sc = berth["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    # Graceful shutdown: the grace period outlasts Berth's shutdown_timeout.
+    cm = by_kind(rendered, "ConfigMap")[0]
+    timeout = yaml.safe_load(cm["data"]["berth.yaml"]).get("shutdown_timeout", "25s")
+    assert pod["terminationGracePeriodSeconds"] > int(timeout.rstrip("s"))
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["cache"]["hostPath"]["path"] == "/var/lib/berth"
+    mounts = {m["name"]: m for m in berth["volumeMounts"]}
+    assert mounts["cache"]["mountPath"] == "/var/lib/berth"
+    # The Secret is mounted as a directory (no subPath), so rotations reach Berth.
+    assert vols["harbor-pull"]["secret"]["secretName"] == "harbor-pull"
+    assert "subPath" not in mounts["harbor-pull"]
+    init = [c for c in pod["initContainers"] if c["name"] == "containerd-hosts"][0]
+    assert init["args"][:2] == ["containerd", "install"]
+    certs = [m for m in init["volumeMounts"] if m["name"] == "containerd-certs"][0]
+    assert vols["containerd-certs"]["hostPath"]["path"] == "/etc/containerd/certs.d"
+    assert any(a == f"--certs-dir={certs['mountPath']}" for a in init["args"])
+    assert init["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_containerd_install_then_a_real_pull_then_uninstall_restores(world, berth, tmp_path):
+    certs = tmp_path / "certs.d"
+    d = certs / REGISTRY_NAME
+    d.mkdir(parents=True)
+    other_host = f"http://127.0.0.1:{harness.dead_port()}"
+    original = (f'# the node\'s own file\nserver = "http://127.0.0.1:{harness.dead_port()}"\n\n'
+                f'[host."{other_host}"]\n  capabilities = ["pull"]\n').encode()
+    (d / "hosts.toml").write_bytes(original)
+    r = subprocess.run([berth_binary(), "containerd", "install", "--registry", REGISTRY_NAME, "--mirror", berth.url,
+                        "--certs-dir", str(certs)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("updated"), r.stderr
+    text = (d / "hosts.toml").read_text()
+    # containerd tries hosts in file order: Berth first, then the node's own mirror.
+    assert text.index(f'[host."{berth.url}"]') < text.index(f'[host."{other_host}"]')
+    assert "# the node's own file" in text and 'capabilities = ["pull", "resolve"]' in text
+    ctd = harness.Containerd(str(tmp_path / "containerd")).start()
+    try:
+        r = ctd.ctr("-n", "t", "images", "pull", "--hosts-dir", str(certs), "--snapshotter", "native",
+                    f"{REGISTRY_NAME}/library/app:v1", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        ctd.stop()
+    r = subprocess.run([berth_binary(), "containerd", "uninstall", "--registry", REGISTRY_NAME, "--mirror", berth.url,
+                        "--certs-dir", str(certs)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("restored"), r.stdout + r.stderr
+    assert (d / "hosts.toml").read_bytes() == original
+    assert sorted(os.listdir(d)) == ["hosts.toml"]
+
+
+def test_containerd_print_writes_nothing(tmp_path):
+    r = subprocess.run([berth_binary(), "containerd", "print", "--registry", "r.example", "--mirror",
+                        "http://127.0.0.1:5050", "--certs-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0 and '[host."http://127.0.0.1:5050"]' in r.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_image_builds_from_scratch_and_runs(tmp_path):
+    if shutil.which("buildah") is None:
+        pytest.fail("buildah is not installed (bash .ci/dev deps installs it)")
+    store = tmp_path / "buildah"
+    image = "localhost/berth:test"
+    r = subprocess.run([os.path.join(DEPLOY, "image", "build-scratch.sh"), berth_binary(), image, str(store)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    b = ["buildah", "--root", str(store / "root"), "--runroot", str(store / "runroot"), "--storage-driver", "vfs"]
+    ctr = subprocess.run(b + ["from", image], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        r = subprocess.run(b + ["run", "--isolation", "chroot", ctr, "--", "/usr/local/bin/berth", "--version"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("berth "), r.stdout + r.stderr
+        cfg = subprocess.run(b + ["inspect", "--format", "{{.OCIv1.Config.User}}", image], capture_output=True, text=True)
+        assert cfg.stdout.strip() == "65532:65532"
+    finally:
+        subprocess.run(b + ["rm", ctr], capture_output=True)
+        subprocess.run(b + ["rmi", "--all", "--force"], capture_output=True)

@@ -1,0 +1,94 @@
+#include "containerd/hosts_toml.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace berth::containerd;
+namespace fs = std::filesystem;
+
+namespace {
+const hosts_options k_opts{"registry.example.ts.net", "http://127.0.0.1:5050", "", "1s"};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+TEST(HostsToml, NewFileHasServerThenBerth) {
+  const auto out = render(k_opts, std::nullopt);
+  EXPECT_EQ(out.rfind(k_created_marker, 0), 0u);
+  const auto server = out.find("server = \"https://registry.example.ts.net\"");
+  const auto host = out.find("[host.\"http://127.0.0.1:5050\"]");
+  ASSERT_NE(server, std::string::npos);
+  ASSERT_NE(host, std::string::npos);
+  EXPECT_LT(server, host);
+  EXPECT_NE(out.find("capabilities = [\"pull\", \"resolve\"]"), std::string::npos);
+  EXPECT_NE(out.find("dial_timeout = \"1s\""), std::string::npos);
+}
+
+TEST(HostsToml, BerthGoesBeforeExistingHostsAndKeepsEverythingElse) {
+  const std::string existing =
+      "server = \"https://registry.example.ts.net\"\n# a comment\nca = \"/etc/ca.pem\"\n\n"
+      "[host.\"https://other:5000\"]\n  capabilities = [\"pull\"]\n  [host.\"https://other:5000\".header]\n  x = \"y\"\n";
+  const auto out = render(k_opts, existing);
+  const auto berth = out.find("[host.\"http://127.0.0.1:5050\"]");
+  const auto other = out.find("[host.\"https://other:5000\"]");
+  ASSERT_NE(berth, std::string::npos);
+  ASSERT_NE(other, std::string::npos);
+  EXPECT_LT(berth, other);
+  EXPECT_LT(out.find("ca = \"/etc/ca.pem\""), berth);  // top-level keys stay before any table
+  EXPECT_NE(out.find("# a comment"), std::string::npos);
+  EXPECT_NE(out.find("x = \"y\""), std::string::npos);
+  // Stripping Berth's block gives the original back.
+  EXPECT_EQ(strip(out, k_opts.mirror).find("127.0.0.1:5050"), std::string::npos);
+}
+
+TEST(HostsToml, RenderIsIdempotentAndReplacesAStaleEntryForTheSameMirror) {
+  const std::string existing =
+      "server = \"https://r\"\n[host.\"http://127.0.0.1:5050\"]\n  capabilities = [\"pull\"]\n  skip_verify = true\n";
+  const auto once = render(k_opts, existing);
+  EXPECT_EQ(render(k_opts, once), once);
+  EXPECT_EQ(once.find("skip_verify"), std::string::npos);
+  std::size_t count = 0;
+  for (auto p = once.find("[host.\"http://127.0.0.1:5050\"]"); p != std::string::npos;
+       p = once.find("[host.\"http://127.0.0.1:5050\"]", p + 1))
+    ++count;
+  EXPECT_EQ(count, 1u);
+}
+
+TEST(HostsToml, RejectsInjection) {
+  EXPECT_THROW(render({"../etc", "http://127.0.0.1:5050", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"r", "http://x\"]\n[evil", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"r", "ftp://x", "", ""}, std::nullopt), std::invalid_argument);
+}
+
+TEST(HostsToml, InstallBacksUpOnceAndUninstallRestoresByteForByte) {
+  const fs::path dir = fs::temp_directory_path() / ("berth-hosts-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "registry.example.ts.net");
+  const std::string original = "server = \"https://registry.example.ts.net\"\r\n# CRLF and no final newline";
+  std::ofstream(dir / "registry.example.ts.net" / "hosts.toml", std::ios::binary) << original;
+
+  EXPECT_EQ(install(dir.string(), k_opts).action, "updated");
+  EXPECT_EQ(install(dir.string(), k_opts).action, "unchanged");
+  auto o2 = k_opts;
+  o2.dial_timeout = "2s";
+  EXPECT_EQ(install(dir.string(), o2).action, "updated");  // re-install never overwrites the backup
+  EXPECT_EQ(slurp(dir / "registry.example.ts.net" / "hosts.toml.berth-orig"), original);
+  EXPECT_EQ(uninstall(dir.string(), k_opts.registry, k_opts.mirror).action, "restored");
+  EXPECT_EQ(slurp(dir / "registry.example.ts.net" / "hosts.toml"), original);
+  EXPECT_FALSE(fs::exists(dir / "registry.example.ts.net" / "hosts.toml.berth-orig"));
+
+  // A file Berth created is removed, with its directory.
+  EXPECT_EQ(install(dir.string(), {"new.example", "http://127.0.0.1:5050", "", ""}).action, "created");
+  EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "removed");
+  EXPECT_FALSE(fs::exists(dir / "new.example"));
+  EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "nothing to do");
+  fs::remove_all(dir);
+}
