@@ -8,8 +8,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <thread>
 
@@ -230,9 +230,10 @@ int main(int argc, char** argv) {
   containerd_args ctd;
   auto* ctd_cmd = app.add_subcommand("containerd", "Point containerd at Berth through certs.d/<registry>/hosts.toml");
   ctd_cmd->require_subcommand(1);
-  for (auto [name, help] : {std::pair{"install", "Write Berth's host entry (keeps the file's other hosts, backs it up)"},
-                            std::pair{"uninstall", "Restore the original hosts.toml (or remove Berth's)"},
-                            std::pair{"print", "Show the hosts.toml install would write, without writing"}}) {
+  for (auto [name, help] :
+       {std::pair{"install", "Write Berth's host entry (keeps the file's other hosts, backs it up)"},
+        std::pair{"uninstall", "Restore the original hosts.toml (or remove Berth's)"},
+        std::pair{"print", "Show the hosts.toml install would write, without writing"}}) {
     auto* sub = ctd_cmd->add_subcommand(name, help);
     sub->add_option("--registry", ctd.registries, "Registry host containerd pulls from (repeatable)");
     sub->add_option("--mirror", ctd.mirror, "Berth's URL, e.g. http://127.0.0.1:5050");

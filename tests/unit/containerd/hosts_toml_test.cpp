@@ -35,7 +35,8 @@ TEST(HostsToml, NewFileHasServerThenBerth) {
 TEST(HostsToml, BerthGoesBeforeExistingHostsAndKeepsEverythingElse) {
   const std::string existing =
       "server = \"https://registry.example.ts.net\"\n# a comment\nca = \"/etc/ca.pem\"\n\n"
-      "[host.\"https://other:5000\"]\n  capabilities = [\"pull\"]\n  [host.\"https://other:5000\".header]\n  x = \"y\"\n";
+      "[host.\"https://other:5000\"]\n  capabilities = [\"pull\"]\n  [host.\"https://other:5000\".header]\n  x = "
+      "\"y\"\n";
   const auto out = render(k_opts, existing);
   const auto berth = out.find("[host.\"http://127.0.0.1:5050\"]");
   const auto other = out.find("[host.\"https://other:5000\"]");
