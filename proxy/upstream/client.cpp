@@ -4,19 +4,18 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/ssl.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
 #include <deque>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -25,6 +24,7 @@
 #include "metrics/metrics.hpp"
 #include "upstream/challenge.hpp"
 #include "upstream/token_cache.hpp"
+#include "upstream/transport.hpp"
 
 namespace berth::upstream {
 
@@ -168,58 +168,19 @@ std::string registry::load_credentials() {
 namespace {
 
 struct connection {
+  connection(asio::any_io_executor ex, origin o, std::string k)
+      : org(std::move(o)), key(std::move(k)), t(std::move(ex)) {}
   origin org;
   std::string key;
-  std::optional<beast::tcp_stream> plain;
-  std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
-  beast::flat_buffer buffer;
+  transport t;
+  beast::flat_buffer buffer;  // bytes read past what the last parse consumed
   clock_type::time_point idle_since{};
-
-  beast::tcp_stream& lowest() { return secure ? beast::get_lowest_layer(*secure) : *plain; }
-
-  // Runs `f(stream)` on whichever stream this connection has.
-  template <class F>
-  auto with_stream(F&& f) {
-    if (secure) return f(*secure);
-    return f(*plain);
-  }
 
   // An idle keep-alive connection the server has closed (or sent anything on) is
   // not reusable.
-  bool looks_alive() {
-    auto& sock = lowest().socket();
-    if (!sock.is_open() || buffer.size() != 0) return false;
-    char c;
-    const auto n = ::recv(sock.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-  }
-
-  void close() {
-    error_code ignored;
-    lowest().socket().shutdown(tcp::socket::shutdown_both, ignored);
-    lowest().socket().close(ignored);
-  }
+  bool looks_alive() { return buffer.size() == 0 && t.reusable_when_idle(); }
+  void close() { t.close(); }
 };
-
-bool is_ip_literal(const std::string& host) {
-  error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
-
-error_code map_transport_error(const error_code& ec) {
-  if (ec == beast::error::timeout || ec == asio::error::timed_out) return errc::timeout;
-  if (ec.category() == asio::error::get_ssl_category() || ec.category() == asio::ssl::error::get_stream_category())
-    return errc::tls_failed;
-  if (ec == asio::error::connection_refused || ec == asio::error::host_unreachable ||
-      ec == asio::error::network_unreachable || ec == asio::error::host_not_found ||
-      ec == asio::error::host_not_found_try_again || ec == asio::error::no_data)
-    return errc::connect_failed;
-  if (ec.category() == make_error_code(http::error::end_of_stream).category() && ec != http::error::end_of_stream &&
-      ec != http::error::partial_message)
-    return errc::protocol_error;
-  return errc::connection_lost;
-}
 
 }  // namespace
 
@@ -299,9 +260,7 @@ struct client::impl {
     }
     ++slot.active;
     reused = false;
-    auto c = std::make_unique<connection>();
-    c->org = o;
-    c->key = key;
+    auto c = std::make_unique<connection>(executor, o, key);
     co_await connect(*c, tls, ec);
     if (ec) {
       --slot.active;
@@ -312,37 +271,8 @@ struct client::impl {
   }
 
   asio::awaitable<void> connect(connection& c, ssl::context& tls, error_code& ec) {
-    if (c.org.tls()) {
-      c.secure.emplace(executor, tls);
-    } else {
-      c.plain.emplace(executor);
-    }
-    tcp::resolver resolver(executor);
-    auto endpoints =
-        co_await resolver.async_resolve(c.org.host, c.org.port, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      ec = errc::connect_failed;
-      co_return;
-    }
-    c.lowest().expires_after(options.connect_timeout);
-    co_await c.lowest().async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      ec = map_transport_error(ec);
-      co_return;
-    }
-    c.lowest().socket().set_option(tcp::no_delay(true), ec);
-    ec = {};
-    if (c.secure) {
-      if (!is_ip_literal(c.org.host)) SSL_set_tlsext_host_name(c.secure->native_handle(), c.org.host.c_str());
-      c.secure->set_verify_callback(ssl::host_name_verification(c.org.host));
-      co_await c.secure->async_handshake(ssl::stream_base::client, asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) {
-        log::warn("upstream_tls_failed", {{"host", c.org.host}, {"port", c.org.port}, {"error", ec.message()}});
-        ec = ec == beast::error::timeout ? error_code(errc::timeout) : error_code(errc::tls_failed);
-        co_return;
-      }
-    }
-    c.lowest().expires_never();
+    co_await c.t.connect(c.org.host, c.org.port, c.org.tls() ? tls.native_handle() : nullptr, options.connect_timeout,
+                         ec);
   }
 };
 
@@ -350,65 +280,134 @@ namespace {
 
 using response_parser = http::response_parser<http::buffer_body>;
 
-// The rest of an upstream response body, read straight from the pooled connection.
-// Gives the connection back to the pool once the body is complete.
-class upstream_body final : public core::body_source {
+// The common part of a body read from a pooled connection: gives the connection
+// back to the pool once the body is complete, counts bytes.
+class pooled_body : public core::body_source {
  public:
-  upstream_body(client::impl& pool, std::unique_ptr<connection> conn, std::unique_ptr<response_parser> parser,
-                std::string registry)
-      : pool_(pool), conn_(std::move(conn)), parser_(std::move(parser)), registry_(std::move(registry)) {
-    if (auto n = parser_->content_length()) size_ = *n;
+  pooled_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry, bool keep_alive)
+      : pool_(pool), conn_(std::move(conn)), registry_(std::move(registry)), keep_alive_(keep_alive) {}
+  ~pooled_body() override { finish(false); }
+
+ protected:
+  void finish(bool reusable) {
+    if (!conn_) return;
+    if (received_ > 0) pool_.metrics.upstream_bytes(registry_, received_);
+    received_ = 0;
+    conn_->t.clear_deadline();
+    pool_.release(std::move(conn_), reusable && keep_alive_);
   }
-  ~upstream_body() override { finish(false); }
+  void fail(error_code& ec) {
+    pool_.metrics.upstream_error(registry_, ec == errc::timeout ? "body_stall" : "body_broken");
+    if (ec == asio::error::eof) ec = errc::connection_lost;  // the body ended early
+    finish(false);
+  }
+
+  client::impl& pool_;
+  std::unique_ptr<connection> conn_;
+  std::string registry_;
+  bool keep_alive_;
+  std::uint64_t received_ = 0;
+};
+
+// A Content-Length body: read straight into the caller's buffer, no parser, no copy.
+class sized_body final : public pooled_body {
+ public:
+  sized_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry, bool keep_alive,
+             std::uint64_t size)
+      : pooled_body(pool, std::move(conn), std::move(registry), keep_alive), size_(size), remaining_(size) {}
 
   std::optional<std::uint64_t> size() const override { return size_; }
 
   asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
     ec = {};
+    if (!conn_) co_return 0;
+    if (remaining_ == 0) {
+      finish(true);
+      co_return 0;
+    }
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), remaining_));
+    std::size_t n = 0;
+    if (conn_->buffer.size() > 0) {
+      n = asio::buffer_copy(asio::buffer(buf.data(), want), conn_->buffer.data());
+      conn_->buffer.consume(n);
+    } else {
+      conn_->t.set_deadline(pool_.options.read_timeout);
+      n = co_await conn_->t.read_some(asio::buffer(buf.data(), want), ec);
+      if (ec || n == 0) {
+        if (!ec) ec = errc::connection_lost;
+        fail(ec);
+        co_return 0;
+      }
+    }
+    remaining_ -= n;
+    received_ += n;
+    if (remaining_ == 0) finish(true);
+    co_return n;
+  }
+
+ private:
+  std::uint64_t size_;
+  std::uint64_t remaining_;
+};
+
+// A chunked or close-delimited body, decoded by Beast's parser into the caller's buffer.
+class parsed_body final : public pooled_body {
+ public:
+  parsed_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry,
+              std::unique_ptr<response_parser> parser)
+      : pooled_body(pool, std::move(conn), std::move(registry), parser->keep_alive()), parser_(std::move(parser)) {}
+
+  std::optional<std::uint64_t> size() const override { return std::nullopt; }
+
+  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
+    ec = {};
     while (conn_) {
       if (parser_->is_done()) {
-        finish(parser_->keep_alive());
+        finish(true);
         co_return 0;
       }
       auto& body = parser_->get().body();
       body.data = buf.data();
       body.size = buf.size();
-      conn_->lowest().expires_after(pool_.options.read_timeout);
-      co_await conn_->with_stream([&](auto& s) {
-        return http::async_read(s, conn_->buffer, *parser_, asio::redirect_error(asio::use_awaitable, ec));
-      });
-      if (ec == http::error::need_buffer) ec = {};
+      if (conn_->buffer.size() > 0) {
+        const auto used = parser_->put(conn_->buffer.data(), ec);
+        conn_->buffer.consume(used);
+        if (ec == http::error::need_buffer || ec == http::error::need_more) ec = {};
+        if (ec) {
+          ec = errc::protocol_error;
+          fail(ec);
+          co_return 0;
+        }
+        const std::size_t produced = buf.size() - body.size;
+        if (parser_->is_done()) finish(true);
+        if (produced > 0) {
+          received_ += produced;
+          co_return produced;
+        }
+        if (used > 0) continue;
+      }
+      conn_->t.set_deadline(pool_.options.read_timeout);
+      const auto n = co_await conn_->t.read_some(conn_->buffer.prepare(64 * 1024), ec);
+      if (ec == asio::error::eof) {
+        parser_->put_eof(ec);  // ends a close-delimited body; an error for any other
+        if (ec) {
+          ec = errc::connection_lost;
+          fail(ec);
+          co_return 0;
+        }
+        continue;
+      }
       if (ec) {
-        pool_.metrics.upstream_error(registry_, ec == beast::error::timeout ? "body_stall" : "body_broken");
-        ec = map_transport_error(ec);
-        finish(false);
+        fail(ec);
         co_return 0;
       }
-      const std::size_t n = buf.size() - body.size;
-      if (parser_->is_done()) finish(parser_->keep_alive());
-      if (n > 0) {
-        received_ += n;
-        co_return n;
-      }
+      conn_->buffer.commit(n);
     }
     co_return 0;
   }
 
  private:
-  void finish(bool reusable) {
-    if (!conn_) return;
-    if (received_ > 0) pool_.metrics.upstream_bytes(registry_, received_);
-    received_ = 0;
-    conn_->lowest().expires_never();
-    pool_.release(std::move(conn_), reusable);
-  }
-
-  client::impl& pool_;
-  std::unique_ptr<connection> conn_;
   std::unique_ptr<response_parser> parser_;
-  std::string registry_;
-  std::optional<std::uint64_t> size_;
-  std::uint64_t received_ = 0;
 };
 
 // One request/response exchange on a pooled connection, retried once on a new
@@ -423,6 +422,9 @@ asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls,
                                           http::request<http::empty_body>& req, bool head,
                                           const std::string& registry_id, std::string_view kind, error_code& ec) {
   exchange_result out;
+  std::ostringstream wire_stream;
+  wire_stream << req;
+  const std::string wire = wire_stream.str();
   for (int attempt = 0; attempt < 2; ++attempt) {
     ec = {};
     const auto started = clock_type::now();
@@ -440,33 +442,48 @@ asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls,
     parser->body_limit(boost::none);
     parser->header_limit(64 * 1024);
     if (head) parser->skip(true);
-    conn->lowest().expires_after(pool.options.response_timeout);
-    co_await conn->with_stream(
-        [&](auto& s) { return http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec)); });
-    if (!ec) {
-      co_await conn->with_stream([&](auto& s) {
-        return http::async_read_header(s, conn->buffer, *parser, asio::redirect_error(asio::use_awaitable, ec));
-      });
+    conn->t.set_deadline(pool.options.response_timeout);
+    co_await conn->t.write_all(asio::buffer(wire), ec);
+    bool got_bytes = false;
+    while (!ec && !parser->is_header_done()) {
+      if (conn->buffer.size() > 0) {
+        const auto used = parser->put(conn->buffer.data(), ec);
+        conn->buffer.consume(used);
+        if (ec == http::error::need_more) ec = {};
+        if (ec) {
+          ec = errc::protocol_error;
+          break;
+        }
+        if (parser->is_header_done()) break;
+      }
+      const auto n = co_await conn->t.read_some(conn->buffer.prepare(64 * 1024), ec);
+      if (!ec && n == 0) ec = asio::error::eof;
+      if (!ec) {
+        conn->buffer.commit(n);
+        got_bytes = true;
+      }
     }
     if (ec) {
-      const bool stale = reused && ec != beast::error::timeout;
+      const bool stale = reused && !got_bytes && ec != errc::timeout;
       pool.release(std::move(conn), false);
       if (stale) continue;  // a dead keep-alive connection: try once more on a fresh one
       pool.metrics.upstream_request(registry_id, kind, 0, clock_type::now() - started);
-      pool.metrics.upstream_error(registry_id, ec == beast::error::timeout ? "response_timeout" : "response");
-      ec = map_transport_error(ec);
+      pool.metrics.upstream_error(registry_id, ec == errc::timeout ? "response_timeout" : "response");
+      if (ec == asio::error::eof) ec = errc::connection_lost;
       co_return out;
     }
-    conn->lowest().expires_never();
     auto& res = parser->get();
     out.status = res.result_int();
     pool.metrics.upstream_request(registry_id, kind, out.status, clock_type::now() - started);
     for (const auto& f : res) out.headers.add(std::string(f.name_string()), std::string(f.value()));
     if (head || parser->is_done()) {
-      const bool keep = parser->is_done() && parser->keep_alive();
-      pool.release(std::move(conn), keep);
+      conn->t.clear_deadline();
+      pool.release(std::move(conn), parser->keep_alive());
+    } else if (const auto length = parser->content_length(); length && !parser->chunked()) {
+      const bool keep = parser->keep_alive();
+      out.body = std::make_unique<sized_body>(pool, std::move(conn), registry_id, keep, *length);
     } else {
-      out.body = std::make_unique<upstream_body>(pool, std::move(conn), std::move(parser), registry_id);
+      out.body = std::make_unique<parsed_body>(pool, std::move(conn), registry_id, std::move(parser));
     }
     co_return out;
   }
