@@ -21,6 +21,7 @@
 #include "metrics/metrics.hpp"
 #include "mirror/mirror.hpp"
 #include "mirror/registry_table.hpp"
+#include "store/blob_store.hpp"
 #include "upstream/client.hpp"
 #include "upstream/token_cache.hpp"
 
@@ -36,6 +37,7 @@ struct runtime {
   metrics::registry metrics;
   upstream::token_cache tokens;
   std::vector<std::unique_ptr<upstream::registry>> registries;
+  std::unique_ptr<store::blob_store> store;
   std::vector<std::unique_ptr<asio::io_context>> workers;
   std::vector<std::unique_ptr<upstream::client>> clients;
   std::vector<std::unique_ptr<mirror::mirror>> mirrors;
@@ -73,6 +75,10 @@ int serve(const std::string& config_path) {
   }
   std::vector<upstream::registry*> regs;
   for (auto& r : rt->registries) regs.push_back(r.get());
+  if (s.cache) {
+    rt->store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt->metrics);
+    rt->store->open();
+  }
   rt->table = std::make_unique<mirror::registry_table>(regs, s.default_registry);
 
   const unsigned threads = s.server.threads ? s.server.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -83,7 +89,10 @@ int serve(const std::string& config_path) {
     contexts.push_back(rt->workers.back().get());
     rt->clients.push_back(
         std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
-    rt->mirrors.push_back(std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics));
+    mirror::mirror_options mopts;
+    if (s.cache) mopts.fill_stall = s.cache->reader_stall;
+    rt->mirrors.push_back(
+        std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics, rt->store.get(), mopts));
     mirrors.push_back(rt->mirrors.back().get());
   }
 

@@ -284,7 +284,7 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   if (!root.IsDefined() || root.IsNull()) throw config_error(source + ": the file is empty");
   check_keys(root, top,
              {"listen", "admin_listen", "threads", "log_level", "access_log", "shutdown_timeout", "registries",
-              "default_registry", "upstream", "clients"});
+              "default_registry", "upstream", "clients", "cache"});
   settings s;
   s.source = source;
   if (root["listen"]) {
@@ -334,6 +334,39 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
       p.max_idle_per_host = as_count(u["max_idle_per_host"], ctx.child("max_idle_per_host"), 0, 10000);
     if (u["max_redirects"]) p.max_redirects = as_count(u["max_redirects"], ctx.child("max_redirects"), 0, 20);
   }
+  if (auto c = root["cache"]) {
+    const auto ctx = top.child("cache");
+    check_keys(c, ctx, {"dir", "max_size", "low_watermark", "fill_stall_timeout"});
+    store::store_options o;
+    if (!c["dir"]) ctx.fail(c, "dir is required (where blobs, temp files and the index live)");
+    o.dir = as_string(c["dir"], ctx.child("dir"));
+    if (o.dir.empty() || o.dir.front() != '/') ctx.child("dir").fail(c["dir"], "must be an absolute path");
+    while (o.dir.size() > 1 && o.dir.back() == '/') o.dir.pop_back();
+    if (c["max_size"]) {
+      const auto text = as_string(c["max_size"], ctx.child("max_size"));
+      if (!parse_size(text, o.max_bytes, o.max_fraction)) {
+        ctx.child("max_size")
+            .fail(c["max_size"],
+                  "must be a size such as 50GiB, 500MB or a percentage such as 80%, not \"" + text + "\"");
+      }
+    } else {
+      o.max_fraction = 0.8;
+    }
+    if (c["low_watermark"]) {
+      const auto text = as_string(c["low_watermark"], ctx.child("low_watermark"));
+      try {
+        std::size_t used = 0;
+        o.low_watermark = std::stod(text, &used);
+        if (used != text.size()) throw std::invalid_argument(text);
+      } catch (const std::exception&) {
+        ctx.child("low_watermark").fail(c["low_watermark"], "must be a number between 0 and 1");
+      }
+      if (!(o.low_watermark > 0 && o.low_watermark < 1))
+        ctx.child("low_watermark").fail(c["low_watermark"], "must be between 0 and 1 (exclusive)");
+    }
+    if (c["fill_stall_timeout"]) o.reader_stall = as_duration(c["fill_stall_timeout"], ctx.child("fill_stall_timeout"));
+    s.cache = o;
+  }
   const auto regs = root["registries"];
   if (!regs) throw config_error(source + ": registries: is required (at least one upstream registry)");
   if (!regs.IsSequence() || regs.size() == 0)
@@ -361,6 +394,53 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
               "must differ from listen (metrics never share the mirror port)");
   }
   return s;
+}
+
+bool parse_size(std::string_view text, std::uint64_t& bytes, double& fraction) {
+  bytes = 0;
+  fraction = 0;
+  if (text.empty()) return false;
+  if (text.back() == '%') {
+    double pct = 0;
+    try {
+      std::size_t used = 0;
+      pct = std::stod(std::string(text.substr(0, text.size() - 1)), &used);
+      if (used != text.size() - 1) return false;
+    } catch (const std::exception&) {
+      return false;
+    }
+    if (!(pct > 0 && pct <= 100)) return false;
+    fraction = pct / 100;
+    return true;
+  }
+  std::size_t i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+  if (i == 0 || i > 15) return false;
+  const std::uint64_t n = std::stoull(std::string(text.substr(0, i)));
+  const auto unit = text.substr(i);
+  std::uint64_t mult = 0;
+  if (unit.empty() || unit == "B")
+    mult = 1;
+  else if (unit == "KB")
+    mult = 1000ULL;
+  else if (unit == "MB")
+    mult = 1000ULL * 1000;
+  else if (unit == "GB")
+    mult = 1000ULL * 1000 * 1000;
+  else if (unit == "TB")
+    mult = 1000ULL * 1000 * 1000 * 1000;
+  else if (unit == "KiB")
+    mult = 1ULL << 10;
+  else if (unit == "MiB")
+    mult = 1ULL << 20;
+  else if (unit == "GiB")
+    mult = 1ULL << 30;
+  else if (unit == "TiB")
+    mult = 1ULL << 40;
+  else
+    return false;
+  bytes = n * mult;
+  return bytes > 0;
 }
 
 settings load_file(const std::string& path, const env_lookup& env) {
@@ -423,6 +503,16 @@ std::string render(const settings& s) {
   }
   out << YAML::EndSeq;
   if (!s.default_registry.empty()) out << YAML::Key << "default_registry" << YAML::Value << s.default_registry;
+  if (s.cache) {
+    out << YAML::Key << "cache" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "dir" << YAML::Value << s.cache->dir;
+    out << YAML::Key << "max_size" << YAML::Value
+        << (s.cache->max_bytes > 0 ? std::to_string(s.cache->max_bytes)
+                                   : std::to_string(static_cast<int>(s.cache->max_fraction * 100 + 0.5)) + "%");
+    out << YAML::Key << "low_watermark" << YAML::Value << s.cache->low_watermark;
+    out << YAML::Key << "fill_stall_timeout" << YAML::Value << ms(s.cache->reader_stall);
+    out << YAML::EndMap;
+  }
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

@@ -2,6 +2,7 @@
 // Reads and validates the YAML config and the BERTH_* environment into each
 // module's options struct. The only module that includes the YAML parser.
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -9,6 +10,7 @@
 
 #include "core/log.hpp"
 #include "http/options.hpp"
+#include "store/options.hpp"
 #include "upstream/options.hpp"
 
 namespace berth::config {
@@ -18,6 +20,7 @@ struct settings {
   upstream::pool_options upstream;
   std::vector<upstream::registry_options> registries;
   std::string default_registry;
+  std::optional<store::store_options> cache;  // absent: no blob cache
   log::level log_level = log::level::info;
   std::string source;  // the file it came from
 };
@@ -40,5 +43,9 @@ std::string render(const settings& s);
 
 // "30s", "250ms", "5m", "1h", "2h30m", or a plain number of seconds. False if malformed.
 bool parse_duration(std::string_view text, std::chrono::milliseconds& out);
+
+// "50GiB", "500MB", "1048576" (bytes), or "80%" (a fraction of the filesystem).
+// Sets exactly one of bytes / fraction. False if malformed.
+bool parse_size(std::string_view text, std::uint64_t& bytes, double& fraction);
 
 }  // namespace berth::config

@@ -79,6 +79,36 @@ struct registry::impl {
           .Name("berth_credentials_loads_total")
           .Help("Credential file (re)loads, by registry and result")
           .Register(*reg);
+  prometheus::Family<prometheus::Counter>& cache_lookups = BuildCounter()
+                                                               .Name("berth_cache_requests_total")
+                                                               .Help("Blob GETs by cache result: hit, miss, coalesced")
+                                                               .Register(*reg);
+  prometheus::Family<prometheus::Counter>& cache_bytes =
+      BuildCounter()
+          .Name("berth_cache_served_bytes_total")
+          .Help("Blob bytes served, by source: cache (a hit) or upstream (while filling)")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& cache_fills =
+      BuildCounter()
+          .Name("berth_cache_fills_total")
+          .Help("Cache fills by result: started, completed, failed_<reason>")
+          .Register(*reg);
+  prometheus::Gauge& cache_size =
+      BuildGauge().Name("berth_cache_size_bytes").Help("Bytes of published blobs in the cache").Register(*reg).Add({});
+  prometheus::Gauge& cache_objects =
+      BuildGauge().Name("berth_cache_objects").Help("Published blobs in the cache").Register(*reg).Add({});
+  prometheus::Counter& evictions = BuildCounter()
+                                       .Name("berth_cache_evictions_total")
+                                       .Help("Blobs evicted (least recently used first)")
+                                       .Register(*reg)
+                                       .Add({});
+  prometheus::Counter& evicted_bytes =
+      BuildCounter().Name("berth_cache_evicted_bytes_total").Help("Bytes evicted").Register(*reg).Add({});
+  prometheus::Counter& disk_errors = BuildCounter()
+                                         .Name("berth_cache_disk_errors_total")
+                                         .Help("Cache writes that failed (disk full, I/O error)")
+                                         .Register(*reg)
+                                         .Add({});
   prometheus::Gauge& ready =
       BuildGauge().Name("berth_ready").Help("1 when Berth is listening and serving").Register(*reg).Add({});
 };
@@ -128,6 +158,32 @@ void registry::credentials_load(std::string_view registry, std::string_view resu
 
 void registry::set_ready(bool ready) {
   impl_->ready.Set(ready ? 1 : 0);
+}
+
+void registry::cache_lookup(std::string_view result) {
+  impl_->cache_lookups.Add({{"result", s(result)}}).Increment();
+}
+
+void registry::cache_bytes(std::string_view source, std::uint64_t bytes) {
+  if (bytes > 0) impl_->cache_bytes.Add({{"source", s(source)}}).Increment(static_cast<double>(bytes));
+}
+
+void registry::cache_fill(std::string_view result) {
+  impl_->cache_fills.Add({{"result", s(result)}}).Increment();
+}
+
+void registry::cache_usage(std::uint64_t bytes, std::uint64_t blobs) {
+  impl_->cache_size.Set(static_cast<double>(bytes));
+  impl_->cache_objects.Set(static_cast<double>(blobs));
+}
+
+void registry::cache_eviction(std::uint64_t blobs, std::uint64_t bytes) {
+  impl_->evictions.Increment(static_cast<double>(blobs));
+  impl_->evicted_bytes.Increment(static_cast<double>(bytes));
+}
+
+void registry::cache_disk_error() {
+  impl_->disk_errors.Increment();
 }
 
 std::string registry::serialize() const {

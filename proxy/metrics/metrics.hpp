@@ -32,6 +32,14 @@ class registry {
   void credentials_load(std::string_view registry, std::string_view result);
   void set_ready(bool ready);
 
+  // The blob cache.
+  void cache_lookup(std::string_view result);                      // hit, miss, coalesced (joined a fill under way)
+  void cache_bytes(std::string_view source, std::uint64_t bytes);  // served from "cache" or while filling ("upstream")
+  void cache_fill(std::string_view result);                        // started, completed, failed_<reason>
+  void cache_usage(std::uint64_t bytes, std::uint64_t blobs);
+  void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
+  void cache_disk_error();
+
   // The Prometheus text exposition format.
   std::string serialize() const;
 

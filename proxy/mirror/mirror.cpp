@@ -1,5 +1,8 @@
 #include "mirror/mirror.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 #include <boost/url/parse.hpp>
@@ -9,6 +12,7 @@
 #include "core/log.hpp"
 #include "core/media_types.hpp"
 #include "metrics/metrics.hpp"
+#include "store/blob_store.hpp"
 #include "upstream/client.hpp"
 
 namespace berth::mirror {
@@ -168,8 +172,8 @@ std::string rewrite_link(std::string_view link, const std::string& ns) {
 }  // namespace
 
 mirror::mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics,
-               mirror_options options)
-    : table_(table), client_(client), metrics_(metrics), options_(options) {}
+               store::blob_store* store, mirror_options options)
+    : table_(table), client_(client), metrics_(metrics), store_(store), options_(options) {}
 
 asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
   if (req.kind == endpoint::base) {
@@ -297,6 +301,11 @@ asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pul
 }
 
 asio::awaitable<core::reply> mirror::blob(upstream::registry& reg, const pull_request& req) {
+  if (store_ != nullptr && req.digest) {
+    bool handled = false;
+    auto r = co_await cached_blob(reg, req, handled);
+    if (handled) co_return r;
+  }
   upstream::request up;
   up.target = upstream_target(req);
   up.repository = req.name;
@@ -370,6 +379,200 @@ asio::awaitable<core::reply> mirror::listing(upstream::registry& reg, const pull
   co_await res.read_all(r.body, options_.max_tags_body_bytes, ec);
   if (ec) co_return transport_error(ec, reg.id());
   co_return r;
+}
+
+namespace {
+
+// A single byte range, as containerd sends for resumes: bytes=N- or bytes=N-M.
+struct byte_range {
+  std::uint64_t first = 0;
+  std::optional<std::uint64_t> last;
+};
+
+std::optional<byte_range> parse_range(const std::string& header) {
+  constexpr std::string_view prefix = "bytes=";
+  if (header.rfind(prefix, 0) != 0) return std::nullopt;
+  const std::string_view spec = std::string_view(header).substr(prefix.size());
+  if (spec.find(',') != std::string_view::npos) return std::nullopt;  // several ranges: serve the whole blob
+  const auto dash = spec.find('-');
+  if (dash == std::string_view::npos || dash == 0) return std::nullopt;  // suffix ranges are not used by clients here
+  auto number = [](std::string_view v, std::uint64_t& out) {
+    if (v.empty() || v.size() > 19) return false;
+    out = 0;
+    for (char c : v) {
+      if (c < '0' || c > '9') return false;
+      out = out * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    return true;
+  };
+  byte_range r;
+  if (!number(spec.substr(0, dash), r.first)) return std::nullopt;
+  if (dash + 1 < spec.size()) {
+    std::uint64_t last = 0;
+    if (!number(spec.substr(dash + 1), last) || last < r.first) return std::nullopt;
+    r.last = last;
+  }
+  return r;
+}
+
+// Status, headers and body span for a blob of `size` bytes and the client's Range.
+// Returns false when the range cannot be satisfied (the reply is then a 416).
+bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t size, const std::string& media_type,
+                      std::uint64_t& first, std::uint64_t& end) {
+  r.headers.set("Content-Type", media_type.empty() ? std::string("application/octet-stream") : media_type);
+  r.headers.set("Docker-Content-Digest", req.reference);
+  r.headers.set("Accept-Ranges", "bytes");
+  first = 0;
+  end = size;
+  if (auto range = req.head ? std::nullopt : parse_range(req.range)) {
+    if (range->first >= size) {
+      r.status = 416;
+      r.headers.set("Content-Range", "bytes */" + std::to_string(size));
+      return false;
+    }
+    first = range->first;
+    end = range->last ? std::min(*range->last + 1, size) : size;
+    r.status = 206;
+    r.headers.set("Content-Range",
+                  "bytes " + std::to_string(first) + "-" + std::to_string(end - 1) + "/" + std::to_string(size));
+  }
+  r.head_length = end - first;
+  return true;
+}
+
+store::upstream_answer answer_of(core::reply& r) {
+  store::upstream_answer a;
+  a.status = r.status;
+  a.headers = r.headers;
+  a.body = r.body;
+  a.error = r.error;
+  return a;
+}
+
+}  // namespace
+
+asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const pull_request& req, bool& handled) {
+  handled = true;
+  const std::string& digest = req.reference;
+  core::reply r;
+  r.upstream_status = 0;
+  if (req.head) {
+    // A hit is answered from the index, with no upstream traffic.
+    if (auto e = store_->stat(digest)) {
+      metrics_.cache_lookup("hit");
+      std::uint64_t first = 0, end = 0;
+      shape_blob_reply(r, req, e->size, e->media_type, first, end);
+      co_return r;
+    }
+    handled = false;  // a miss: ask the upstream (HEAD), cache nothing
+    co_return r;
+  }
+  if (auto hit = store_->lookup(digest)) {
+    metrics_.cache_lookup("hit");
+    std::uint64_t first = 0, end = 0;
+    if (shape_blob_reply(r, req, hit->entry().size, hit->entry().media_type, first, end)) {
+      r.stream = store::blob_body(std::move(hit), first, end);
+    }
+    co_return r;
+  }
+  if (!store_->writable()) {
+    handled = false;  // the disk is failing: stream from upstream without caching
+    co_return r;
+  }
+  bool created = false;
+  auto f = store_->join_or_start(digest, req.digest->algorithm, created);
+  metrics_.cache_lookup(created ? "miss" : "coalesced");
+  if (created) {
+    metrics_.cache_fill("started");
+    // The fill belongs to no client: a client that goes away does not stop it.
+    asio::co_spawn(co_await asio::this_coro::executor, run_fill(f, reg, req), asio::detached);
+  }
+  // Wait for the upstream's answer: the blob's size, or an error.
+  auto p = f->snapshot();
+  while (!p.started && p.failure == store::fill_failure::none) {
+    co_await f->wait_for_change(p.version, options_.fill_stall);
+    const auto next = f->snapshot();
+    if (next.version == p.version) break;  // no answer within the stall limit
+    p = next;
+  }
+  if (p.failure != store::fill_failure::none || !p.started) {
+    if (auto a = f->answer()) {
+      r.status = a->status;
+      r.upstream_status = a->status;
+      r.headers = a->headers;
+      r.body = a->body;
+      r.error = a->error;
+      co_return r;
+    }
+    if (p.failure == store::fill_failure::disk) {
+      handled = false;  // could not even start writing: stream it instead
+      co_return r;
+    }
+    co_return core::error_reply({502, "UNAVAILABLE",
+                                 "fetching " + digest + " from upstream registry " + reg.id() + " failed (" +
+                                     std::string(store::to_string(p.failure)) + ")"});
+  }
+  r.upstream_status = 200;
+  std::uint64_t first = 0, end = 0;
+  if (!shape_blob_reply(r, req, p.size, p.media_type, first, end)) co_return r;
+  boost::system::error_code ec;
+  const int fd = f->open_for_read(ec);
+  if (ec) {
+    log::error("cache_read_failed", {{"digest", digest}, {"error", ec.message()}});
+    handled = false;
+    co_return r;
+  }
+  r.stream = store::fill_body(std::move(f), fd, first, end, options_.fill_stall);
+  co_return r;
+}
+
+asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream::registry& reg, pull_request req) {
+  try {
+    req.head = false;
+    req.range.clear();
+    upstream::request up;
+    up.target = upstream_target(req);
+    up.repository = req.name;
+    boost::system::error_code ec;
+    auto res = co_await client_.fetch(reg, up, ec);
+    if (ec) {
+      auto r = transport_error(ec, reg.id());
+      f->fail(store::fill_failure::upstream_answer, answer_of(r));
+      co_return;
+    }
+    if (res.status != 200) {
+      auto r = co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+      f->fail(store::fill_failure::upstream_answer, answer_of(r));
+      co_return;
+    }
+    const auto length = content_length(res.headers);
+    if (!length) {
+      auto r = core::error_reply({502, "UNAVAILABLE", "upstream sent " + req.reference + " without a Content-Length"});
+      f->fail(store::fill_failure::upstream_answer, answer_of(r));
+      co_return;
+    }
+    const auto type = res.headers.get("Content-Type");
+    if (!f->start(*length, type ? std::string(*type) : std::string("application/octet-stream"))) co_return;
+    if (res.body) {
+      std::unique_ptr<char[]> buf(new char[256 * 1024]);
+      while (true) {
+        const auto n = co_await res.body->read(asio::buffer(buf.get(), 256 * 1024), ec);
+        if (ec) {
+          log::warn(
+              "cache_fill_broken",
+              {{"registry", reg.id()}, {"digest", req.reference}, {"received", f->written()}, {"error", ec.message()}});
+          f->fail(store::fill_failure::upstream_broken);
+          co_return;
+        }
+        if (n == 0) break;
+        if (!f->append(buf.get(), n)) co_return;
+      }
+    }
+    f->finish();
+  } catch (const std::exception& e) {
+    log::error("cache_fill_exception", {{"digest", req.reference}, {"error", e.what()}});
+    f->fail(store::fill_failure::upstream_broken);
+  }
 }
 
 }  // namespace berth::mirror

@@ -4,7 +4,9 @@
 // sees. One per worker thread (it uses that thread's upstream client). The blob
 // cache slots in here: a hit answers before the upstream is asked.
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <cstddef>
+#include <memory>
 
 #include "core/reply.hpp"
 #include "mirror/registry_table.hpp"
@@ -15,7 +17,12 @@ class registry;
 }
 namespace berth::upstream {
 class client;
-}
+class registry;
+}  // namespace berth::upstream
+namespace berth::store {
+class blob_store;
+class fill;
+}  // namespace berth::store
 
 namespace berth::mirror {
 
@@ -24,12 +31,15 @@ struct mirror_options {
   std::size_t max_manifest_bytes = 4 * 1048 * 1048;
   std::size_t max_error_body_bytes = 64 * 1024;
   std::size_t max_tags_body_bytes = 16 * 1024 * 1024;
+  // A client following a fill gives up when the fill makes no progress this long.
+  std::chrono::milliseconds fill_stall{60000};
 };
 
 class mirror {
  public:
+  // `store` may be null: no blob cache, every blob streams from upstream.
   mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics,
-         mirror_options options = {});
+         store::blob_store* store = nullptr, mirror_options options = {});
 
   boost::asio::awaitable<core::reply> serve(const pull_request& req);
 
@@ -37,10 +47,13 @@ class mirror {
   boost::asio::awaitable<core::reply> manifest(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> blob(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> listing(upstream::registry& reg, const pull_request& req);
+  boost::asio::awaitable<core::reply> cached_blob(upstream::registry& reg, const pull_request& req, bool& handled);
+  boost::asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, upstream::registry& reg, pull_request req);
 
   const registry_table& table_;
   upstream::client& client_;
   metrics::registry& metrics_;
+  store::blob_store* store_;
   mirror_options options_;
 };
 

@@ -1,5 +1,7 @@
 #include "upstream/token_cache.hpp"
 
+#include "core/wakeup.hpp"
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -14,7 +16,7 @@ namespace asio = boost::asio;
 struct token_cache::flight {
   bool done = false;
   token_result result;
-  std::vector<std::shared_ptr<asio::steady_timer>> waiters;
+  core::wakeup_list waiters;
 };
 
 token_cache::clock::duration token_cache::margin_for(std::chrono::seconds ttl) {
@@ -56,17 +58,14 @@ asio::awaitable<token_result> token_cache::get(const std::string& key, fetcher f
       // Register before suspending; the wake-up is posted to this executor, so it
       // cannot run before async_wait below has started (no lost wake-up).
       joined = e.in_flight;
-      timer = std::make_shared<asio::steady_timer>(executor);
-      timer->expires_after(wait_limit_);
-      joined->waiters.push_back(timer);
+      timer = joined->waiters.park(executor, wait_limit_);
     } else {
       e.in_flight = std::make_shared<flight>();
     }
   }
 
   if (joined) {
-    boost::system::error_code ec;
-    co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_await core::wakeup_list::wait(timer);
     std::lock_guard lock(mu_);
     if (joined->done) co_return joined->result;
     token_result timeout;
@@ -94,11 +93,9 @@ asio::awaitable<token_result> token_cache::get(const std::string& key, fetcher f
     }
     f->done = true;
     f->result = result;
-    to_wake = std::move(f->waiters);
+    to_wake = f->waiters.take();
   }
-  for (auto& t : to_wake) {
-    asio::post(t->get_executor(), [t] { t->cancel(); });
-  }
+  core::wakeup_list::wake(to_wake);
   co_return result;
 }
 

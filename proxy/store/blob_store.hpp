@@ -1,0 +1,183 @@
+#pragma once
+// The node-local blob cache: content-addressed files under <dir>/blobs/<alg>/<xx>/<hex>,
+// published only after their digest and length are verified (temp file in <dir>/tmp,
+// fsync, rename), indexed in RocksDB (<dir>/index). One fill per digest at a time;
+// every client of that digest, the first included, reads the growing temp file at its
+// own pace, and the last byte is released only once the fill has verified the blob.
+// Thread-safe: fills and readers may live on different worker threads.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "core/body_source.hpp"
+#include "core/hasher.hpp"
+#include "core/headers.hpp"
+#include "core/oci_error.hpp"
+#include "core/wakeup.hpp"
+#include "store/filesystem.hpp"
+#include "store/index.hpp"
+#include "store/options.hpp"
+
+namespace berth::metrics {
+class registry;
+}
+
+namespace berth::store {
+
+enum class fill_failure {
+  none,
+  upstream_answer,  // the upstream answered with an error status (kept in fill::answer())
+  upstream_broken,  // the body broke off or stalled
+  digest_mismatch,  // the bytes did not hash to the digest (or the length was wrong)
+  disk,             // the cache could not write (ENOSPC, EIO, ...)
+};
+std::string_view to_string(fill_failure f);
+
+// An upstream error response, kept so every client of a failed fill gets it.
+struct upstream_answer {
+  unsigned status = 502;
+  core::headers headers;
+  std::string body;
+  std::optional<core::oci_error> error;
+};
+
+class blob_store;
+
+class fill : public std::enable_shared_from_this<fill> {
+ public:
+  fill(blob_store& store, std::string digest, std::string algorithm);
+  ~fill();
+
+  // --- the writer: one coroutine ---
+  // Opens the temp file for a body of `size` bytes. False on a disk error (the fill has failed).
+  bool start(std::uint64_t size, std::string media_type);
+  // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
+  bool append(const char* data, std::size_t n);
+  // Verifies, fsyncs, publishes, indexes; wakes the readers. Returns why it failed, or none.
+  fill_failure finish();
+  void fail(fill_failure why, std::optional<upstream_answer> answer = std::nullopt);
+  std::uint64_t written() const;
+
+  // --- readers ---
+  struct progress {
+    std::uint64_t version = 0;
+    bool started = false;
+    std::uint64_t size = 0;
+    std::uint64_t written = 0;
+    bool verified = false;
+    fill_failure failure = fill_failure::none;
+    std::string media_type;
+  };
+  progress snapshot() const;
+  std::optional<upstream_answer> answer() const;
+  // Returns when anything changed since `seen_version`, or after `limit`.
+  boost::asio::awaitable<void> wait_for_change(std::uint64_t seen_version, std::chrono::milliseconds limit);
+  // A reader's own descriptor on the temp file (valid across the rename).
+  int open_for_read(boost::system::error_code& ec) const;
+  const std::string& digest() const { return digest_; }
+  blob_store& store() const { return store_; }
+
+ private:
+  void changed_locked(std::vector<std::shared_ptr<boost::asio::steady_timer>>& wake);
+
+  blob_store& store_;
+  const std::string digest_;
+  core::hasher hasher_;  // writer only
+  std::string temp_path_;
+  int write_fd_ = -1;  // writer only
+
+  mutable std::mutex mu_;  // guards everything below
+  progress state_;
+  std::string read_path_;  // the temp file, then the published file
+  std::optional<upstream_answer> answer_;
+  core::wakeup_list waiters_;
+};
+
+// An open, published blob. Counted as a reader so eviction leaves the blob alone.
+class open_blob {
+ public:
+  open_blob(blob_store& store, std::string digest, int fd, blob_entry entry);
+  ~open_blob();
+  open_blob(const open_blob&) = delete;
+  open_blob& operator=(const open_blob&) = delete;
+  int fd() const { return fd_; }
+  const blob_entry& entry() const { return entry_; }
+  blob_store& store() { return store_; }
+
+ private:
+  blob_store& store_;
+  std::string digest_;
+  int fd_;
+  blob_entry entry_;
+};
+
+class blob_store {
+ public:
+  blob_store(store_options options, std::shared_ptr<filesystem> fs, metrics::registry& metrics);
+  ~blob_store();
+
+  // Creates the directories, removes temp files a previous run left, opens the index
+  // and sums its sizes (no directory scan). Throws std::runtime_error on failure.
+  void open();
+
+  // A published blob, opened for reading; nullopt on a miss. A hit refreshes the
+  // blob's last access (at most once a minute).
+  std::shared_ptr<open_blob> lookup(const std::string& digest);
+  // The index entry of a published blob (for HEAD), without opening it.
+  std::optional<blob_entry> stat(const std::string& digest);
+
+  // The fill under way for `digest`, or a new one (`created`: the caller must run it).
+  std::shared_ptr<fill> join_or_start(const std::string& digest, const std::string& algorithm, bool& created);
+
+  struct usage {
+    std::uint64_t bytes = 0;
+    std::uint64_t blobs = 0;
+    std::uint64_t limit = 0;  // 0: none
+  };
+  usage current_usage() const;
+  // False for a while after a disk error: new blobs are then streamed without caching.
+  bool writable() const;
+  // Evicts least recently used blobs (skipping open ones) until at most `target`
+  // bytes remain. Returns the bytes freed.
+  std::uint64_t evict_to(std::uint64_t target);
+
+  filesystem& fs() { return *fs_; }
+  metrics::registry& metrics() { return metrics_; }
+  const store_options& options() const { return options_; }
+  std::string blob_path(const std::string& digest) const;
+
+ private:
+  friend class fill;
+  friend class open_blob;
+  std::string new_temp_path(const std::string& digest);
+  // Called by a fill that verified its temp file: rename, index, account, evict.
+  bool publish(const std::string& digest, const std::string& temp_path, std::uint64_t size,
+               const std::string& media_type);
+  void fill_ended(const std::string& digest);
+  void disk_failed();
+  void reader_closed(const std::string& digest);
+
+  store_options options_;
+  std::shared_ptr<filesystem> fs_;
+  metrics::registry& metrics_;
+  std::unique_ptr<index> index_;
+
+  mutable std::mutex mu_;  // guards everything below
+  std::unordered_map<std::string, std::weak_ptr<fill>> fills_;
+  std::unordered_map<std::string, int> open_readers_;
+  usage usage_;
+  std::uint64_t temp_counter_ = 0;
+  std::chrono::steady_clock::time_point unwritable_until_{};
+};
+
+// Body sources over the store: a published blob, and a fill under way.
+std::unique_ptr<core::body_source> blob_body(std::shared_ptr<open_blob> blob, std::uint64_t offset, std::uint64_t end);
+std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
+                                             std::chrono::milliseconds stall);
+
+}  // namespace berth::store

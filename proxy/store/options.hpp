@@ -1,0 +1,17 @@
+#pragma once
+// Options for the blob cache, filled by config/ (the `cache:` section).
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace berth::store {
+
+struct store_options {
+  std::string dir;                                // where blobs, temp files and the index live
+  std::uint64_t max_bytes = 0;                    // 0: no limit
+  double max_fraction = 0;                        // instead of max_bytes: a fraction of the filesystem (0.8 = "80%")
+  double low_watermark = 0.85;                    // eviction goes down to max * low_watermark
+  std::chrono::milliseconds reader_stall{60000};  // a reader gives up on a fill that makes no progress
+};
+
+}  // namespace berth::store

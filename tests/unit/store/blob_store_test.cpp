@@ -1,0 +1,272 @@
+#include "store/blob_store.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <filesystem>
+#include <random>
+
+#include "core/hasher.hpp"
+#include "metrics/metrics.hpp"
+
+using namespace berth;
+namespace fs = std::filesystem;
+namespace asio = boost::asio;
+
+namespace {
+
+// The real filesystem, with faults on demand: ENOSPC once `space_left` runs out,
+// and writes cut short to at most `max_write` bytes.
+class faulting_fs final : public store::filesystem {
+ public:
+  std::shared_ptr<store::filesystem> real = store::posix_filesystem();
+  std::atomic<std::int64_t> space_left{std::numeric_limits<std::int64_t>::max()};
+  std::size_t max_write = 0;  // 0: no limit
+
+  int create(const std::string& p, boost::system::error_code& ec) override { return real->create(p, ec); }
+  int open_read(const std::string& p, boost::system::error_code& ec) override { return real->open_read(p, ec); }
+  std::size_t pwrite(int fd, const void* d, std::size_t n, std::uint64_t off, boost::system::error_code& ec) override {
+    if (max_write > 0) n = std::min(n, max_write);
+    if (space_left.load() < static_cast<std::int64_t>(n)) {
+      ec = {ENOSPC, boost::system::system_category()};
+      return 0;
+    }
+    space_left -= static_cast<std::int64_t>(n);
+    return real->pwrite(fd, d, n, off, ec);
+  }
+  std::size_t pread(int fd, void* d, std::size_t n, std::uint64_t off, boost::system::error_code& ec) override {
+    return real->pread(fd, d, n, off, ec);
+  }
+  void fsync(int fd, boost::system::error_code& ec) override { real->fsync(fd, ec); }
+  void close(int fd) override { real->close(fd); }
+  void rename(const std::string& a, const std::string& b, boost::system::error_code& ec) override {
+    real->rename(a, b, ec);
+  }
+  void remove(const std::string& p) override { real->remove(p); }
+  std::optional<std::uint64_t> file_size(const std::string& p) override { return real->file_size(p); }
+  void make_dirs(const std::string& p, boost::system::error_code& ec) override { real->make_dirs(p, ec); }
+  std::vector<std::string> list(const std::string& d) override { return real->list(d); }
+  std::uint64_t capacity(const std::string& d) override { return real->capacity(d); }
+};
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+class store_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("berth-store-" + std::to_string(::getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override {
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  store::blob_store& open(std::uint64_t max_bytes = 0) {
+    store::store_options o;
+    o.dir = dir_.string();
+    o.max_bytes = max_bytes;
+    o.low_watermark = 0.5;
+    store_ = std::make_unique<store::blob_store>(o, fault_, metrics_);
+    store_->open();
+    return *store_;
+  }
+  // Runs a whole fill of `data` in `chunk`-sized appends; returns its result.
+  store::fill_failure fill_with(const std::string& digest, const std::string& data, std::size_t chunk = 4096) {
+    bool created = false;
+    auto f = store_->join_or_start(digest, "sha256", created);
+    EXPECT_TRUE(created);
+    if (!f->start(data.size(), "application/octet-stream")) return f->snapshot().failure;
+    for (std::size_t i = 0; i < data.size(); i += chunk) {
+      if (!f->append(data.data() + i, std::min(chunk, data.size() - i))) return f->snapshot().failure;
+    }
+    return f->finish();
+  }
+  std::string read_all(const std::string& digest) {
+    auto hit = store_->lookup(digest);
+    if (!hit) return "<miss>";
+    std::string out(hit->entry().size, '\0');
+    boost::system::error_code ec;
+    const auto n = store_->fs().pread(hit->fd(), out.data(), out.size(), 0, ec);
+    out.resize(n);
+    return out;
+  }
+
+  fs::path dir_;
+  std::shared_ptr<faulting_fs> fault_ = std::make_shared<faulting_fs>();
+  metrics::registry metrics_;
+  std::unique_ptr<store::blob_store> store_;
+};
+
+}  // namespace
+
+TEST_F(store_test, AVerifiedFillIsPublishedIndexedAndServed) {
+  auto& s = open();
+  const auto data = random_bytes(100000, 1);
+  const auto digest = core::digest_of(data);
+  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_EQ(fill_with(digest, data), store::fill_failure::none);
+  EXPECT_EQ(read_all(digest), data);
+  ASSERT_TRUE(s.stat(digest));
+  EXPECT_EQ(s.stat(digest)->size, data.size());
+  EXPECT_TRUE(fs::exists(s.blob_path(digest)));
+  EXPECT_EQ(s.current_usage().bytes, data.size());
+  EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
+}
+
+TEST_F(store_test, WrongBytesAreNeverPublished) {
+  auto& s = open();
+  const auto data = random_bytes(50000, 2);
+  const auto digest = core::digest_of(data);
+  auto wrong = data;
+  wrong[49999] ^= 1;
+  EXPECT_EQ(fill_with(digest, wrong), store::fill_failure::digest_mismatch);
+  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(s.stat(digest));
+  EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
+  // Nor is a body longer than announced.
+  bool created = false;
+  auto f = s.join_or_start(digest, "sha256", created);
+  ASSERT_TRUE(f->start(10, ""));
+  EXPECT_FALSE(f->append(data.data(), 11));
+  EXPECT_EQ(f->snapshot().failure, store::fill_failure::digest_mismatch);
+}
+
+TEST_F(store_test, ShortWritesStillProduceTheRightBlob) {
+  open();
+  fault_->max_write = 777;
+  const auto data = random_bytes(65536, 3);
+  const auto digest = core::digest_of(data);
+  EXPECT_EQ(fill_with(digest, data, 10000), store::fill_failure::none);
+  EXPECT_EQ(read_all(digest), data);
+}
+
+TEST_F(store_test, DiskFullFailsTheFillAndMarksTheStoreUnwritable) {
+  auto& s = open();
+  fault_->space_left = 30000;
+  const auto data = random_bytes(65536, 4);
+  const auto digest = core::digest_of(data);
+  EXPECT_EQ(fill_with(digest, data), store::fill_failure::disk);
+  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(s.writable());
+  EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
+  EXPECT_NE(metrics_.serialize().find("berth_cache_disk_errors_total 1"), std::string::npos);
+}
+
+TEST_F(store_test, OneFillPerDigestAndAFailedFillMakesRoomForTheNext) {
+  auto& s = open();
+  bool created = false;
+  auto a = s.join_or_start("sha256:" + std::string(64, 'a'), "sha256", created);
+  EXPECT_TRUE(created);
+  auto b = s.join_or_start("sha256:" + std::string(64, 'a'), "sha256", created);
+  EXPECT_FALSE(created);
+  EXPECT_EQ(a, b);
+  a->fail(store::fill_failure::upstream_broken);
+  auto c = s.join_or_start("sha256:" + std::string(64, 'a'), "sha256", created);
+  EXPECT_TRUE(created);
+  EXPECT_NE(c, a);
+}
+
+TEST_F(store_test, RestartRemovesTempFilesAndKeepsPublishedBlobs) {
+  const auto data = random_bytes(1000, 5);
+  const auto digest = core::digest_of(data);
+  {
+    auto& s = open();
+    EXPECT_EQ(fill_with(digest, data), store::fill_failure::none);
+    bool created = false;
+    auto half = s.join_or_start(core::digest_of("other"), "sha256", created);
+    ASSERT_TRUE(half->start(5, ""));
+    ASSERT_TRUE(half->append("ot", 2));
+    // A kill -9 here: the process never runs the fill's destructor.
+    std::ignore = new std::shared_ptr<store::fill>(half);
+  }
+  store_.reset();
+  EXPECT_FALSE(fs::is_empty(dir_ / "tmp"));
+  auto& s = open();
+  EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
+  EXPECT_EQ(read_all(digest), data);
+  EXPECT_FALSE(s.lookup(core::digest_of("other")));
+  EXPECT_EQ(s.current_usage().blobs, 1u);
+}
+
+TEST_F(store_test, AnIndexedBlobWhoseFileVanishedIsAMiss) {
+  auto& s = open();
+  const auto data = random_bytes(1000, 6);
+  const auto digest = core::digest_of(data);
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  fs::remove(s.blob_path(digest));
+  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(s.stat(digest));
+  EXPECT_EQ(s.current_usage().bytes, 0u);
+}
+
+TEST_F(store_test, EvictionIsLeastRecentlyUsedAndSparesOpenBlobs) {
+  auto& s = open(2500);  // low watermark 0.5: evicts down to 1250 bytes
+  std::vector<std::string> digests;
+  for (unsigned i = 0; i < 2; ++i) {
+    const auto data = random_bytes(1000, 10 + i);
+    digests.push_back(core::digest_of(data));
+    ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);
+  }
+  auto reader = s.lookup(digests[0]);  // held open: must survive eviction
+  const auto data = random_bytes(1000, 20);
+  digests.push_back(core::digest_of(data));
+  ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);  // 3000 > 2500: evict
+  EXPECT_TRUE(s.stat(digests[0]));                                        // open
+  EXPECT_FALSE(s.stat(digests[1]));                                       // oldest not in use: gone
+  EXPECT_TRUE(s.stat(digests[2]));                                        // newest
+  EXPECT_EQ(s.current_usage().bytes, 2000u);
+  reader.reset();
+  EXPECT_EQ(s.evict_to(1000), 1000u);
+  EXPECT_EQ(s.current_usage().bytes, 1000u);
+  EXPECT_NE(metrics_.serialize().find("berth_cache_evictions_total 2"), std::string::npos);
+}
+
+TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerification) {
+  auto& s = open();
+  const auto data = random_bytes(300000, 7);
+  const auto digest = core::digest_of(data);
+  bool created = false;
+  auto f = s.join_or_start(digest, "sha256", created);
+  ASSERT_TRUE(f->start(data.size(), "application/octet-stream"));
+  boost::system::error_code ec;
+  const int fd = f->open_for_read(ec);
+  ASSERT_FALSE(ec);
+  auto body = store::fill_body(f, fd, 0, data.size(), std::chrono::seconds(5));
+  asio::io_context reader_ctx(1);
+  std::string got;
+  bool done = false;
+  asio::co_spawn(
+      reader_ctx,
+      [&]() -> asio::awaitable<void> {
+        char buf[8192];
+        while (true) {
+          boost::system::error_code rec;
+          const auto n = co_await body->read(asio::buffer(buf), rec);
+          EXPECT_FALSE(rec) << rec.message();
+          if (rec || n == 0) break;
+          got.append(buf, n);
+        }
+        done = true;
+      },
+      asio::detached);
+  std::thread reader([&] { reader_ctx.run(); });
+  for (std::size_t i = 0; i < data.size(); i += 50000) {
+    ASSERT_TRUE(f->append(data.data() + i, std::min<std::size_t>(50000, data.size() - i)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(got.size(), data.size() - 1);  // everything but the last byte, until verified
+  EXPECT_EQ(f->finish(), store::fill_failure::none);
+  reader.join();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(got, data);
+}
