@@ -1,0 +1,235 @@
+"""The blob cache against the real registry: one upstream fetch per blob however
+many clients want it, verified before it is ever a hit, served from disk after."""
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+import harness
+from conftest import REGISTRY_NAME, ROBOT, berth_binary, berth_config, write_docker_config
+
+
+@pytest.fixture
+def cached_berth(world, tmp_path):
+    """A Berth with an empty cache of its own (each test starts cold)."""
+    secret = tmp_path / "dockerconfigjson"
+    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+    cache = tmp_path / "cache"
+    started = []
+
+    def start(max_size="2GiB"):
+        b = harness.Berth(berth_binary(), str(tmp_path / f"berth{len(started)}"),
+                          berth_config(world, str(secret), extra_top=f"cache:\n  dir: {cache}\n  max_size: {max_size}\n"))
+        b.cache_dir = cache
+        started.append(b.start())
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def blob_gets(world, digest):
+    time.sleep(0.3)  # the registry logs after the response
+    return [r for r in world["registry"].requests_seen()
+            if r[0] == "GET" and r[1].endswith(f"/blobs/{digest}") and r[2] in (200, 206)]
+
+
+def curl_sha256(url, extra=()):
+    """Downloads with curl and hashes in C: cheap enough for 50 parallel 110 MB bodies."""
+    out = subprocess.run(f"curl -sf {' '.join(extra)} '{url}' | sha256sum", shell=True, capture_output=True,
+                         text=True, timeout=600)
+    return out.stdout.split()[0]
+
+
+def test_fifty_concurrent_cold_gets_cause_one_upstream_fetch(world, cached_berth):
+    b = cached_berth()
+    big = world["image"]["big_layer"]
+    before = len(blob_gets(world, big))
+    url = f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(curl_sha256(url))) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 50
+    assert set(results) == {big.split(":")[1]}, "every client must receive the verified blob"
+    assert len(blob_gets(world, big)) == before + 1, "exactly one upstream GET"
+    assert b.metric("berth_cache_requests_total", result="miss") == 1
+    assert b.metric("berth_cache_requests_total", result="coalesced") + b.metric(
+        "berth_cache_requests_total", result="hit") == 49
+    assert b.metric("berth_cache_fills_total", result="completed") == 1
+    # Now a hit: served from disk, no upstream traffic.
+    assert curl_sha256(url) == big.split(":")[1]
+    assert len(blob_gets(world, big)) == before + 1
+
+
+def test_second_containerd_pull_fetches_no_blob_upstream(world, cached_berth, workdir, tmp_path):
+    b = cached_berth()
+    certs = tmp_path / "certs.d"
+    harness.write_hosts_toml(str(certs), REGISTRY_NAME, b.url, harness.dead_port())
+    counts = []
+    for attempt in range(2):
+        before = [r for r in world["registry"].requests_seen() if "/blobs/" in r[1] and r[0] == "GET" and r[2] == 200]
+        # A fresh containerd each time: containerd shares content across namespaces.
+        ctd = harness.Containerd(str(tmp_path / f"containerd{attempt}")).start()
+        try:
+            r = ctd.ctr("-n", "t", "images", "pull", "--hosts-dir", str(certs), "--snapshotter", "native",
+                        f"{REGISTRY_NAME}/library/app:v1", check=False)
+            assert r.returncode == 0, r.stdout + r.stderr
+        finally:
+            ctd.stop()
+        time.sleep(0.3)
+        after = [r for r in world["registry"].requests_seen() if "/blobs/" in r[1] and r[0] == "GET" and r[2] == 200]
+        counts.append(len(after) - len(before))
+    assert counts[0] >= 3  # config + two layers, fetched once
+    assert counts[1] == 0, "the second pull must be served from the cache"
+    assert b.metric("berth_cache_requests_total", result="hit") >= 3
+
+
+def test_a_client_that_leaves_early_does_not_stop_the_fill(world, cached_berth):
+    b = cached_berth()
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    before = len(blob_gets(world, big))
+    with socket.create_connection(("127.0.0.1", b.port), timeout=30) as sock:
+        sock.sendall(f"GET /v2/library/app/blobs/{big}?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        while got < size // 10:
+            got += len(sock.recv(1 << 20))
+    # The client is gone at ~10%; the fill goes on and publishes the blob.
+    harness.wait_for(lambda: b.metric("berth_cache_fills_total", result="completed") == 1, timeout=60,
+                     what="the fill to complete")
+    assert curl_sha256(f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}") == big.split(":")[1]
+    assert len(blob_gets(world, big)) == before + 1
+
+
+def test_wrong_bytes_leave_nothing_in_the_cache(world, cached_berth, tmp_path):
+    b = cached_berth()
+    img = harness.make_small_image(str(tmp_path / "bad"), seed=777)
+    harness.skopeo_push(str(tmp_path / "bad"), f"docker://127.0.0.1:{world['registry'].port}/library/badcache:v1",
+                        world["pusher_creds"])
+    path = harness.blob_data_path(world["registry"].storage_root, img["layer"])
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    url = f"/v2/library/badcache/blobs/{img['layer']}?ns={REGISTRY_NAME}"
+    for attempt in range(2):
+        with socket.create_connection(("127.0.0.1", b.port), timeout=30) as sock:
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := sock.recv(1 << 16):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        # Either the fill failed before the answer began (a 502), or the body is cut
+        # short before its last byte: never the whole of a wrong blob.
+        if head.startswith(b"HTTP/1.1 502"):
+            assert b"digest_mismatch" in body
+        else:
+            assert head.startswith(b"HTTP/1.1 200")
+            assert len(body) < img["layer_size"], "a wrong blob must never arrive whole"
+    assert b.metric("berth_cache_fills_total", result="failed_digest_mismatch") == 2
+    assert not os.path.exists(os.path.join(b.cache_dir, "blobs", "sha256", img["layer"][7:9], img["layer"][7:]))
+    assert os.listdir(os.path.join(b.cache_dir, "tmp")) == []
+    assert len(blob_gets(world, img["layer"])) == 2  # never a hit: each attempt went upstream
+
+
+def test_range_on_cached_and_in_flight_blobs(world, cached_berth):
+    b = cached_berth()
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    with open(harness.blob_data_path(world["registry"].storage_root, big), "rb") as f:
+        f.seek(size - 1000)
+        tail = f.read()
+    url = f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"
+    # In flight: a resume-style open range while the fill is still running.
+    results = {}
+
+    def full():
+        results["full"] = curl_sha256(url, ["--limit-rate", "50M"])
+
+    t = threading.Thread(target=full)
+    t.start()
+    time.sleep(0.3)
+    s, h, body = harness.http_request(url, headers={"Range": f"bytes={size - 1000}-"})
+    assert s == 206 and h["Content-Range"] == f"bytes {size - 1000}-{size - 1}/{size}" and body == tail
+    t.join()
+    assert results["full"] == big.split(":")[1]
+    # Cached: exact ranges, and 416 past the end.
+    s, h, body = harness.http_request(url, headers={"Range": "bytes=10-19"})
+    assert s == 206 and h["Content-Range"] == f"bytes 10-19/{size}" and len(body) == 10
+    s, h, _ = harness.http_request(url, headers={"Range": f"bytes={size}-"})
+    assert s == 416 and h["Content-Range"] == f"bytes */{size}"
+    assert len(blob_gets(world, big)) >= 1
+
+
+def test_head_on_a_hit_needs_no_upstream(world, cached_berth):
+    b = cached_berth()
+    layer = world["image"]["blobs"][0]
+    url = f"{b.url}/v2/library/app/blobs/{layer}?ns={REGISTRY_NAME}"
+    s, _, body = harness.http_request(url)
+    assert s == 200
+    time.sleep(0.3)
+    before = len(world["registry"].requests_seen())
+    s, h, hb = harness.http_request(url, method="HEAD")
+    assert s == 200 and hb == b"" and int(h["Content-Length"]) == len(body) and h["Docker-Content-Digest"] == layer
+    time.sleep(0.3)
+    assert len(world["registry"].requests_seen()) == before
+
+
+def test_kill_9_mid_fill_never_serves_a_partial_blob(world, cached_berth):
+    b = cached_berth()
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    client = subprocess.Popen(["curl", "-s", "-o", "/dev/null", f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"])
+    tmp = os.path.join(b.cache_dir, "tmp")
+
+    def partly_written():
+        names = os.listdir(tmp) if os.path.isdir(tmp) else []
+        return any(0 < os.path.getsize(os.path.join(tmp, n)) < size for n in names)
+
+    harness.wait_for(partly_written, timeout=30, what="a fill under way")
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait()
+    client.wait(timeout=30)
+    assert os.listdir(tmp), "the killed fill left its temp file"
+    b2 = cached_berth()  # same cache dir
+    opened = [l for l in b2.log().splitlines() if '"event":"cache_opened"' in l][0]
+    assert '"temp_files_removed":0' not in opened and '"blobs":0' in opened
+    assert os.listdir(tmp) == []
+    assert curl_sha256(f"{b2.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}") == big.split(":")[1]
+    assert b2.metric("berth_cache_requests_total", result="miss") == 1
+
+
+def test_eviction_spares_a_blob_being_read_and_then_keeps_the_limit(world, cached_berth):
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    limit = size + 1024 * 1024  # the big layer fits, the big layer plus the 2 MB shared layer does not
+    b = cached_berth(max_size=str(limit))
+    url = f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"
+    assert curl_sha256(url) == big.split(":")[1]
+    # A slow reader holds the big blob open while another blob pushes the cache over its limit.
+    slow = {}
+    t = threading.Thread(target=lambda: slow.update(sha=curl_sha256(url, ["--limit-rate", "40M"])))
+    t.start()
+    time.sleep(0.5)
+    root = world["registry"].storage_root
+    others = sorted((d for d in world["image"]["blobs"] if d != big),
+                    key=lambda d: os.path.getsize(harness.blob_data_path(root, d)))
+    shared = others[-1]  # the 2 MB layer: with it the cache is over its limit
+    assert os.path.getsize(harness.blob_data_path(root, shared)) > 1024 * 1024
+    assert harness.http_request(f"{b.url}/v2/library/app/blobs/{shared}?ns={REGISTRY_NAME}")[0] == 200
+    t.join()
+    assert slow["sha"] == big.split(":")[1], "eviction must not break a reader"
+    # With the reader gone, the next fill evicts the least recently used blobs.
+    other = others[0]
+    assert harness.http_request(f"{b.url}/v2/library/app/blobs/{other}?ns={REGISTRY_NAME}")[0] == 200
+    assert b.metric("berth_cache_size_bytes") <= limit
+    assert b.metric("berth_cache_evictions_total") >= 1
