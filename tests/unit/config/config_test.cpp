@@ -155,3 +155,44 @@ TEST(Duration, Parses) {
   EXPECT_FALSE(config::parse_duration("s", d));
   EXPECT_FALSE(config::parse_duration("5 s", d));
 }
+
+TEST(Config, CacheSection) {
+  auto s = config::parse("registries: [{names: [r]}]\ncache:\n  dir: /var/lib/berth/\n  max_size: 50GiB\n  low_watermark: 0.9\n",
+                         "b.yaml", no_env);
+  ASSERT_TRUE(s.cache);
+  EXPECT_EQ(s.cache->dir, "/var/lib/berth");
+  EXPECT_EQ(s.cache->max_bytes, 50ULL << 30);
+  EXPECT_DOUBLE_EQ(s.cache->low_watermark, 0.9);
+  auto pct = config::parse("registries: [{names: [r]}]\ncache: {dir: /c, max_size: 80%}\n", "b.yaml", no_env);
+  EXPECT_DOUBLE_EQ(pct.cache->max_fraction, 0.8);
+  EXPECT_EQ(pct.cache->max_bytes, 0u);
+  EXPECT_FALSE(config::parse("registries: [{names: [r]}]\n", "b.yaml", no_env).cache);  // off unless configured
+  // The rendering round-trips.
+  auto again = config::parse(config::render(s), "r.yaml", no_env);
+  EXPECT_EQ(again.cache->max_bytes, s.cache->max_bytes);
+}
+
+TEST(Config, CacheErrors) {
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {max_size: 1GiB}\n").find("cache: dir is required"), std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: relative}\n").find("cache.dir: must be an absolute path"), std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, max_size: lots}\n").find("cache.max_size: must be a size"), std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, low_watermark: 1.5}\n").find("cache.low_watermark: must be between 0 and 1"), std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, size: 1}\n").find("cache.size: unknown key"), std::string::npos);
+}
+
+TEST(Size, Parses) {
+  std::uint64_t b = 0;
+  double f = 0;
+  ASSERT_TRUE(config::parse_size("50GiB", b, f));
+  EXPECT_EQ(b, 50ULL << 30);
+  ASSERT_TRUE(config::parse_size("500MB", b, f));
+  EXPECT_EQ(b, 500000000u);
+  ASSERT_TRUE(config::parse_size("1048576", b, f));
+  EXPECT_EQ(b, 1048576u);
+  ASSERT_TRUE(config::parse_size("80%", b, f));
+  EXPECT_DOUBLE_EQ(f, 0.8);
+  EXPECT_EQ(b, 0u);
+  for (const char* bad : {"", "GiB", "5 GiB", "5gib", "0", "101%", "0%", "-1GiB", "5PiB"}) {
+    EXPECT_FALSE(config::parse_size(bad, b, f)) << bad;
+  }
+}
