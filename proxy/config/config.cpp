@@ -509,7 +509,9 @@ std::string render(const settings& s) {
     out << YAML::Key << "max_size" << YAML::Value
         << (s.cache->max_bytes > 0 ? std::to_string(s.cache->max_bytes)
                                    : std::to_string(static_cast<int>(s.cache->max_fraction * 100 + 0.5)) + "%");
-    out << YAML::Key << "low_watermark" << YAML::Value << s.cache->low_watermark;
+    char watermark[32];
+    std::snprintf(watermark, sizeof watermark, "%g", s.cache->low_watermark);
+    out << YAML::Key << "low_watermark" << YAML::Value << std::string(watermark);
     out << YAML::Key << "fill_stall_timeout" << YAML::Value << ms(s.cache->reader_stall);
     out << YAML::EndMap;
   }

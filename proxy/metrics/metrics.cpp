@@ -109,6 +109,11 @@ struct registry::impl {
                                          .Help("Cache writes that failed (disk full, I/O error)")
                                          .Register(*reg)
                                          .Add({});
+  prometheus::Family<prometheus::Counter>& resumes =
+      BuildCounter()
+          .Name("berth_cache_resumes_total")
+          .Help("Broken upstream blob downloads continued with Range, by result")
+          .Register(*reg);
   prometheus::Gauge& ready =
       BuildGauge().Name("berth_ready").Help("1 when Berth is listening and serving").Register(*reg).Add({});
 };
@@ -189,6 +194,10 @@ void registry::cache_disk_error() {
 std::string registry::serialize() const {
   prometheus::TextSerializer serializer;
   return serializer.Serialize(impl_->reg->Collect());
+}
+
+void registry::cache_resume(std::string_view result) {
+  impl_->resumes.Add({{"result", s(result)}}).Increment();
 }
 
 }  // namespace berth::metrics

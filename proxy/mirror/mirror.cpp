@@ -2,7 +2,10 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 #include <boost/url/parse.hpp>
@@ -526,6 +529,12 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   co_return r;
 }
 
+namespace {
+constexpr int k_max_resumes = 3;
+constexpr std::chrono::milliseconds k_resume_backoff[k_max_resumes] = {
+    std::chrono::milliseconds(100), std::chrono::milliseconds(500), std::chrono::milliseconds(2000)};
+}  // namespace
+
 asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream::registry& reg, pull_request req) {
   try {
     req.head = false;
@@ -553,19 +562,48 @@ asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream:
     }
     const auto type = res.headers.get("Content-Type");
     if (!f->start(*length, type ? std::string(*type) : std::string("application/octet-stream"))) co_return;
-    if (res.body) {
-      std::unique_ptr<char[]> buf(new char[256 * 1024]);
-      while (true) {
-        const auto n = co_await res.body->read(asio::buffer(buf.get(), 256 * 1024), ec);
-        if (ec) {
-          log::warn(
-              "cache_fill_broken",
-              {{"registry", reg.id()}, {"digest", req.reference}, {"received", f->written()}, {"error", ec.message()}});
-          f->fail(store::fill_failure::upstream_broken);
-          co_return;
-        }
-        if (n == 0) break;
+    // Stream into the fill. A body that breaks off (or stalls past read_timeout) is
+    // continued from where it stopped with Range, a few times with backoff, so the
+    // clients following the fill see one uninterrupted body.
+    std::unique_ptr<char[]> buf(new char[256 * 1024]);
+    int resumes = 0;
+    auto body = std::move(res.body);
+    while (body) {
+      const auto n = co_await body->read(asio::buffer(buf.get(), 256 * 1024), ec);
+      if (!ec && n == 0) break;
+      if (!ec) {
         if (!f->append(buf.get(), n)) co_return;
+        continue;
+      }
+      const auto have = f->written();
+      log::warn("cache_fill_broken", {{"registry", reg.id()},
+                                      {"digest", req.reference},
+                                      {"received", have},
+                                      {"size", *length},
+                                      {"error", ec.message()},
+                                      {"resumes", resumes}});
+      body.reset();
+      while (!body && resumes < k_max_resumes) {
+        asio::steady_timer pause(co_await asio::this_coro::executor, k_resume_backoff[resumes++]);
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        up.range = "bytes=" + std::to_string(have) + "-";
+        auto again = co_await client_.fetch(reg, up, ec);
+        const auto range = again.headers.get("Content-Range");
+        const std::string expect = "bytes " + std::to_string(have) + "-";
+        if (!ec && again.status == 206 && range && range->rfind(expect, 0) == 0 && again.body) {
+          body = std::move(again.body);
+          metrics_.cache_resume("ok");
+        } else {
+          metrics_.cache_resume("failed");
+          log::warn("cache_resume_failed", {{"registry", reg.id()},
+                                            {"digest", req.reference},
+                                            {"status", again.status},
+                                            {"error", ec ? ec.message() : "no usable 206"}});
+        }
+      }
+      if (!body) {
+        f->fail(store::fill_failure::upstream_broken);
+        co_return;
       }
     }
     f->finish();

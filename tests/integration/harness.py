@@ -744,3 +744,66 @@ def make_small_image(layout, seed, tag="v1"):
 def blob_data_path(storage_root, digest):
     hexd = digest.split(":", 1)[1]
     return os.path.join(storage_root, "docker", "registry", "v2", "blobs", "sha256", hexd[:2], hexd, "data")
+
+
+class FaultProxy:
+    """A TCP proxy to an upstream that cuts a connection once it has relayed
+    `cut_after` bytes from the upstream (TLS passes through untouched). It does so
+    `cuts` times in all, then relays faithfully."""
+
+    def __init__(self, target_port, cut_after, cuts=1):
+        self.target_port = target_port
+        self.cut_after = cut_after
+        self.cuts_left = cuts
+        self.cut_count = 0
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, from_upstream):
+        sent = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if from_upstream:
+                    with self.lock:
+                        cut = self.cuts_left > 0 and sent + len(data) > self.cut_after
+                        if cut:
+                            self.cuts_left -= 1
+                            self.cut_count += 1
+                    if cut:
+                        dst.sendall(data[: max(0, self.cut_after - sent)])
+                        break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        # shutdown() first: a bare close() sends nothing while the other pump thread
+        # is still blocked in recv() on the same socket.
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def stop(self):
+        self.stopped = True
+        self.listener.close()

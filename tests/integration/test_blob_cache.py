@@ -233,3 +233,34 @@ def test_eviction_spares_a_blob_being_read_and_then_keeps_the_limit(world, cache
     assert harness.http_request(f"{b.url}/v2/library/app/blobs/{other}?ns={REGISTRY_NAME}")[0] == 200
     assert b.metric("berth_cache_size_bytes") <= limit
     assert b.metric("berth_cache_evictions_total") >= 1
+
+
+def test_an_upstream_that_breaks_mid_blob_is_resumed(world, tmp_path):
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    proxy = harness.FaultProxy(world["registry"].port, cut_after=int(size * 0.3))
+    secret = tmp_path / "dockerconfigjson"
+    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+    cfg = f"""listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+registries:
+  - names: [{REGISTRY_NAME}]
+    endpoint: https://127.0.0.1:{proxy.port}
+    credentials: {secret}
+    ca_file: {world['pki'].ca_file}
+cache:
+  dir: {tmp_path / 'cache'}
+"""
+    b = harness.Berth(berth_binary(), str(tmp_path / "berth"), cfg).start()
+    try:
+        before = len([r for r in world["registry"].requests_seen() if r[2] == 206 and big in r[1]])
+        got = curl_sha256(f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}")
+        assert proxy.cut_count == 1, "the fault proxy did not cut the transfer"
+        assert got == big.split(":")[1], "the client must get the whole, right blob in one body"
+        assert b.metric("berth_cache_resumes_total", result="ok") == 1
+        assert b.metric("berth_cache_fills_total", result="completed") == 1
+        ranged = [r for r in world["registry"].requests_seen() if r[2] == 206 and big in r[1]]
+        assert len(ranged) == before + 1, "the rest came with one Range request"
+    finally:
+        b.stop()
+        proxy.stop()

@@ -157,8 +157,9 @@ TEST(Duration, Parses) {
 }
 
 TEST(Config, CacheSection) {
-  auto s = config::parse("registries: [{names: [r]}]\ncache:\n  dir: /var/lib/berth/\n  max_size: 50GiB\n  low_watermark: 0.9\n",
-                         "b.yaml", no_env);
+  auto s = config::parse(
+      "registries: [{names: [r]}]\ncache:\n  dir: /var/lib/berth/\n  max_size: 50GiB\n  low_watermark: 0.9\n", "b.yaml",
+      no_env);
   ASSERT_TRUE(s.cache);
   EXPECT_EQ(s.cache->dir, "/var/lib/berth");
   EXPECT_EQ(s.cache->max_bytes, 50ULL << 30);
@@ -173,11 +174,19 @@ TEST(Config, CacheSection) {
 }
 
 TEST(Config, CacheErrors) {
-  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {max_size: 1GiB}\n").find("cache: dir is required"), std::string::npos);
-  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: relative}\n").find("cache.dir: must be an absolute path"), std::string::npos);
-  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, max_size: lots}\n").find("cache.max_size: must be a size"), std::string::npos);
-  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, low_watermark: 1.5}\n").find("cache.low_watermark: must be between 0 and 1"), std::string::npos);
-  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, size: 1}\n").find("cache.size: unknown key"), std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {max_size: 1GiB}\n").find("cache: dir is required"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of("registries: [{names: [r]}]\ncache: {dir: relative}\n").find("cache.dir: must be an absolute path"),
+      std::string::npos);
+  EXPECT_NE(
+      error_of("registries: [{names: [r]}]\ncache: {dir: /c, max_size: lots}\n").find("cache.max_size: must be a size"),
+      std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, low_watermark: 1.5}\n")
+                .find("cache.low_watermark: must be between 0 and 1"),
+            std::string::npos);
+  EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, size: 1}\n").find("cache.size: unknown key"),
+            std::string::npos);
 }
 
 TEST(Size, Parses) {
