@@ -336,7 +336,8 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   }
   if (auto c = root["cache"]) {
     const auto ctx = top.child("cache");
-    check_keys(c, ctx, {"dir", "max_size", "low_watermark", "fill_stall_timeout"});
+    check_keys(c, ctx, {"dir", "max_size", "low_watermark", "fill_stall_timeout", "zero_copy"});
+    if (c["zero_copy"]) s.server.zero_copy = as_bool(c["zero_copy"], ctx.child("zero_copy"));
     store::store_options o;
     if (!c["dir"]) ctx.fail(c, "dir is required (where blobs, temp files and the index live)");
     o.dir = as_string(c["dir"], ctx.child("dir"));
@@ -513,6 +514,7 @@ std::string render(const settings& s) {
     std::snprintf(watermark, sizeof watermark, "%g", s.cache->low_watermark);
     out << YAML::Key << "low_watermark" << YAML::Value << std::string(watermark);
     out << YAML::Key << "fill_stall_timeout" << YAML::Value << ms(s.cache->reader_stall);
+    out << YAML::Key << "zero_copy" << YAML::Value << s.server.zero_copy;
     out << YAML::EndMap;
   }
   out << YAML::EndMap;

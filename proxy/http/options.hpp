@@ -16,6 +16,8 @@ struct server_options {
   std::size_t stream_buffer_bytes = 256 * 1024;       // per streamed response
   std::chrono::milliseconds shutdown_timeout{25000};  // SIGTERM: time for in-flight responses
   bool access_log = true;
+  // Send file-backed bodies (cache hits) with sendfile(2) instead of read+write.
+  bool zero_copy = true;
 };
 
 }  // namespace berth::http

@@ -15,6 +15,7 @@
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <mutex>
+#include <sys/sendfile.h>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -98,6 +99,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   asio::awaitable<void> session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker);
   asio::awaitable<bool> write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
                                     bool keep_alive, std::uint64_t& bytes);
+  asio::awaitable<bool> send_file(connection_state& conn, const core::file_span& span, std::uint64_t& bytes);
 };
 
 server::server(std::vector<asio::io_context*> workers, server_options options, metrics::registry& metrics)
@@ -230,6 +232,13 @@ asio::awaitable<bool> server::impl::write_reply(connection_state& conn, core::re
   conn.stream.expires_after(options.write_timeout);
   co_await bhttp::async_write_header(conn.stream, sr, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return false;
+  if (options.zero_copy) {
+    if (const auto span = r.stream->file()) {
+      const bool ok = co_await send_file(conn, *span, bytes);
+      r.stream->sent(bytes);
+      co_return ok;
+    }
+  }
   std::unique_ptr<char[]> buf(new char[options.stream_buffer_bytes]);
   while (true) {
     error_code src_ec;
@@ -254,6 +263,41 @@ asio::awaitable<bool> server::impl::write_reply(connection_state& conn, core::re
     if (ec) co_return false;
     bytes += n;
     if (n == 0) break;
+  }
+  co_return true;
+}
+
+// Sends a file span with sendfile(2): the kernel moves page-cache pages to the socket,
+// no copy through user space. Waits for writability with a deadline per wait.
+asio::awaitable<bool> server::impl::send_file(connection_state& conn, const core::file_span& span,
+                                              std::uint64_t& bytes) {
+  auto& sock = conn.stream.socket();
+  error_code ec;
+  sock.native_non_blocking(true, ec);
+  if (ec) co_return false;
+  off_t offset = static_cast<off_t>(span.offset);
+  std::uint64_t left = span.length;
+  while (left > 0) {
+    const auto chunk = static_cast<std::size_t>(std::min<std::uint64_t>(left, 1U << 30));
+    const ssize_t n = ::sendfile(sock.native_handle(), span.fd, &offset, chunk);
+    if (n > 0) {
+      left -= static_cast<std::uint64_t>(n);
+      bytes += static_cast<std::uint64_t>(n);
+      continue;
+    }
+    if (n == 0) co_return false;  // the file is shorter than its index entry says
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) co_return false;
+    asio::steady_timer deadline(sock.get_executor(), options.write_timeout);
+    deadline.async_wait([&sock](const error_code& e) {
+      if (!e) {
+        error_code ignored;
+        sock.cancel(ignored);
+      }
+    });
+    co_await sock.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+    deadline.cancel();
+    if (ec) co_return false;  // the client stalled past write_timeout, or went away
   }
   co_return true;
 }

@@ -50,12 +50,7 @@ fill::fill(blob_store& store, std::string digest, std::string algorithm)
 
 fill::~fill() {
   if (write_fd_ >= 0) store_.fs().close(write_fd_);
-  bool published = false;
-  {
-    std::lock_guard lock(mu_);
-    published = state_.verified;
-  }
-  if (!published && !temp_path_.empty()) store_.fs().remove(temp_path_);
+  if (!published_ && !temp_path_.empty()) store_.fs().remove(temp_path_);
   store_.fill_ended(digest_);
 }
 
@@ -133,31 +128,40 @@ fill_failure fill::finish() {
   const auto got = hasher_.finish();
   if (got != digest_ || p.written != p.size) {
     store_.metrics().digest_mismatch("cache", "blob");
-    log::error("digest_mismatch",
-               {{"kind", "blob"}, {"expected", digest_}, {"got", got}, {"bytes", p.written}, {"announced", p.size}});
+    log::error("digest_mismatch", {{"kind", "blob"}, {"expected", digest_}, {"got", got},
+                                   {"bytes", p.written}, {"announced", p.size}});
     fail(fill_failure::digest_mismatch);
     return fill_failure::digest_mismatch;
   }
-  error_code ec;
-  store_.fs().fsync(write_fd_, ec);
-  store_.fs().close(write_fd_);
-  write_fd_ = -1;
-  if (ec || !store_.publish(digest_, temp_path_, p.size, p.media_type)) {
-    log::warn("cache_publish_failed", {{"digest", digest_}, {"error", ec ? ec.message() : "rename or index failed"}});
-    fail(fill_failure::disk);
-    return fill_failure::disk;
-  }
+  // The bytes are proven right: the clients following this fill may have the last
+  // one now. Durability (fsync, rename, index) is the cache's business, not theirs;
+  // new requests become hits only once it is done.
   std::vector<std::shared_ptr<asio::steady_timer>> wake;
   {
     std::lock_guard lock(mu_);
     state_.verified = true;
-    read_path_ = store_.blob_path(digest_);  // late joiners open the published file
     changed_locked(wake);
   }
   core::wakeup_list::wake(wake);
-  store_.fill_ended(digest_);  // from now on a lookup finds it
-  store_.metrics().cache_fill("completed");
-  return fill_failure::none;
+  error_code ec;
+  store_.fs().fsync(write_fd_, ec);
+  store_.fs().close(write_fd_);
+  write_fd_ = -1;
+  const bool published = !ec && store_.publish(digest_, temp_path_, p.size, p.media_type);
+  {
+    std::lock_guard lock(mu_);
+    if (published) read_path_ = store_.blob_path(digest_);  // late joiners open the published file
+  }
+  if (!published) {
+    log::warn("cache_publish_failed", {{"digest", digest_}, {"error", ec ? ec.message() : "rename or index failed"}});
+    store_.disk_failed();
+    store_.metrics().cache_fill("failed_disk");
+  } else {
+    store_.metrics().cache_fill("completed");
+  }
+  published_ = published;
+  store_.fill_ended(digest_);  // from now on a lookup finds it (or, unpublished, a new fill starts)
+  return published ? fill_failure::none : fill_failure::disk;
 }
 
 void fill::fail(fill_failure why, std::optional<upstream_answer> answer) {
@@ -203,7 +207,13 @@ int fill::open_for_read(error_code& ec) const {
     std::lock_guard lock(mu_);
     path = read_path_;
   }
-  return store_.fs().open_read(path, ec);
+  const int fd = store_.fs().open_read(path, ec);
+  if (ec && path != store_.blob_path(digest_)) {
+    // Renamed into place between reading the path and opening it.
+    ec = {};
+    return store_.fs().open_read(store_.blob_path(digest_), ec);
+  }
+  return fd;
 }
 
 // ---------------------------------------------------------------------------
@@ -430,6 +440,10 @@ class published_body final : public core::body_source {
   ~published_body() override { blob_->store().metrics().cache_bytes("cache", offset_ - start_); }
 
   std::optional<std::uint64_t> size() const override { return end_ - start_; }
+  std::optional<core::file_span> file() const override {
+    return core::file_span{blob_->fd(), offset_, end_ - offset_};
+  }
+  void sent(std::uint64_t n) override { offset_ += n; }
 
   asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
     ec = {};

@@ -58,7 +58,8 @@ class fill : public std::enable_shared_from_this<fill> {
   bool start(std::uint64_t size, std::string media_type);
   // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
   bool append(const char* data, std::size_t n);
-  // Verifies, fsyncs, publishes, indexes; wakes the readers. Returns why it failed, or none.
+  // Verifies (then releases the last byte to readers), fsyncs, publishes, indexes.
+  // Returns why it failed, or none.
   fill_failure finish();
   void fail(fill_failure why, std::optional<upstream_answer> answer = std::nullopt);
   std::uint64_t written() const;
@@ -89,7 +90,8 @@ class fill : public std::enable_shared_from_this<fill> {
   const std::string digest_;
   core::hasher hasher_;  // writer only
   std::string temp_path_;
-  int write_fd_ = -1;  // writer only
+  int write_fd_ = -1;       // writer only
+  bool published_ = false;  // writer only
 
   mutable std::mutex mu_;  // guards everything below
   progress state_;

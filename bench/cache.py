@@ -1,0 +1,248 @@
+"""Blob cache benchmark, all peers in one interleaved run on this machine:
+
+hit path, one blob served to 1 and to N parallel clients by
+  - Berth serving a cache hit (sendfile, and read+write with zero_copy: false),
+  - nginx serving the same file (sendfile on; sendfile off with output_buffers 2 1m),
+  - the CNCF registry serving it from its own storage, and in proxy mode (cached);
+cold path, the same blob not yet cached:
+  - one client through Berth vs one client straight from the upstream registry,
+  - 50 concurrent clients through Berth vs one.
+
+Reports GB/s, server CPU seconds per GB and peak RSS (medians of interleaved
+rounds). The machine is shared and noisy: compare within a run, read the ratios.
+
+    BERTH_BIN=build/proxy/berth python3 bench/cache.py [--rounds 3] [--streams 1,32] [--mb 200]
+"""
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
+import harness  # noqa: E402
+
+ROBOT = "robot$cluster-pull"
+NAME = "registry.example.internal"
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out = [pid]
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    out += tree(int(child))
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0.0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+def peak_rss_mb(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def fetch(url, headers=(), cafile=None):
+    argv = ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url]
+    for h in headers:
+        argv += ["-H", h]
+    if cafile:
+        argv += ["--cacert", cafile]
+    return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+def parallel(n, fn):
+    results = [None] * n
+
+    def run(i):
+        results[i] = fn()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - t0, results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--streams", default="1,32")
+    ap.add_argument("--mb", type=int, default=200)
+    args = ap.parse_args()
+    binary = os.environ.get("BERTH_BIN", "build/proxy/berth")
+    work = tempfile.mkdtemp(prefix="berth-bench-")
+    os.chmod(work, 0o755)  # nginx's workers (www-data) read the blob file from here
+    stop = []
+    try:
+        pki = harness.Pki(os.path.join(work, "pki"))
+        pw, admin_pw = harness.generate_password(), harness.generate_password()
+        issuer = harness.TokenIssuer(os.path.join(work, "issuer"), pki, {
+            ROBOT: (pw, {"library/": ["pull"]}), "admin": (admin_pw, {"": ["pull", "push"]})}).start()
+        stop.append(issuer.stop)
+        storage = os.path.join(work, "storage")
+        registry = harness.Registry(os.path.join(work, "registry"), pki, issuer, storage).start()
+        stop.append(registry.stop)
+        image = harness.make_test_image(os.path.join(work, "layout"), big_layer_mb=args.mb)
+        harness.skopeo_push(os.path.join(work, "layout"), f"docker://127.0.0.1:{registry.port}/library/app:v1",
+                            f"admin:{admin_pw}")
+        blob = image["big_layer"]
+        blob_file = harness.blob_data_path(storage, blob)
+        size = os.path.getsize(blob_file)
+        secret = os.path.join(work, "robot.json")
+        with open(secret, "w") as f:
+            json.dump({"auths": {NAME: {"auth": base64.b64encode(f"{ROBOT}:{pw}".encode()).decode()}}}, f)
+
+        def berth(tag, extra=""):
+            b = harness.Berth(binary, os.path.join(work, tag), f"""listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+access_log: false
+registries:
+  - names: [{NAME}]
+    endpoint: {registry.endpoint}
+    credentials: {secret}
+    ca_file: {pki.ca_file}
+cache:
+  dir: {os.path.join(work, tag, 'cache')}
+{extra}""").start()
+            stop.append(b.stop)
+            return b
+
+        # Peers for the hit path.
+        servers = {}
+        b_sf = berth("berth-sendfile")
+        b_cp = berth("berth-copy", "  zero_copy: false\n")
+        servers["berth hit (sendfile)"] = (b_sf.proc.pid, f"{b_sf.url}/v2/library/app/blobs/{blob}?ns={NAME}")
+        servers["berth hit (read+write)"] = (b_cp.proc.pid, f"{b_cp.url}/v2/library/app/blobs/{blob}?ns={NAME}")
+        rel = os.path.relpath(blob_file, storage)
+        for label, conf in (("nginx sendfile on", "sendfile on;"),
+                            ("nginx sendfile off, 2x1m buffers", "sendfile off; output_buffers 2 1m;")):
+            d = os.path.join(work, label.replace(" ", "_").replace(",", ""))
+            os.makedirs(os.path.join(d, "logs"))
+            port = harness.free_port()
+            with open(os.path.join(d, "nginx.conf"), "w") as f:
+                f.write(f"""worker_processes auto; daemon off; pid {d}/nginx.pid; error_log {d}/logs/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; {conf} tcp_nopush on; keepalive_timeout 60;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{ listen 127.0.0.1:{port}; root {storage}; }} }}
+""")
+            p = harness.Process("nginx", ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")],
+                                os.path.join(d, "out.log")).start()
+            stop.append(p.stop)
+            harness.wait_for(lambda: subprocess.run(["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{port}/{rel}"]).returncode == 0,
+                             what="nginx")
+            servers[label] = (p.proc.pid, f"http://127.0.0.1:{port}/{rel}")
+        # The CNCF registry from its own storage (no auth, plain HTTP) and in proxy mode.
+        for label, extra in (("registry, own storage", ""),
+                             ("registry proxy mode, cached", f"proxy:\n  remoteurl: {registry.endpoint}\n  username: {ROBOT}\n  password: {pw}\n")):
+            d = os.path.join(work, label.split(",")[0].replace(" ", "_") + str(len(servers)))
+            os.makedirs(d)
+            port = harness.free_port()
+            root = storage if not extra else os.path.join(d, "storage")
+            with open(os.path.join(d, "config.yml"), "w") as f:
+                f.write(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n"
+                        f"    rootdirectory: {root}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}")
+            env = dict(os.environ, SSL_CERT_FILE=pki.ca_file)
+            p = harness.Process("registry", ["docker-registry", "serve", os.path.join(d, "config.yml")],
+                                os.path.join(d, "out.log"), env=env).start()
+            stop.append(p.stop)
+            url = f"http://127.0.0.1:{port}/v2/library/app/blobs/{blob}"
+            harness.wait_for(lambda: subprocess.run(["curl", "-sf", "-o", "/dev/null", url]).returncode == 0,
+                             timeout=60, what=label)
+            servers[label] = (p.proc.pid, url)
+        for _, (_, url) in servers.items():  # warm every cache and the page cache
+            assert fetch(url) == size
+        subprocess.run(["sync"])
+
+        rows = {}
+        for streams in [int(s) for s in args.streams.split(",")]:
+            for _ in range(args.rounds):
+                for label, (pid, url) in servers.items():
+                    c0 = cpu_seconds(pid)
+                    wall, got = parallel(streams, lambda: fetch(url))
+                    c1 = cpu_seconds(pid)
+                    assert all(g == size for g in got), label
+                    gb = size * streams / 1e9
+                    rows.setdefault((label, streams), []).append((gb / wall, (c1 - c0) / gb))
+        print(f"## Hit path: {size / 1e6:.0f} MB blob, {args.rounds} interleaved rounds, medians\n")
+        print("| server | streams | GB/s | server CPU s/GB | peak RSS MB |")
+        print("|---|---|---|---|---|")
+        for streams in [int(s) for s in args.streams.split(",")]:
+            for label, (pid, _) in servers.items():
+                r = rows[(label, streams)]
+                print(f"| {label} | {streams} | {statistics.median(x[0] for x in r):.2f} | "
+                      f"{statistics.median(x[1] for x in r):.2f} | {peak_rss_mb(pid):.0f} |")
+
+        # Cold path.
+        token = json.loads(subprocess.run(
+            ["curl", "-sf", "--cacert", pki.ca_file, "-u", f"{ROBOT}:{pw}",
+             f"{issuer.realm}?service={issuer.service}&scope=repository:library/app:pull"],
+            capture_output=True, text=True, check=True).stdout)["token"]
+        direct, cold1, cold50 = [], [], []
+        for rnd in range(args.rounds):
+            t0 = time.monotonic()
+            fetch(f"{registry.endpoint}/v2/library/app/blobs/{blob}", [f"Authorization: Bearer {token}"], pki.ca_file)
+            direct.append(time.monotonic() - t0)
+            b = berth(f"cold1-{rnd}")
+            t0 = time.monotonic()
+            fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}")
+            cold1.append(time.monotonic() - t0)
+            b.stop()
+            b = berth(f"cold50-{rnd}")
+            wall, got = parallel(50, lambda: fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}"))
+            assert all(g == size for g in got)
+            cold50.append(wall)
+            b.stop()
+            shutil.rmtree(os.path.join(work, f"cold1-{rnd}"), ignore_errors=True)
+            shutil.rmtree(os.path.join(work, f"cold50-{rnd}"), ignore_errors=True)
+        d, c1, c50 = statistics.median(direct), statistics.median(cold1), statistics.median(cold50)
+        print(f"\n## Cold path: {size / 1e6:.0f} MB blob, medians of {args.rounds}\n")
+        print("| case | seconds | ratio |")
+        print("|---|---|---|")
+        print(f"| direct from the registry, 1 client | {d:.2f} | 1.00 |")
+        print(f"| through Berth, cold, 1 client | {c1:.2f} | {c1 / d:.2f}x direct |")
+        print(f"| through Berth, cold, 50 concurrent clients | {c50:.2f} | {c50 / c1:.2f}x one client |")
+    finally:
+        for fn in reversed(stop):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - keep tearing down
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
