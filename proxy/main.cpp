@@ -1,12 +1,14 @@
 // Berth: the command line, and the only place that wires the modules together.
 #include <unistd.h>
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -218,6 +220,89 @@ int containerd_command(const std::string& verb, containerd_args a) {
   return 0;
 }
 
+std::string iso_time(std::int64_t unix_seconds) {
+  const auto t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string human_bytes(std::uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+// `berth cache ...`: stats and ls read the index (also while Berth runs); verify and
+// gc need the cache to themselves (RocksDB allows one writer).
+int cache_command(const std::string& verb, const std::string& config_path) {
+  const auto s = config::load_file(config_path);
+  log::set_level(log::level::warn);  // the command's own output goes to stdout
+  if (!s.cache) throw std::runtime_error(config_path + ": cache: is not configured");
+  const auto& dir = s.cache->dir;
+  if (verb == "stats" || verb == "ls") {
+    auto idx = store::index::open(dir + "/index", true);
+    std::vector<std::pair<std::string, store::blob_entry>> all;
+    idx->for_each([&](const std::string& d, const store::blob_entry& e) { all.emplace_back(d, e); });
+    if (verb == "ls") {
+      std::sort(all.begin(), all.end(),
+                [](const auto& a, const auto& b) { return a.second.last_access > b.second.last_access; });
+      for (const auto& [d, e] : all) {
+        std::cout << d << "  " << e.size << "  " << iso_time(e.last_access) << "  " << e.media_type << "\n";
+      }
+      return 0;
+    }
+    std::uint64_t bytes = 0;
+    std::int64_t oldest = 0, newest = 0;
+    for (const auto& [d, e] : all) {
+      bytes += e.size;
+      if (oldest == 0 || e.last_access < oldest) oldest = e.last_access;
+      newest = std::max(newest, e.last_access);
+    }
+    store::store_options o = *s.cache;
+    std::uint64_t limit = o.max_bytes;
+    if (limit == 0 && o.max_fraction > 0) {
+      limit =
+          static_cast<std::uint64_t>(static_cast<double>(store::posix_filesystem()->capacity(dir)) * o.max_fraction);
+    }
+    std::cout << "dir: " << dir << "\nblobs: " << all.size() << "\nbytes: " << bytes << " (" << human_bytes(bytes)
+              << ")\nlimit: " << limit << " (" << human_bytes(limit) << ")\n";
+    if (!all.empty()) {
+      std::cout << "least recently used: " << iso_time(oldest) << "\nmost recently used: " << iso_time(newest) << "\n";
+    }
+    return 0;
+  }
+  metrics::registry metrics;
+  store::blob_store st(*s.cache, store::posix_filesystem(), metrics);
+  try {
+    st.open();
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string(e.what()) + " (is a Berth running on this cache? stop it first)");
+  }
+  if (verb == "verify") {
+    const auto r = st.verify([](const std::string& digest, const std::string& problem) {
+      std::cout << "removed " << digest << ": " << problem << "\n";
+    });
+    std::cout << "checked " << r.checked << " blobs (" << human_bytes(r.bytes) << "), " << r.bad << " bad\n";
+    return r.bad == 0 ? 0 : 1;
+  }
+  const auto u = st.current_usage();
+  const auto target = static_cast<std::uint64_t>(static_cast<double>(u.limit) * s.cache->low_watermark);
+  const auto freed = u.limit > 0 && u.bytes > target ? st.evict_to(target) : 0;
+  std::cout << "freed " << freed << " bytes (" << human_bytes(freed) << "); " << st.current_usage().bytes
+            << " bytes in " << st.current_usage().blobs << " blobs remain (target " << target << ")\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -235,6 +320,19 @@ int main(int argc, char** argv) {
   check_cmd->add_option("file", check_path, "Config file (YAML)")->required();
 
   auto* version_cmd = app.add_subcommand("version", "Print the version");
+
+  std::string cache_config;
+  auto* cache_cmd = app.add_subcommand("cache", "Inspect and maintain the blob cache");
+  cache_cmd->require_subcommand(1);
+  for (auto [name, help] : {std::pair{"stats", "Blob count, bytes, limit (works while Berth runs)"},
+                            std::pair{"ls", "List cached blobs, most recently used first (works while Berth runs)"},
+                            std::pair{"verify", "Rehash every blob; remove bad ones (Berth stopped)"},
+                            std::pair{"gc", "Evict to the low watermark now (Berth stopped)"}}) {
+    cache_cmd->add_subcommand(name, help)
+        ->add_option("-c,--config", cache_config, "Berth config file")
+        ->envname("BERTH_CONFIG")
+        ->required();
+  }
 
   containerd_args ctd;
   auto* ctd_cmd = app.add_subcommand("containerd", "Point containerd at Berth through certs.d/<registry>/hosts.toml");
@@ -263,6 +361,11 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*check_cmd) return check_config(check_path);
+    if (*cache_cmd) {
+      for (const char* verb : {"stats", "ls", "verify", "gc"}) {
+        if (*cache_cmd->get_subcommand(verb)) return cache_command(verb, cache_config);
+      }
+    }
     if (*ctd_cmd) {
       for (const char* verb : {"install", "uninstall", "print"}) {
         if (*ctd_cmd->get_subcommand(verb)) return containerd_command(verb, ctd);

@@ -1,5 +1,6 @@
 #include "http/server.hpp"
 
+#include <sys/sendfile.h>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -15,7 +16,6 @@
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <mutex>
-#include <sys/sendfile.h>
 #include <stdexcept>
 #include <unordered_set>
 

@@ -128,8 +128,8 @@ fill_failure fill::finish() {
   const auto got = hasher_.finish();
   if (got != digest_ || p.written != p.size) {
     store_.metrics().digest_mismatch("cache", "blob");
-    log::error("digest_mismatch", {{"kind", "blob"}, {"expected", digest_}, {"got", got},
-                                   {"bytes", p.written}, {"announced", p.size}});
+    log::error("digest_mismatch",
+               {{"kind", "blob"}, {"expected", digest_}, {"got", got}, {"bytes", p.written}, {"announced", p.size}});
     fail(fill_failure::digest_mismatch);
     return fill_failure::digest_mismatch;
   }
@@ -251,13 +251,15 @@ void blob_store::open() {
     fs_->make_dirs(options_.dir + sub, ec);
     if (ec) throw std::runtime_error("cache dir " + options_.dir + sub + ": " + ec.message());
   }
+  // The index first: its lock makes this the cache's only writer, so the temp files
+  // below cannot belong to another running Berth.
+  index_ = index::open(options_.dir + "/index");
   // Temp files are fills a previous run did not finish: never served, never kept.
   std::size_t removed = 0;
   for (const auto& name : fs_->list(options_.dir + "/tmp")) {
     fs_->remove(options_.dir + "/tmp/" + name);
     ++removed;
   }
-  index_ = index::open(options_.dir + "/index");
   usage u;
   index_->for_each([&](const std::string&, const blob_entry& e) {
     u.bytes += e.size;
@@ -428,6 +430,51 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
   return freed;
 }
 
+blob_store::verify_report blob_store::verify(
+    const std::function<void(const std::string&, const std::string&)>& on_bad) {
+  std::vector<std::pair<std::string, blob_entry>> all;
+  index_->for_each([&](const std::string& d, const blob_entry& e) { all.emplace_back(d, e); });
+  verify_report report;
+  std::vector<char> buf(1 << 20);
+  for (const auto& [digest, entry] : all) {
+    ++report.checked;
+    std::string problem;
+    error_code ec;
+    const int fd = fs_->open_read(blob_path(digest), ec);
+    if (ec) {
+      problem = "file missing (" + ec.message() + ")";
+    } else {
+      core::hasher h(digest.substr(0, digest.find(':')));
+      std::uint64_t offset = 0;
+      while (true) {
+        const auto n = fs_->pread(fd, buf.data(), buf.size(), offset, ec);
+        if (ec || n == 0) break;
+        h.update(buf.data(), n);
+        offset += n;
+      }
+      fs_->close(fd);
+      report.bytes += offset;
+      if (ec) {
+        problem = "unreadable (" + ec.message() + ")";
+      } else if (offset != entry.size) {
+        problem = "size " + std::to_string(offset) + ", indexed " + std::to_string(entry.size);
+      } else if (const auto got = h.finish(); got != digest) {
+        problem = "content hashes to " + got;
+      }
+    }
+    if (problem.empty()) continue;
+    ++report.bad;
+    on_bad(digest, problem);
+    metrics_.digest_mismatch("cache", "verify");
+    index_->erase(digest);
+    fs_->remove(blob_path(digest));
+    std::lock_guard lock(mu_);
+    usage_.bytes -= std::min(usage_.bytes, entry.size);
+    usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
+  }
+  return report;
+}
+
 // ---------------------------------------------------------------------------
 // body sources
 
@@ -440,9 +487,7 @@ class published_body final : public core::body_source {
   ~published_body() override { blob_->store().metrics().cache_bytes("cache", offset_ - start_); }
 
   std::optional<std::uint64_t> size() const override { return end_ - start_; }
-  std::optional<core::file_span> file() const override {
-    return core::file_span{blob_->fd(), offset_, end_ - offset_};
-  }
+  std::optional<core::file_span> file() const override { return core::file_span{blob_->fd(), offset_, end_ - offset_}; }
   void sent(std::uint64_t n) override { offset_ += n; }
 
   asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {

@@ -8,6 +8,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -147,6 +148,15 @@ class blob_store {
   // Evicts least recently used blobs (skipping open ones) until at most `target`
   // bytes remain. Returns the bytes freed.
   std::uint64_t evict_to(std::uint64_t target);
+
+  // Rehashes every published blob; removes (and reports through `on_bad`) the ones
+  // that are missing or whose bytes no longer match their digest.
+  struct verify_report {
+    std::uint64_t checked = 0;
+    std::uint64_t bad = 0;
+    std::uint64_t bytes = 0;
+  };
+  verify_report verify(const std::function<void(const std::string& digest, const std::string& problem)>& on_bad);
 
   filesystem& fs() { return *fs_; }
   metrics::registry& metrics() { return metrics_; }

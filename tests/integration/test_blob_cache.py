@@ -264,3 +264,43 @@ cache:
     finally:
         b.stop()
         proxy.stop()
+
+
+def test_cache_cli_stats_ls_verify_gc(world, cached_berth, tmp_path):
+    b = cached_berth()
+    blobs = world["image"]["blobs"][:3]
+    for d in blobs:
+        assert harness.http_request(f"{b.url}/v2/library/app/blobs/{d}?ns={REGISTRY_NAME}")[0] == 200
+    cli = lambda *a: subprocess.run([berth_binary(), "cache", *a, "--config", b.config_path],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    # Read-only commands work while Berth runs; verify and gc refuse with a reason.
+    r = cli("stats")
+    assert r.returncode == 0 and "blobs: 3" in r.stdout, r.stdout + r.stderr
+    r = cli("ls")
+    assert r.returncode == 0 and sorted(l.split()[0] for l in r.stdout.splitlines()) == sorted(blobs)
+    r = cli("verify")
+    assert r.returncode != 0 and "stop it first" in r.stderr
+    tmp_before = os.listdir(os.path.join(b.cache_dir, "tmp"))
+    b.stop()
+    # Corrupt one cached blob: verify finds and removes it.
+    bad = blobs[1]
+    path = os.path.join(b.cache_dir, "blobs", "sha256", bad[7:9], bad[7:])
+    data = bytearray(open(path, "rb").read())
+    data[0] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    r = cli("verify")
+    assert r.returncode == 1 and f"removed {bad}: content hashes to" in r.stdout and "3 blobs" in r.stdout, r.stdout
+    assert not os.path.exists(path)
+    assert cli("verify").returncode == 0
+    assert "blobs: 2" in cli("stats").stdout
+    # gc: with a limit below what is cached, it evicts down to the low watermark.
+    cfg = open(b.config_path).read().replace("max_size: 2GiB", "max_size: 1000")
+    open(b.config_path, "w").write(cfg)
+    r = cli("gc")
+    import re
+
+    m = re.search(r"freed (\d+) bytes .*; (\d+) bytes in (\d+) blobs remain \(target (\d+)\)", r.stdout)
+    assert r.returncode == 0 and m, r.stdout + r.stderr
+    freed, remaining, count, target = map(int, m.groups())
+    assert freed > 0 and remaining <= target == 850 and count < 2
+    assert tmp_before == []
