@@ -15,8 +15,6 @@ rounds). The machine is shared and noisy: compare within a run, read the ratios.
 """
 
 import argparse
-import base64
-import json
 import os
 import shutil
 import statistics
@@ -106,23 +104,14 @@ def main():
     os.chmod(work, 0o755)  # nginx's workers (www-data) read the blob file from here
     stop = []
     try:
-        pki = harness.Pki(os.path.join(work, "pki"))
-        pw, admin_pw = harness.generate_password(), harness.generate_password()
-        issuer = harness.TokenIssuer(os.path.join(work, "issuer"), pki, {
-            ROBOT: (pw, {"library/": ["pull"]}), "admin": (admin_pw, {"": ["pull", "push"]})}).start()
-        stop.append(issuer.stop)
-        storage = os.path.join(work, "storage")
-        registry = harness.Registry(os.path.join(work, "registry"), pki, issuer, storage).start()
-        stop.append(registry.stop)
-        image = harness.make_test_image(os.path.join(work, "layout"), big_layer_mb=args.mb)
-        harness.skopeo_push(os.path.join(work, "layout"), f"docker://127.0.0.1:{registry.port}/library/app:v1",
-                            f"admin:{admin_pw}")
+        harbor = harness.StandInHarbor(work, args.mb)
+        stop.append(harbor.stop)
+        pki, issuer, registry, storage, image = harbor.pki, harbor.issuer, harbor.registry, harbor.storage, harbor.image
+        pw = harbor.robot_password
         blob = image["big_layer"]
         blob_file = harness.blob_data_path(storage, blob)
         size = os.path.getsize(blob_file)
-        secret = os.path.join(work, "robot.json")
-        with open(secret, "w") as f:
-            json.dump({"auths": {NAME: {"auth": base64.b64encode(f"{ROBOT}:{pw}".encode()).decode()}}}, f)
+        secret = harbor.robot_secret(os.path.join(work, "robot.json"), NAME)
 
         def berth(tag, extra=""):
             b = harness.Berth(binary, os.path.join(work, tag), f"""listen: 127.0.0.1:0
@@ -207,10 +196,7 @@ http {{ access_log off; {conf} tcp_nopush on; keepalive_timeout 60;
                       f"{statistics.median(x[1] for x in r):.2f} | {peak_rss_mb(pid):.0f} |")
 
         # Cold path.
-        token = json.loads(subprocess.run(
-            ["curl", "-sf", "--cacert", pki.ca_file, "-u", f"{ROBOT}:{pw}",
-             f"{issuer.realm}?service={issuer.service}&scope=repository:library/app:pull"],
-            capture_output=True, text=True, check=True).stdout)["token"]
+        token = harbor.robot_token()
         direct, cold1, cold50 = [], [], []
         for rnd in range(args.rounds):
             t0 = time.monotonic()

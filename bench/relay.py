@@ -58,22 +58,10 @@ def main():
     work = tempfile.mkdtemp(prefix="berth-bench-")
     stop = []
     try:
-        pki = harness.Pki(os.path.join(work, "pki"))
-        pw, admin_pw = harness.generate_password(), harness.generate_password()
-        issuer = harness.TokenIssuer(os.path.join(work, "issuer"), pki, {
-            ROBOT: (pw, {"library/": ["pull"]}), "admin": (admin_pw, {"": ["pull", "push"]})}).start()
-        stop.append(issuer.stop)
-        registry = harness.Registry(os.path.join(work, "registry"), pki, issuer, os.path.join(work, "storage")).start()
-        stop.append(registry.stop)
-        image = harness.make_test_image(os.path.join(work, "layout"), big_layer_mb=args.mb)
-        harness.skopeo_push(os.path.join(work, "layout"), f"docker://127.0.0.1:{registry.port}/library/app:v1",
-                            f"admin:{admin_pw}")
-        secret = os.path.join(work, "robot.json")
-        import base64
-        import json
-
-        with open(secret, "w") as f:
-            json.dump({"auths": {NAME: {"auth": base64.b64encode(f"{ROBOT}:{pw}".encode()).decode()}}}, f)
+        harbor = harness.StandInHarbor(work, args.mb)
+        stop.append(harbor.stop)
+        pki, registry, image = harbor.pki, harbor.registry, harbor.image
+        secret = harbor.robot_secret(os.path.join(work, "robot.json"), NAME)
         berth = harness.Berth(binary, os.path.join(work, "berth"), f"""listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 access_log: false
@@ -84,10 +72,7 @@ registries:
     ca_file: {pki.ca_file}
 """).start()
         stop.append(berth.stop)
-        token = json.loads(subprocess.run(
-            ["curl", "-sf", "--cacert", pki.ca_file, "-u", f"{ROBOT}:{pw}",
-             f"{issuer.realm}?service={issuer.service}&scope=repository:library/app:pull"],
-            capture_output=True, text=True, check=True).stdout)["token"]
+        token = harbor.robot_token()
         blob = image["big_layer"]
         direct = (f"{registry.endpoint}/v2/library/app/blobs/{blob}", [f"Authorization: Bearer {token}"], pki.ca_file)
         through = (f"{berth.url}/v2/library/app/blobs/{blob}?ns={NAME}", [], None)

@@ -8,8 +8,6 @@
 4. Shows what Berth logged and a few of its metrics, then stops everything.
 """
 
-import base64
-import json
 import os
 import shutil
 import sys
@@ -20,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 REGISTRY = "registry.example.internal"
-ROBOT = "robot$cluster-pull"
+ROBOT = harness.StandInHarbor.ROBOT
 
 
 def step(text):
@@ -35,30 +33,14 @@ def main():
     stop = []
     try:
         step("starting a stand-in Harbor (token service + CNCF registry, TLS, token auth)")
-        pki = harness.Pki(os.path.join(work, "pki"))
-        robot_password = harness.generate_password()
-        admin_password = harness.generate_password()
-        issuer = harness.TokenIssuer(os.path.join(work, "issuer"), pki, {
-            ROBOT: (robot_password, {"library/": ["pull"]}),
-            "admin": (admin_password, {"": ["pull", "push"]}),
-        }).start()
-        stop.append(issuer.stop)
-        registry = harness.Registry(os.path.join(work, "registry"), pki, issuer, os.path.join(work, "storage")).start()
-        stop.append(registry.stop)
+        harbor = harness.StandInHarbor(work, int(os.environ.get("BERTH_DEMO_LAYER_MB", "32")))
+        stop.append(harbor.stop)
+        pki, issuer, registry, image = harbor.pki, harbor.issuer, harbor.registry, harbor.image
         print(f"registry {registry.endpoint}, token realm {issuer.realm}")
-
-        step("pushing a sample two-platform image as library/app:v1")
-        image = harness.make_test_image(os.path.join(work, "layout"), big_layer_mb=int(os.environ.get("BERTH_DEMO_LAYER_MB", "32")))
-        harness.skopeo_push(os.path.join(work, "layout"), f"docker://127.0.0.1:{registry.port}/library/app:v1",
-                            f"admin:{admin_password}")
-        print(f"index digest {image['index']}")
+        print(f"pushed a sample two-platform image as library/app:v1, index digest {image['index']}")
 
         step("starting Berth with the robot account's dockerconfigjson Secret")
-        secret = os.path.join(work, "harbor-pull", ".dockerconfigjson")
-        os.makedirs(os.path.dirname(secret))
-        with open(secret, "w") as f:
-            auth = base64.b64encode(f"{ROBOT}:{robot_password}".encode()).decode()
-            json.dump({"auths": {REGISTRY: {"auth": auth}}}, f)
+        secret = harbor.robot_secret(os.path.join(work, "harbor-pull", ".dockerconfigjson"), REGISTRY)
         config = f"""listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 registries:

@@ -807,3 +807,54 @@ class FaultProxy:
     def stop(self):
         self.stopped = True
         self.listener.close()
+
+
+def write_dockerconfigjson(path, registry_host, username, password):
+    """A kubernetes.io/dockerconfigjson file with one `auth` entry, mode 0600."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"auths": {registry_host: {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}}}, f)
+    os.chmod(path, 0o600)
+
+
+class StandInHarbor:
+    """A Harbor stand-in for the demo and the benchmarks: TLS, a token service with a
+    pull-only robot and an admin, the CNCF registry, and the test image pushed as
+    library/app:v1. `stop()` stops all of it."""
+
+    ROBOT = "robot$cluster-pull"
+
+    def __init__(self, work, big_layer_mb):
+        self.work = work
+        self.pki = Pki(os.path.join(work, "pki"))
+        self.robot_password = generate_password()
+        self.admin_password = generate_password()
+        self.issuer = TokenIssuer(os.path.join(work, "issuer"), self.pki, {
+            self.ROBOT: (self.robot_password, {"library/": ["pull"]}),
+            "admin": (self.admin_password, {"": ["pull", "push"]}),
+        }).start()
+        try:
+            self.storage = os.path.join(work, "storage")
+            self.registry = Registry(os.path.join(work, "registry"), self.pki, self.issuer, self.storage).start()
+            self.image = make_test_image(os.path.join(work, "layout"), big_layer_mb=big_layer_mb)
+            skopeo_push(os.path.join(work, "layout"), f"docker://127.0.0.1:{self.registry.port}/library/app:v1",
+                        f"admin:{self.admin_password}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def robot_secret(self, path, registry_host):
+        write_dockerconfigjson(path, registry_host, self.ROBOT, self.robot_password)
+        return path
+
+    def robot_token(self):
+        """A pull token for library/app, as a client with the robot's password gets it."""
+        r = subprocess.run(["curl", "-sf", "--cacert", self.pki.ca_file, "-u", f"{self.ROBOT}:{self.robot_password}",
+                            f"{self.issuer.realm}?service={self.issuer.service}&scope=repository:library/app:pull"],
+                           capture_output=True, text=True, check=True)
+        return json.loads(r.stdout)["token"]
+
+    def stop(self):
+        if getattr(self, "registry", None):
+            self.registry.stop()
+        self.issuer.stop()
