@@ -309,6 +309,10 @@ asio::awaitable<core::reply> mirror::blob(upstream::registry& reg, const pull_re
     auto r = co_await cached_blob(reg, req, handled);
     if (handled) co_return r;
   }
+  co_return co_await upstream_blob(reg, req);
+}
+
+asio::awaitable<core::reply> mirror::upstream_blob(upstream::registry& reg, const pull_request& req) {
   upstream::request up;
   up.target = upstream_target(req);
   up.repository = req.name;
@@ -460,8 +464,10 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   core::reply r;
   r.upstream_status = 0;
   if (req.head) {
-    // A hit is answered from the index, with no upstream traffic.
+    // A hit is answered from the index, with no upstream traffic once the upstream
+    // has said this repository may have the blob.
     if (auto e = store_->stat(digest)) {
+      if (!co_await authorized(reg, req, e->sources, r)) co_return r;
       metrics_.cache_lookup("hit");
       std::uint64_t first = 0, end = 0;
       shape_blob_reply(r, req, e->size, e->media_type, first, end);
@@ -471,6 +477,7 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     co_return r;
   }
   if (auto hit = store_->lookup(digest)) {
+    if (!co_await authorized(reg, req, hit->entry().sources, r)) co_return r;
     metrics_.cache_lookup("hit");
     std::uint64_t first = 0, end = 0;
     if (shape_blob_reply(r, req, hit->entry().size, hit->entry().media_type, first, end)) {
@@ -497,6 +504,11 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     const auto next = f->snapshot();
     if (next.version == p.version) break;  // no answer within the stall limit
     p = next;
+  }
+  if (!created && p.started && p.failure == store::fill_failure::none) {
+    // Joining a fill started for another repository: the upstream decides first.
+    const std::vector<std::string> fill_source{f->source()};  // named: GCC 12 and temporaries in co_await
+    if (!co_await authorized(reg, req, fill_source, r)) co_return r;
   }
   if (p.failure != store::fill_failure::none || !p.started) {
     if (auto a = f->answer()) {
@@ -527,6 +539,31 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   }
   r.stream = store::fill_body(std::move(f), fd, first, end, options_.fill_stall);
   co_return r;
+}
+
+asio::awaitable<bool> mirror::authorized(upstream::registry& reg, const pull_request& req,
+                                         const std::vector<std::string>& sources, core::reply& denial) {
+  const std::string source = reg.id() + "/" + req.name;
+  for (const auto& s : sources) {
+    if (s == source) co_return true;
+  }
+  pull_request head = req;
+  head.head = true;
+  head.range.clear();
+  auto answer = co_await upstream_blob(reg, head);
+  if (answer.status == 200) {
+    store_->add_source(req.reference, source);
+    metrics_.cache_lookup("authorized");
+    co_return true;
+  }
+  metrics_.cache_lookup("denied");
+  log::info("cache_hit_denied", {{"registry", reg.id()},
+                                 {"repository", req.name},
+                                 {"digest", req.reference},
+                                 {"upstream_status", answer.status}});
+  if (!req.head && answer.error) answer.head_length.reset();  // a GET gets the error body
+  denial = std::move(answer);
+  co_return false;
 }
 
 namespace {
@@ -561,7 +598,10 @@ asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream:
       co_return;
     }
     const auto type = res.headers.get("Content-Type");
-    if (!f->start(*length, type ? std::string(*type) : std::string("application/octet-stream"))) co_return;
+    if (!f->start(*length, type ? std::string(*type) : std::string("application/octet-stream"),
+                  reg.id() + "/" + req.name)) {
+      co_return;
+    }
     // Stream into the fill. A body that breaks off (or stalls past read_timeout) is
     // continued from where it stopped with Range, a few times with backoff, so the
     // clients following the fill see one uninterrupted body.

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "core/reply.hpp"
 #include "mirror/registry_table.hpp"
@@ -48,6 +50,13 @@ class mirror {
   boost::asio::awaitable<core::reply> blob(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> listing(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> cached_blob(upstream::registry& reg, const pull_request& req, bool& handled);
+  // The blob straight from the upstream, no cache.
+  boost::asio::awaitable<core::reply> upstream_blob(upstream::registry& reg, const pull_request& req);
+  // May the cache serve this blob to req's repository? Asks the upstream (HEAD, as
+  // Berth) unless it already said yes for that repository. On "no", `denial` is the
+  // upstream's answer for the client.
+  boost::asio::awaitable<bool> authorized(upstream::registry& reg, const pull_request& req,
+                                          const std::vector<std::string>& sources, core::reply& denial);
   boost::asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, upstream::registry& reg, pull_request req);
 
   const registry_table& table_;

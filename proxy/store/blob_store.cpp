@@ -59,11 +59,17 @@ void fill::changed_locked(std::vector<std::shared_ptr<asio::steady_timer>>& wake
   wake = waiters_.take();
 }
 
-bool fill::start(std::uint64_t size, std::string media_type) {
+std::string fill::source() const {
+  std::lock_guard lock(mu_);
+  return source_;
+}
+
+bool fill::start(std::uint64_t size, std::string media_type, std::string source) {
   temp_path_ = store_.new_temp_path(digest_);
   {
     std::lock_guard lock(mu_);
     read_path_ = temp_path_;
+    source_ = std::move(source);
   }
   error_code ec;
   write_fd_ = store_.fs().create(temp_path_, ec);
@@ -147,7 +153,7 @@ fill_failure fill::finish() {
   store_.fs().fsync(write_fd_, ec);
   store_.fs().close(write_fd_);
   write_fd_ = -1;
-  const bool published = !ec && store_.publish(digest_, temp_path_, p.size, p.media_type);
+  const bool published = !ec && store_.publish(digest_, temp_path_, p.size, p.media_type, source());
   {
     std::lock_guard lock(mu_);
     if (published) read_path_ = store_.blob_path(digest_);  // late joiners open the published file
@@ -286,6 +292,14 @@ std::optional<blob_entry> blob_store::stat(const std::string& digest) {
   return index_->get(digest);
 }
 
+void blob_store::add_source(const std::string& digest, const std::string& source) {
+  std::lock_guard lock(mu_);  // read-modify-write of one entry
+  auto e = index_->get(digest);
+  if (!e || e->has_source(source)) return;
+  e->sources.push_back(source);
+  index_->put(digest, *e);
+}
+
 std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest) {
   auto e = index_->get(digest);
   if (!e) return nullptr;
@@ -302,14 +316,15 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest) {
     return nullptr;
   }
   const auto now = unix_now();
+  std::lock_guard lock(mu_);  // the touch is a read-modify-write, like add_source
   if (now - e->last_access >= k_touch_interval) {
-    e->last_access = now;
-    index_->put(digest, *e);
+    if (auto fresh = index_->get(digest)) {
+      fresh->last_access = now;
+      index_->put(digest, *fresh);
+      e = std::move(fresh);
+    }
   }
-  {
-    std::lock_guard lock(mu_);
-    ++open_readers_[digest];
-  }
+  ++open_readers_[digest];
   return std::make_shared<open_blob>(*this, digest, fd, *e);
 }
 
@@ -345,11 +360,12 @@ void blob_store::fill_ended(const std::string& digest) {
 }
 
 bool blob_store::publish(const std::string& digest, const std::string& temp_path, std::uint64_t size,
-                         const std::string& media_type) {
+                         const std::string& media_type, const std::string& source) {
   const auto path = blob_path(digest);
   if (index_->get(digest)) {
     // Published meanwhile by another fill (a lookup raced with its end): same bytes.
     fs_->remove(temp_path);
+    if (!source.empty()) add_source(digest, source);
     return true;
   }
   error_code ec;
@@ -359,7 +375,9 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   const auto now = unix_now();
   // Renamed before indexed: a crash in between leaves a verified file the index does
   // not know, never an index entry without its file.
-  if (!index_->put(digest, blob_entry{size, media_type, now, now})) return false;
+  blob_entry entry{size, media_type, now, now, {}};
+  if (!source.empty()) entry.sources.push_back(source);
+  if (!index_->put(digest, entry)) return false;
   usage u;
   {
     std::lock_guard lock(mu_);

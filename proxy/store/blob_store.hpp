@@ -55,8 +55,9 @@ class fill : public std::enable_shared_from_this<fill> {
   ~fill();
 
   // --- the writer: one coroutine ---
-  // Opens the temp file for a body of `size` bytes. False on a disk error (the fill has failed).
-  bool start(std::uint64_t size, std::string media_type);
+  // Opens the temp file for a body of `size` bytes fetched for `source`
+  // ("<registry>/<repository>"). False on a disk error (the fill has failed).
+  bool start(std::uint64_t size, std::string media_type, std::string source = {});
   // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
   bool append(const char* data, std::size_t n);
   // Verifies (then releases the last byte to readers), fsyncs, publishes, indexes.
@@ -83,6 +84,8 @@ class fill : public std::enable_shared_from_this<fill> {
   int open_for_read(boost::system::error_code& ec) const;
   const std::string& digest() const { return digest_; }
   blob_store& store() const { return store_; }
+  // Who the upstream served this fill to; set by start().
+  std::string source() const;
 
  private:
   void changed_locked(std::vector<std::shared_ptr<boost::asio::steady_timer>>& wake);
@@ -97,6 +100,7 @@ class fill : public std::enable_shared_from_this<fill> {
   mutable std::mutex mu_;  // guards everything below
   progress state_;
   std::string read_path_;  // the temp file, then the published file
+  std::string source_;
   std::optional<upstream_answer> answer_;
   core::wakeup_list waiters_;
 };
@@ -133,6 +137,8 @@ class blob_store {
   std::shared_ptr<open_blob> lookup(const std::string& digest);
   // The index entry of a published blob (for HEAD), without opening it.
   std::optional<blob_entry> stat(const std::string& digest);
+  // Records that the upstream served `digest` to `source` ("<registry>/<repository>").
+  void add_source(const std::string& digest, const std::string& source);
 
   // The fill under way for `digest`, or a new one (`created`: the caller must run it).
   std::shared_ptr<fill> join_or_start(const std::string& digest, const std::string& algorithm, bool& created);
@@ -169,7 +175,7 @@ class blob_store {
   std::string new_temp_path(const std::string& digest);
   // Called by a fill that verified its temp file: rename, index, account, evict.
   bool publish(const std::string& digest, const std::string& temp_path, std::uint64_t size,
-               const std::string& media_type);
+               const std::string& media_type, const std::string& source);
   void fill_ended(const std::string& digest);
   void disk_failed();
   void reader_closed(const std::string& digest);

@@ -10,10 +10,13 @@
 namespace berth::store {
 namespace {
 
-// "size created last_access media_type": small, readable with ldb, versionable.
+// "size created last_access media_type source...": small, readable with ldb. Media
+// types and sources never contain spaces.
 std::string encode(const blob_entry& e) {
-  return std::to_string(e.size) + ' ' + std::to_string(e.created) + ' ' + std::to_string(e.last_access) + ' ' +
-         e.media_type;
+  std::string out = std::to_string(e.size) + ' ' + std::to_string(e.created) + ' ' + std::to_string(e.last_access) +
+                    ' ' + e.media_type;
+  for (const auto& s : e.sources) out += ' ' + s;
+  return out;
 }
 
 std::optional<blob_entry> decode(std::string_view v) {
@@ -27,7 +30,13 @@ std::optional<blob_entry> decode(std::string_view v) {
     return true;
   };
   if (!take(e.size) || !take(e.created) || !take(e.last_access)) return std::nullopt;
-  e.media_type = std::string(v);
+  auto sp = v.find(' ');
+  e.media_type = std::string(v.substr(0, sp));
+  while (sp != std::string_view::npos) {
+    v.remove_prefix(sp + 1);
+    sp = v.find(' ');
+    if (auto s = v.substr(0, sp); !s.empty()) e.sources.emplace_back(s);
+  }
   return e;
 }
 
@@ -56,6 +65,13 @@ class rocks final : public index {
 };
 
 }  // namespace
+
+bool blob_entry::has_source(const std::string& s) const {
+  for (const auto& x : sources) {
+    if (x == s) return true;
+  }
+  return false;
+}
 
 std::unique_ptr<index> index::open(const std::string& path, bool read_only) {
   rocksdb::Options options;

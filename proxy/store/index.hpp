@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace berth::store {
 
@@ -14,6 +15,10 @@ struct blob_entry {
   std::string media_type;
   std::int64_t created = 0;      // unix seconds
   std::int64_t last_access = 0;  // unix seconds
+  // "<registry>/<repository>" pairs whose upstream answered 200 for this blob with
+  // Berth's identity: a hit is served only to those (others are asked first).
+  std::vector<std::string> sources;
+  bool has_source(const std::string& s) const;
 };
 
 class index {

@@ -304,3 +304,36 @@ def test_cache_cli_stats_ls_verify_gc(world, cached_berth, tmp_path):
     freed, remaining, count, target = map(int, m.groups())
     assert freed > 0 and remaining <= target == 850 and count < 2
     assert tmp_before == []
+
+
+def test_a_hit_is_served_only_where_the_upstream_would_serve_it(world, cached_berth):
+    """The same layer is in library/app and library/app-docker (the robot may read
+    both) and in private/secret (it may not). Cached for one, it is served to another
+    repository only after the upstream says that repository may have it."""
+    b = cached_berth()
+    layer = world["image"]["blobs"][0]
+
+    def url(repo):
+        return f"{b.url}/v2/{repo}/blobs/{layer}?ns={REGISTRY_NAME}"
+
+    assert harness.http_request(url("library/app"))[0] == 200
+    for method in ("GET", "HEAD"):
+        s, h, body = harness.http_request(url("private/secret"), method=method)
+        assert s == 401, (method, s, body)
+        assert "WWW-Authenticate" not in h
+        if method == "GET":
+            assert b'"UNAUTHORIZED"' in body and len(body) < 1000
+    assert b.metric("berth_cache_requests_total", result="denied") == 2
+
+    def upstream_for(repo):
+        time.sleep(0.3)
+        return [r for r in world["registry"].requests_seen() if r[1].startswith(f"/v2/{repo}/blobs/{layer}")]
+
+    before = len(upstream_for("library/app-docker"))
+    s, _, body = harness.http_request(url("library/app-docker"))
+    assert s == 200 and hashlib.sha256(body).hexdigest() == layer.split(":")[1]
+    asked = upstream_for("library/app-docker")[before:]
+    assert [r[0] for r in asked if r[2] == 200] == ["HEAD"], asked  # one check, no second download
+    assert harness.http_request(url("library/app-docker"))[0] == 200
+    assert len(upstream_for("library/app-docker")) == before + len(asked)  # now remembered
+    assert b.metric("berth_cache_requests_total", result="authorized") == 1
