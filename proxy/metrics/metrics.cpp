@@ -109,6 +109,11 @@ struct registry::impl {
                                          .Help("Cache writes that failed (disk full, I/O error)")
                                          .Register(*reg)
                                          .Add({});
+  prometheus::Counter& disk_fallbacks = BuildCounter()
+                                            .Name("berth_cache_disk_fallbacks_total")
+                                            .Help("Blob responses streamed from upstream because the cache disk failed")
+                                            .Register(*reg)
+                                            .Add({});
   prometheus::Family<prometheus::Counter>& resumes =
       BuildCounter()
           .Name("berth_cache_resumes_total")
@@ -198,6 +203,10 @@ std::string registry::serialize() const {
 
 void registry::cache_resume(std::string_view result) {
   impl_->resumes.Add({{"result", s(result)}}).Increment();
+}
+
+void registry::cache_disk_fallback() {
+  impl_->disk_fallbacks.Increment();
 }
 
 }  // namespace berth::metrics

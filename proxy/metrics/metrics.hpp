@@ -39,6 +39,7 @@ class registry {
   void cache_usage(std::uint64_t bytes, std::uint64_t blobs);
   void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
   void cache_disk_error();
+  void cache_disk_fallback();                  // a blob streamed from upstream because the cache could not take it
   void cache_resume(std::string_view result);  // a broken upstream body continued with Range: ok, failed
 
   // The Prometheus text exposition format.

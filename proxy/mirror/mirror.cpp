@@ -486,6 +486,7 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     co_return r;
   }
   if (!store_->writable()) {
+    metrics_.cache_disk_fallback();
     handled = false;  // the disk is failing: stream from upstream without caching
     co_return r;
   }
@@ -520,7 +521,8 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
       co_return r;
     }
     if (p.failure == store::fill_failure::disk) {
-      handled = false;  // could not even start writing: stream it instead
+      metrics_.cache_disk_fallback();
+      handled = false;  // the cache could not take it: stream it instead
       co_return r;
     }
     co_return core::error_reply({502, "UNAVAILABLE",
@@ -537,7 +539,9 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     handled = false;
     co_return r;
   }
-  r.stream = store::fill_body(std::move(f), fd, first, end, options_.fill_stall);
+  r.stream = store::fill_body(
+      std::move(f), fd, first, end, options_.fill_stall,
+      [this, &reg, req](std::uint64_t offset, std::uint64_t to) { return upstream_range(reg, req, offset, to); });
   co_return r;
 }
 
@@ -564,6 +568,22 @@ asio::awaitable<bool> mirror::authorized(upstream::registry& reg, const pull_req
   if (!req.head && answer.error) answer.head_length.reset();  // a GET gets the error body
   denial = std::move(answer);
   co_return false;
+}
+
+asio::awaitable<std::unique_ptr<core::body_source>> mirror::upstream_range(upstream::registry& reg, pull_request req,
+                                                                           std::uint64_t offset, std::uint64_t end) {
+  upstream::request up;
+  req.head = false;
+  up.target = upstream_target(req);
+  up.repository = req.name;
+  up.range = "bytes=" + std::to_string(offset) + "-" + std::to_string(end - 1);
+  boost::system::error_code ec;
+  auto res = co_await client_.fetch(reg, up, ec);
+  const auto range = res.headers.get("Content-Range");
+  if (ec || res.status != 206 || !range || range->rfind("bytes " + std::to_string(offset) + "-", 0) != 0) {
+    co_return nullptr;
+  }
+  co_return std::move(res.body);
 }
 
 namespace {

@@ -57,6 +57,9 @@ class mirror {
   // upstream's answer for the client.
   boost::asio::awaitable<bool> authorized(upstream::registry& reg, const pull_request& req,
                                           const std::vector<std::string>& sources, core::reply& denial);
+  // Bytes [offset, end) of req's blob straight from the upstream (206), or null.
+  boost::asio::awaitable<std::unique_ptr<core::body_source>> upstream_range(upstream::registry& reg, pull_request req,
+                                                                            std::uint64_t offset, std::uint64_t end);
   boost::asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, upstream::registry& reg, pull_request req);
 
   const registry_table& table_;

@@ -527,12 +527,20 @@ class published_body final : public core::body_source {
 };
 
 // Follows a fill: reads what has been written, waits for more, and releases the
-// blob's last byte only after the fill verified it.
+// blob's last byte only after the fill verified it. If the fill fails because the
+// cache disk is full, it carries on from the upstream (`on_disk_failure`) and checks
+// the digest itself, so the client still gets one verified body.
 class following_body final : public core::body_source {
  public:
   following_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
-                 std::chrono::milliseconds stall)
-      : fill_(std::move(f)), fd_(fd), offset_(offset), end_(end), start_(offset), stall_(stall) {}
+                 std::chrono::milliseconds stall, upstream_resume on_disk_failure)
+      : fill_(std::move(f)),
+        fd_(fd),
+        offset_(offset),
+        end_(end),
+        start_(offset),
+        stall_(stall),
+        on_disk_failure_(std::move(on_disk_failure)) {}
   ~following_body() override {
     auto& store = fill_store();
     store.fs().close(fd_);
@@ -543,8 +551,12 @@ class following_body final : public core::body_source {
 
   asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
     ec = {};
+    if (upstream_) co_return co_await read_upstream(buf, ec);
     while (true) {
       const auto p = fill_->snapshot();
+      if (p.failure == fill_failure::disk && on_disk_failure_) {
+        if (co_await switch_to_upstream(p.size)) co_return co_await read_upstream(buf, ec);
+      }
       if (p.failure != fill_failure::none) {
         ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
         co_return 0;
@@ -573,12 +585,59 @@ class following_body final : public core::body_source {
  private:
   blob_store& fill_store() { return fill_->store(); }
 
+  asio::awaitable<bool> switch_to_upstream(std::uint64_t size) {
+    // A whole-blob body is verified to the end: hash what was already sent (still in
+    // the temp file this reader holds open), then everything that follows.
+    if (start_ == 0 && end_ == size) {
+      const auto& digest = fill_->digest();
+      hasher_.emplace(digest.substr(0, digest.find(':')));
+      std::vector<char> chunk(1 << 20);
+      for (std::uint64_t at = 0; at < offset_;) {
+        error_code ec;
+        const auto n = fill_store().fs().pread(
+            fd_, chunk.data(), static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), offset_ - at)), at, ec);
+        if (ec || n == 0) co_return false;
+        hasher_->update(chunk.data(), n);
+        at += n;
+      }
+    }
+    upstream_ = co_await on_disk_failure_(offset_, end_);
+    log::warn("cache_follower_fallback",
+              {{"digest", fill_->digest()}, {"offset", offset_}, {"ok", upstream_ != nullptr}});
+    if (upstream_) fill_store().metrics().cache_disk_fallback();
+    co_return upstream_ != nullptr;
+  }
+
+  asio::awaitable<std::size_t> read_upstream(asio::mutable_buffer buf, error_code& ec) {
+    if (offset_ >= end_) co_return 0;
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - offset_));
+    const auto n = co_await upstream_->read(asio::buffer(buf.data(), want), ec);
+    if (ec) co_return 0;
+    if (n == 0) {
+      ec = boost::system::errc::make_error_code(boost::system::errc::io_error);  // ended early
+      co_return 0;
+    }
+    if (hasher_) {
+      hasher_->update(buf.data(), n);
+      if (offset_ + n == end_ && hasher_->finish() != fill_->digest()) {
+        fill_store().metrics().digest_mismatch("cache", "blob_fallback");
+        ec = boost::system::errc::make_error_code(boost::system::errc::io_error);  // withhold the last bytes
+        co_return 0;
+      }
+    }
+    offset_ += n;
+    co_return n;
+  }
+
   std::shared_ptr<fill> fill_;
   int fd_;
   std::uint64_t offset_;
   std::uint64_t end_;
   std::uint64_t start_;
   std::chrono::milliseconds stall_;
+  upstream_resume on_disk_failure_;
+  std::unique_ptr<core::body_source> upstream_;
+  std::optional<core::hasher> hasher_;
 };
 
 }  // namespace
@@ -588,8 +647,8 @@ std::unique_ptr<core::body_source> blob_body(std::shared_ptr<open_blob> blob, st
 }
 
 std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
-                                             std::chrono::milliseconds stall) {
-  return std::make_unique<following_body>(std::move(f), fd, offset, end, stall);
+                                             std::chrono::milliseconds stall, upstream_resume on_disk_failure) {
+  return std::make_unique<following_body>(std::move(f), fd, offset, end, stall, std::move(on_disk_failure));
 }
 
 }  // namespace berth::store

@@ -195,7 +195,12 @@ class blob_store {
 
 // Body sources over the store: a published blob, and a fill under way.
 std::unique_ptr<core::body_source> blob_body(std::shared_ptr<open_blob> blob, std::uint64_t offset, std::uint64_t end);
+// Where a follower continues when its fill fails for lack of disk: a body source for
+// bytes [offset, end) of the blob straight from the upstream, or null.
+using upstream_resume =
+    std::function<boost::asio::awaitable<std::unique_ptr<core::body_source>>(std::uint64_t offset, std::uint64_t end)>;
+
 std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
-                                             std::chrono::milliseconds stall);
+                                             std::chrono::milliseconds stall, upstream_resume on_disk_failure = {});
 
 }  // namespace berth::store

@@ -337,3 +337,37 @@ def test_a_hit_is_served_only_where_the_upstream_would_serve_it(world, cached_be
     assert harness.http_request(url("library/app-docker"))[0] == 200
     assert len(upstream_for("library/app-docker")) == before + len(asked)  # now remembered
     assert b.metric("berth_cache_requests_total", result="authorized") == 1
+
+
+def test_a_full_cache_disk_still_serves_whole_verified_blobs(world, tmp_path):
+    """The cache lives on a real 24 MB tmpfs: the 110 MB layer fills it mid-way."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    b = None
+    try:
+        secret = tmp_path / "dockerconfigjson"
+        write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+        b = harness.Berth(berth_binary(), str(tmp_path / "berth"),
+                          berth_config(world, str(secret), extra_top=f"cache:\n  dir: {mnt}/cache\n  max_size: 1GiB\n")).start()
+        big = world["image"]["big_layer"]
+        url = f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(curl_sha256(url))) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [big.split(":")[1]] * 5, "every client gets the whole, verified blob"
+        assert b.metric("berth_cache_disk_errors_total") >= 1
+        assert b.metric("berth_cache_disk_fallbacks_total") >= 5
+        # While the disk is known full, new requests stream from upstream without caching.
+        assert curl_sha256(url) == big.split(":")[1]
+        assert b.metric("berth_cache_disk_fallbacks_total") >= 6
+        assert os.listdir(mnt / "cache" / "tmp") == []
+        assert b.log().count('"event":"cache_unwritable"') == 1  # logged once per outage
+    finally:
+        if b:
+            b.stop()
+        subprocess.run(["umount", str(mnt)])
