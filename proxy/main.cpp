@@ -80,6 +80,7 @@ int serve(const std::string& config_path) {
   if (s.cache) {
     rt->store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt->metrics);
     rt->store->open();
+    rt->store->start_reconcile();  // off the start-up path
   }
   rt->table = std::make_unique<mirror::registry_table>(regs, s.default_registry);
 

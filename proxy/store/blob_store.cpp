@@ -239,7 +239,44 @@ open_blob::~open_blob() {
 blob_store::blob_store(store_options options, std::shared_ptr<filesystem> fs, metrics::registry& metrics)
     : options_(std::move(options)), fs_(std::move(fs)), metrics_(metrics) {}
 
-blob_store::~blob_store() = default;
+blob_store::~blob_store() {
+  if (reconciler_.joinable()) reconciler_.join();
+}
+
+std::uint64_t blob_store::reconcile() {
+  std::uint64_t adopted = 0;
+  const auto root = options_.dir + "/blobs";
+  for (const auto& alg : fs_->list(root)) {
+    for (const auto& prefix : fs_->list(root + "/" + alg)) {
+      for (const auto& hex : fs_->list(root + "/" + alg + "/" + prefix)) {
+        const auto digest = alg + ":" + hex;
+        {
+          std::lock_guard lock(mu_);
+          if (fills_.contains(digest)) continue;  // being published right now: its fill indexes it
+        }
+        if (hex.rfind(prefix, 0) != 0 || index_->get(digest)) continue;
+        const auto size = fs_->file_size(root + "/" + alg + "/" + prefix + "/" + hex);
+        if (!size) continue;
+        const auto now = unix_now();
+        if (!index_->put(digest, blob_entry{*size, "application/octet-stream", now, now, {}})) continue;
+        ++adopted;
+        std::lock_guard lock(mu_);
+        usage_.bytes += *size;
+        ++usage_.blobs;
+      }
+    }
+  }
+  if (adopted > 0) {
+    const auto u = current_usage();
+    metrics_.cache_usage(u.bytes, u.blobs);
+    log::info("cache_reconciled", {{"adopted", adopted}, {"bytes", u.bytes}, {"blobs", u.blobs}});
+  }
+  return adopted;
+}
+
+void blob_store::start_reconcile() {
+  reconciler_ = std::thread([this] { reconcile(); });
+}
 
 std::string blob_store::blob_path(const std::string& digest) const {
   const auto [alg, hex] = split_digest(digest);

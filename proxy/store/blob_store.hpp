@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "core/body_source.hpp"
@@ -132,6 +133,14 @@ class blob_store {
   // and sums its sizes (no directory scan). Throws std::runtime_error on failure.
   void open();
 
+  // Indexes published files the index does not know (a crash between rename and
+  // index). They were verified before the rename; with no sources recorded, the
+  // upstream confirms each repository before a hit is served. Returns how many were
+  // adopted. Walks blobs/: run it off the start-up path (see start_reconcile).
+  std::uint64_t reconcile();
+  // Runs reconcile() once on a background thread.
+  void start_reconcile();
+
   // A published blob, opened for reading; nullopt on a miss. A hit refreshes the
   // blob's last access (at most once a minute).
   std::shared_ptr<open_blob> lookup(const std::string& digest);
@@ -191,6 +200,7 @@ class blob_store {
   usage usage_;
   std::uint64_t temp_counter_ = 0;
   std::chrono::steady_clock::time_point unwritable_until_{};
+  std::thread reconciler_;
 };
 
 // Body sources over the store: a published blob, and a fill under way.

@@ -270,3 +270,23 @@ TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerifica
   EXPECT_TRUE(done);
   EXPECT_EQ(got, data);
 }
+
+TEST_F(store_test, ReconcileAdoptsPublishedFilesTheIndexLost) {
+  const auto data = random_bytes(4096, 30);
+  const auto digest = core::digest_of(data);
+  {
+    open();
+    ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  }
+  store_.reset();
+  // A crash between the rename and the index write: the file is there, the entry not.
+  fs::remove_all(dir_ / "index");
+  auto& s = open();
+  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_EQ(s.reconcile(), 1u);
+  EXPECT_EQ(read_all(digest), data);
+  ASSERT_TRUE(s.stat(digest));
+  EXPECT_TRUE(s.stat(digest)->sources.empty());  // the upstream re-authorizes repositories
+  EXPECT_EQ(s.current_usage().bytes, data.size());
+  EXPECT_EQ(s.reconcile(), 0u);
+}
