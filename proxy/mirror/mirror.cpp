@@ -495,8 +495,9 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   metrics_.cache_lookup(created ? "miss" : "coalesced");
   if (created) {
     metrics_.cache_fill("started");
-    // The fill belongs to no client: a client that goes away does not stop it.
-    asio::co_spawn(co_await asio::this_coro::executor, run_fill(f, reg, req), asio::detached);
+    // The fill belongs to no client: a client that goes away does not stop it. It
+    // runs on the peer worker (with that worker's upstream connections).
+    asio::co_spawn(fill_peer_->client_.executor(), fill_peer_->run_fill(f, reg, req), asio::detached);
   }
   // Wait for the upstream's answer: the blob's size, or an error.
   auto p = f->snapshot();

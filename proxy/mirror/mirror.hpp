@@ -45,6 +45,10 @@ class mirror {
 
   boost::asio::awaitable<core::reply> serve(const pull_request& req);
 
+  // Where this mirror's fills run: another worker's mirror, so that a fill (TLS,
+  // hashing, writing) and the clients reading it use different cores. Defaults to itself.
+  void set_fill_peer(mirror* peer) { fill_peer_ = peer; }
+
  private:
   boost::asio::awaitable<core::reply> manifest(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> blob(upstream::registry& reg, const pull_request& req);
@@ -67,6 +71,7 @@ class mirror {
   metrics::registry& metrics_;
   store::blob_store* store_;
   mirror_options options_;
+  mirror* fill_peer_ = this;
 };
 
 }  // namespace berth::mirror

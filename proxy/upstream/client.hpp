@@ -103,6 +103,8 @@ class client {
   // An HTTP error status is a response, not an error; `ec` is set only when no
   // usable response came.
   boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec);
+  // The worker's executor this client belongs to.
+  const boost::asio::any_io_executor& executor() const;
 
   struct impl;
 

@@ -751,9 +751,11 @@ class FaultProxy:
     `cut_after` bytes from the upstream (TLS passes through untouched). It does so
     `cuts` times in all, then relays faithfully."""
 
-    def __init__(self, target_port, cut_after, cuts=1):
+    def __init__(self, target_port, cut_after=None, cuts=1, rate=None):
+        """rate: bytes per second from the upstream, per connection (None: unlimited)."""
         self.target_port = target_port
-        self.cut_after = cut_after
+        self.cut_after = cut_after if cut_after is not None else float("inf")
+        self.rate = rate
         self.cuts_left = cuts
         self.cut_count = 0
         self.lock = threading.Lock()
@@ -793,6 +795,12 @@ class FaultProxy:
                         break
                 dst.sendall(data)
                 sent += len(data)
+                if from_upstream and self.rate:
+                    if sent == len(data):
+                        started = time.monotonic()
+                    ahead = sent / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
         except OSError:
             pass
         # shutdown() first: a bare close() sends nothing while the other pump thread
