@@ -59,7 +59,7 @@ def world(workdir):
         stop.append(redirecting.stop)
 
         cache = os.environ.get("BERTH_TEST_IMAGE_CACHE", os.path.join(workdir, "image"))
-        big_mb = int(os.environ.get("BERTH_TEST_BIG_LAYER_MB", "110"))
+        big_mb = int(os.environ.get("BERTH_TEST_BIG_LAYER_MB", "200"))
         image = harness.make_test_image(os.path.join(cache, "layout"), big_layer_mb=big_mb)
         host = f"127.0.0.1:{registry.port}"
         creds = f"{PUSHER}:{pusher_password}"

@@ -627,7 +627,7 @@ def _put_blob(layout, data):
     return {"digest": "sha256:" + digest, "size": len(data)}
 
 
-def make_test_image(layout, big_layer_mb=110, seed=20261121):
+def make_test_image(layout, big_layer_mb=200, seed=20261121):
     """A deterministic two-platform OCI image layout tagged 'v1'.
 
     linux/amd64: shared layer + big layer; linux/arm64: shared layer + small layer.

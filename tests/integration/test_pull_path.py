@@ -311,5 +311,5 @@ def test_streaming_a_big_blob_keeps_memory_flat(world, berth):
     assert all(len(b) == size for b in bodies)
     with open(f"/proc/{berth.proc.pid}/status") as f:
         hwm_kb = int([l for l in f if l.startswith("VmHWM:")][0].split()[1])
-    # Four concurrent 110 MB streams; the peak resident size stays far below one blob.
+    # Four concurrent 200 MB streams; the peak resident size stays far below one blob.
     assert hwm_kb < 64 * 1024, f"peak RSS {hwm_kb} kB"
