@@ -543,7 +543,9 @@ asio::awaitable<void> response::read_all(std::string& out, std::size_t limit, er
 client::client(asio::any_io_executor executor, pool_options options, metrics::registry& metrics)
     : impl_(std::make_unique<impl>(std::move(executor), options, metrics)) {}
 client::~client() = default;
-const asio::any_io_executor& client::executor() const { return impl_->executor; }
+const asio::any_io_executor& client::executor() const {
+  return impl_->executor;
+}
 
 namespace {
 
