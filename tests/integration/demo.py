@@ -50,28 +50,37 @@ registries:
     repositories: ["library/*"]
     ca_file: {pki.ca_file}
 default_registry: {REGISTRY}
+cache:
+  dir: {os.path.join(work, "cache")}
+  max_size: 1GiB
 """
         print(config)
         berth = harness.Berth(binary, os.path.join(work, "berth"), config).start()
         stop.append(berth.stop)
         print(f"Berth serves the mirror on {berth.url}, metrics on http://127.0.0.1:{berth.admin_port}/metrics")
 
-        step("containerd pulls registry.example.internal/library/app:v1 through Berth (no credentials)")
-        ctd = harness.Containerd(os.path.join(work, "containerd")).start()
-        stop.append(ctd.stop)
         certs = os.path.join(work, "certs.d")
         harness.write_hosts_toml(certs, REGISTRY, berth.url, harness.dead_port())
         with open(os.path.join(certs, REGISTRY, "hosts.toml")) as f:
             print(f"{certs}/{REGISTRY}/hosts.toml:\n{f.read()}")
-        started = time.monotonic()
-        r = ctd.ctr("-n", "demo", "images", "pull", "--hosts-dir", certs, "--snapshotter", "native",
-                    f"{REGISTRY}/library/app:v1", check=False)
-        print("\n".join(line for line in r.stdout.splitlines() if "done:" in line or "unpacking" in line))
-        if r.returncode != 0:
-            print(r.stdout, r.stderr)
-            sys.exit("the pull through Berth failed")
-        print(f"pulled in {time.monotonic() - started:.1f}s")
-        print(ctd.ctr("-n", "demo", "images", "ls").stdout)
+        blob_fetches = []
+        for attempt in ("first", "second"):
+            step(f"{attempt} pull of {REGISTRY}/library/app:v1 by a fresh containerd through Berth (no credentials)")
+            ctd = harness.Containerd(os.path.join(work, f"containerd-{attempt}")).start()
+            stop.append(ctd.stop)
+            before = len([r for r in registry.requests_seen() if "/blobs/" in r[1] and r[2] == 200])
+            started = time.monotonic()
+            r = ctd.ctr("-n", "demo", "images", "pull", "--hosts-dir", certs, "--snapshotter", "native",
+                        f"{REGISTRY}/library/app:v1", check=False)
+            print("\n".join(line for line in r.stdout.splitlines() if "done:" in line or "unpacking" in line))
+            if r.returncode != 0:
+                print(r.stdout, r.stderr)
+                sys.exit("the pull through Berth failed")
+            time.sleep(0.3)  # the registry logs after each response
+            fetched = len([r for r in registry.requests_seen() if "/blobs/" in r[1] and r[2] == 200]) - before
+            blob_fetches.append(fetched)
+            print(f"pulled in {time.monotonic() - started:.1f}s; blobs Berth fetched from the stand-in Harbor: {fetched}")
+            ctd.stop()
 
         step("Berth's access log (one JSON line per request)")
         for rec in berth.access_log():
@@ -80,10 +89,14 @@ default_registry: {REGISTRY}
         step("a few of Berth's metrics")
         for line in berth.metrics().splitlines():
             if line.startswith(("berth_http_requests_total", "berth_token_fetches_total", "berth_upstream_requests_total",
-                                "berth_http_response_bytes_total", "berth_ready")):
+                                "berth_http_response_bytes_total", "berth_cache_requests_total",
+                                "berth_cache_served_bytes_total", "berth_cache_size_bytes", "berth_ready")):
                 print(line)
         robot_fetches = len(issuer.token_requests(ROBOT))
         print(f"\nthe token service issued {robot_fetches} token(s) to {ROBOT}; containerd sent no credentials")
+        if blob_fetches[1] != 0:
+            sys.exit(f"the second pull fetched {blob_fetches[1]} blobs upstream; the cache should have served them")
+        print("the second pull was served from Berth's cache: no blob went to the stand-in Harbor")
         print("\ndemo passed")
     finally:
         for fn in reversed(stop):
