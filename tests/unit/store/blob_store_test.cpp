@@ -242,8 +242,9 @@ TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerifica
   ASSERT_FALSE(ec);
   auto body = store::fill_body(f, fd, 0, data.size(), std::chrono::seconds(5));
   asio::io_context reader_ctx(1);
-  std::string got;
-  bool done = false;
+  std::string got;  // the reader thread's; read here only after join()
+  std::atomic<std::size_t> received{0};
+  std::atomic<bool> done{false};
   asio::co_spawn(
       reader_ctx,
       [&]() -> asio::awaitable<void> {
@@ -254,6 +255,7 @@ TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerifica
           EXPECT_FALSE(rec) << rec.message();
           if (rec || n == 0) break;
           got.append(buf, n);
+          received = got.size();
         }
         done = true;
       },
@@ -263,8 +265,14 @@ TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerifica
     ASSERT_TRUE(f->append(data.data() + i, std::min<std::size_t>(50000, data.size() - i)));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(got.size(), data.size() - 1);  // everything but the last byte, until verified
+  // Everything but the last byte arrives; the last waits for verification.
+  for (int i = 0; i < 500 && received.load() < data.size() - 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(received.load(), data.size() - 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(received.load(), data.size() - 1);
+  EXPECT_FALSE(done.load());
   EXPECT_EQ(f->finish(), store::fill_failure::none);
   reader.join();
   EXPECT_TRUE(done);
