@@ -132,6 +132,7 @@ int serve(const std::string& config_path) {
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&w = *rt->workers[i]] { w.run(); });
   rt->workers.front()->run();
   for (auto& t : pool) t.join();
+  if (rt->store) rt->store->join_background();
   // The runtime is deliberately not torn down: connections cut by the drain
   // deadline still own coroutine frames that point into it, and the process is
   // exiting anyway. The kernel reclaims everything.

@@ -240,7 +240,7 @@ blob_store::blob_store(store_options options, std::shared_ptr<filesystem> fs, me
     : options_(std::move(options)), fs_(std::move(fs)), metrics_(metrics) {}
 
 blob_store::~blob_store() {
-  if (reconciler_.joinable()) reconciler_.join();
+  join_background();
 }
 
 std::uint64_t blob_store::reconcile() {
@@ -276,6 +276,10 @@ std::uint64_t blob_store::reconcile() {
 
 void blob_store::start_reconcile() {
   reconciler_ = std::thread([this] { reconcile(); });
+}
+
+void blob_store::join_background() {
+  if (reconciler_.joinable()) reconciler_.join();
 }
 
 std::string blob_store::blob_path(const std::string& digest) const {

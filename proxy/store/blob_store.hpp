@@ -138,8 +138,9 @@ class blob_store {
   // upstream confirms each repository before a hit is served. Returns how many were
   // adopted. Walks blobs/: run it off the start-up path (see start_reconcile).
   std::uint64_t reconcile();
-  // Runs reconcile() once on a background thread.
+  // Runs reconcile() once on a background thread; join_background() waits for it.
   void start_reconcile();
+  void join_background();
 
   // A published blob, opened for reading; nullopt on a miss. A hit refreshes the
   // blob's last access (at most once a minute).
