@@ -114,6 +114,19 @@ struct registry::impl {
                                             .Help("Blob responses streamed from upstream because the cache disk failed")
                                             .Register(*reg)
                                             .Add({});
+  prometheus::Gauge& meta_up = BuildGauge()
+                                   .Name("berth_metadata_backend_up")
+                                   .Help("1 while the metadata backend (Dragonfly/Redis) answers")
+                                   .Register(*reg)
+                                   .Add({});
+  prometheus::Family<prometheus::Counter>& meta_commands = BuildCounter()
+                                                               .Name("berth_metadata_backend_commands_total")
+                                                               .Help("Commands sent to the metadata backend, by result")
+                                                               .Register(*reg);
+  prometheus::Family<prometheus::Histogram>& meta_latency = BuildHistogram()
+                                                                .Name("berth_metadata_backend_command_duration_seconds")
+                                                                .Help("Metadata backend command latency")
+                                                                .Register(*reg);
   prometheus::Family<prometheus::Counter>& resumes =
       BuildCounter()
           .Name("berth_cache_resumes_total")
@@ -207,6 +220,15 @@ void registry::cache_resume(std::string_view result) {
 
 void registry::cache_disk_fallback() {
   impl_->disk_fallbacks.Increment();
+}
+
+void registry::meta_backend_up(bool up) {
+  impl_->meta_up.Set(up ? 1 : 0);
+}
+
+void registry::meta_command(std::string_view result, std::chrono::duration<double> duration) {
+  impl_->meta_commands.Add({{"result", s(result)}}).Increment();
+  impl_->meta_latency.Add({}, latency_buckets()).Observe(duration.count());
 }
 
 }  // namespace berth::metrics

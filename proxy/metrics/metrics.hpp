@@ -39,8 +39,15 @@ class registry {
   void cache_usage(std::uint64_t bytes, std::uint64_t blobs);
   void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
   void cache_disk_error();
-  void cache_disk_fallback();                  // a blob streamed from upstream because the cache could not take it
-  void cache_resume(std::string_view result);  // a broken upstream body continued with Range: ok, failed
+  void cache_disk_fallback();
+
+  // The metadata backend (Dragonfly / Redis).
+  void meta_backend_up(bool up);
+  void meta_command(
+      std::string_view result,
+      std::chrono::duration<double> duration);  // ok, reply_error, error, timeout, down                  // a blob
+                                                // streamed from upstream because the cache could not take it
+  void cache_resume(std::string_view result);   // a broken upstream body continued with Range: ok, failed
 
   // The Prometheus text exposition format.
   std::string serialize() const;

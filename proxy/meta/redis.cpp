@@ -1,0 +1,311 @@
+#include "meta/redis.hpp"
+
+#include <hiredis/hiredis.h>
+
+#include <atomic>
+#include <boost/asio/this_coro.hpp>
+#include <boost/url/parse.hpp>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "core/log.hpp"
+#include "core/wakeup.hpp"
+#include "metrics/metrics.hpp"
+
+namespace berth::meta {
+
+namespace asio = boost::asio;
+using clock_type = std::chrono::steady_clock;
+
+std::optional<redis_options> parse_redis_url(std::string_view url, std::string& error) {
+  auto u = boost::urls::parse_uri(boost::core::string_view(url.data(), url.size()));
+  if (!u) {
+    error = "not a URL";
+    return std::nullopt;
+  }
+  if (u->scheme() == "rediss") {
+    error = "rediss:// (TLS) is not supported: the Debian 12 hiredis has no TLS";
+    return std::nullopt;
+  }
+  if (u->scheme() != "redis") {
+    error = "must start with redis://";
+    return std::nullopt;
+  }
+  redis_options o;
+  o.host = std::string(u->host_address());
+  if (o.host.empty()) {
+    error = "has no host";
+    return std::nullopt;
+  }
+  if (u->has_port()) {
+    o.port = static_cast<int>(u->port_number());
+    if (o.port <= 0) {
+      error = "has a bad port";
+      return std::nullopt;
+    }
+  }
+  if (u->has_userinfo()) {
+    o.username = std::string(u->user());
+    o.password = std::string(u->password());
+  }
+  const auto path = std::string(u->path());
+  if (!path.empty() && path != "/") {
+    try {
+      std::size_t used = 0;
+      o.db = std::stoi(path.substr(1), &used);
+      if (used != path.size() - 1 || o.db < 0) throw std::invalid_argument(path);
+    } catch (const std::exception&) {
+      error = "path must be a database number such as /0";
+      return std::nullopt;
+    }
+  }
+  return o;
+}
+
+namespace {
+
+reply convert(const redisReply* r) {
+  reply out;
+  switch (r->type) {
+    case REDIS_REPLY_STRING:
+      out.type = reply::kind::string;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_STATUS:
+      out.type = reply::kind::status;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_ERROR:
+      out.type = reply::kind::error;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.type = reply::kind::integer;
+      out.integer = r->integer;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.type = reply::kind::array;
+      for (std::size_t i = 0; i < r->elements; ++i) out.elements.push_back(convert(r->element[i]));
+      break;
+    default: out.type = reply::kind::nil;
+  }
+  return out;
+}
+
+timeval to_timeval(std::chrono::milliseconds ms) {
+  return timeval{static_cast<time_t>(ms.count() / 1000), static_cast<suseconds_t>((ms.count() % 1000) * 1000)};
+}
+
+// One command and its answer, shared by the waiting coroutine and a pool thread.
+struct job {
+  std::vector<std::string> argv;
+  clock_type::time_point deadline;
+  std::mutex mu;  // guards below
+  bool done = false;
+  std::optional<reply> result;
+  core::wakeup_list waiters;
+};
+
+}  // namespace
+
+struct redis_client::impl {
+  redis_options options;
+  metrics::registry& metrics;
+
+  std::mutex mu;  // guards queue, stopping, retry_after, failures
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<job>> queue;
+  bool stopping = false;
+  clock_type::time_point retry_after{};
+  int failures = 0;
+  std::atomic<bool> up{false};
+  std::vector<std::thread> threads;
+
+  impl(redis_options o, metrics::registry& m) : options(std::move(o)), metrics(m) {}
+
+  void set_up(bool now_up, std::string_view why) {
+    const bool was = up.exchange(now_up);
+    metrics.meta_backend_up(now_up);
+    if (was != now_up) {
+      if (now_up) {
+        log::info("metadata_backend_up", {{"host", options.host}, {"port", options.port}});
+      } else {
+        log::warn("metadata_backend_down", {{"host", options.host}, {"port", options.port}, {"error", why}});
+      }
+    }
+  }
+
+  static void finish(const std::shared_ptr<job>& j, std::optional<reply> r) {
+    std::vector<std::shared_ptr<asio::steady_timer>> wake;
+    {
+      std::lock_guard lock(j->mu);
+      j->result = std::move(r);
+      j->done = true;
+      wake = j->waiters.take();
+    }
+    core::wakeup_list::wake(wake);
+  }
+
+  // A connected, authenticated context on the configured database, or null.
+  redisContext* connect(std::string& why) {
+    redisContext* c = redisConnectWithTimeout(options.host.c_str(), options.port, to_timeval(options.connect_timeout));
+    if (c == nullptr || c->err) {
+      why = c ? c->errstr : "out of memory";
+      if (c) redisFree(c);
+      return nullptr;
+    }
+    redisSetTimeout(c, to_timeval(options.command_timeout));
+    auto run = [&](std::vector<std::string> argv) {
+      std::vector<const char*> args;
+      std::vector<size_t> lens;
+      for (const auto& a : argv) {
+        args.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      auto* r = static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()));
+      if (r == nullptr) {
+        why = c->errstr;
+        return false;
+      }
+      const bool ok = r->type != REDIS_REPLY_ERROR;
+      // The reply text never holds the password; AUTH errors are "WRONGPASS ..." and the like.
+      if (!ok) why = std::string(r->str, r->len);
+      freeReplyObject(r);
+      return ok;
+    };
+    if (!options.password.empty()) {
+      const bool ok = options.username.empty() ? run({"AUTH", options.password})
+                                               : run({"AUTH", options.username, options.password});
+      if (!ok) {
+        redisFree(c);
+        return nullptr;
+      }
+    }
+    if (options.db != 0 && !run({"SELECT", std::to_string(options.db)})) {
+      redisFree(c);
+      return nullptr;
+    }
+    return c;
+  }
+
+  void worker() {
+    redisContext* c = nullptr;
+    while (true) {
+      std::shared_ptr<job> j;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (stopping && queue.empty()) break;
+        j = std::move(queue.front());
+        queue.pop_front();
+      }
+      const auto started = clock_type::now();
+      if (started >= j->deadline) {  // waited too long in the queue: the caller has given up
+        finish(j, std::nullopt);
+        continue;
+      }
+      if (c == nullptr) {
+        {
+          std::lock_guard lock(mu);
+          if (started < retry_after) {  // backing off: fail fast, the caller has other tiers
+            metrics.meta_command("down", std::chrono::duration<double>(0));
+            finish(j, std::nullopt);
+            continue;
+          }
+        }
+        std::string why;
+        c = connect(why);
+        if (c == nullptr) {
+          {
+            std::lock_guard lock(mu);
+            failures = std::min(failures + 1, 6);
+            retry_after = clock_type::now() + std::min<clock_type::duration>(std::chrono::milliseconds(100 << failures),
+                                                                             std::chrono::seconds(5));
+          }
+          set_up(false, why);
+          metrics.meta_command("error", clock_type::now() - started);
+          finish(j, std::nullopt);
+          continue;
+        }
+        {
+          std::lock_guard lock(mu);
+          failures = 0;
+        }
+        set_up(true, "");
+      }
+      std::vector<const char*> args;
+      std::vector<size_t> lens;
+      for (const auto& a : j->argv) {
+        args.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      auto* r = static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()));
+      if (r == nullptr) {
+        // I/O error or timeout: this connection is done; the next command reconnects.
+        const std::string why = c->errstr;
+        redisFree(c);
+        c = nullptr;
+        set_up(false, why);
+        metrics.meta_command("error", clock_type::now() - started);
+        finish(j, std::nullopt);
+        continue;
+      }
+      auto out = convert(r);
+      freeReplyObject(r);
+      metrics.meta_command(out.ok() ? "ok" : "reply_error", clock_type::now() - started);
+      finish(j, std::move(out));
+    }
+    if (c != nullptr) redisFree(c);
+  }
+};
+
+redis_client::redis_client(redis_options options, metrics::registry& metrics)
+    : impl_(std::make_shared<impl>(std::move(options), metrics)) {
+  metrics.meta_backend_up(false);
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, impl_->options.connections); ++i) {
+    impl_->threads.emplace_back([i = impl_] { i->worker(); });
+  }
+}
+
+redis_client::~redis_client() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  for (auto& t : impl_->threads) t.join();
+}
+
+bool redis_client::up() const {
+  return impl_->up.load();
+}
+
+asio::awaitable<std::optional<reply>> redis_client::command(std::vector<std::string> argv) {
+  auto j = std::make_shared<job>();
+  j->argv = std::move(argv);
+  const auto limit = impl_->options.command_timeout;
+  j->deadline = clock_type::now() + limit;
+  std::shared_ptr<asio::steady_timer> timer;
+  {
+    // Parked before the job is queued: its answer cannot be lost.
+    std::lock_guard lock(j->mu);
+    timer = j->waiters.park(co_await asio::this_coro::executor, limit + std::chrono::milliseconds(50));
+  }
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->stopping) co_return std::nullopt;
+    impl_->queue.push_back(j);
+  }
+  impl_->cv.notify_one();
+  co_await core::wakeup_list::wait(timer);
+  std::lock_guard lock(j->mu);
+  if (!j->done) {
+    impl_->metrics.meta_command("timeout", limit);
+    co_return std::nullopt;
+  }
+  co_return j->result;
+}
+
+}  // namespace berth::meta

@@ -1,0 +1,207 @@
+// The metadata backend client against a real redis-server on a loopback port
+// chosen at run time (started and stopped by the fixture, also on failure).
+#include "meta/redis.hpp"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <thread>
+
+#include "metrics/metrics.hpp"
+
+extern char** environ;
+
+using namespace berth;
+namespace asio = boost::asio;
+using std::chrono::steady_clock;
+
+namespace {
+
+int free_port() {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+bool accepting(int port) {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(s);
+  return ok;
+}
+
+class redis_server {
+ public:
+  explicit redis_server(int port, std::string password = {}) : port_(port), password_(std::move(password)) { start(); }
+  ~redis_server() { stop(); }
+  void start() {
+    std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
+                                     "--save",       "",       "--appendonly",        "no",     "--loglevel",
+                                     "warning"};
+    if (!password_.empty()) args.insert(args.end(), {"--requirepass", password_});
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ASSERT_EQ(posix_spawnp(&pid_, "redis-server", nullptr, nullptr, argv.data(), environ), 0) << "redis-server missing";
+    for (int i = 0; i < 200 && !accepting(port_); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(accepting(port_));
+  }
+  void stop() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  void pause() { ::kill(pid_, SIGSTOP); }
+  void resume() { ::kill(pid_, SIGCONT); }
+
+ private:
+  int port_;
+  std::string password_;
+  pid_t pid_ = -1;
+};
+
+// Runs one command on a fresh io_context and returns its answer.
+std::optional<meta::reply> run(meta::redis_client& c, std::vector<std::string> argv) {
+  asio::io_context ctx(1);
+  std::optional<meta::reply> out;
+  asio::co_spawn(
+      ctx, [&]() -> asio::awaitable<void> { out = co_await c.command(std::move(argv)); }, asio::detached);
+  ctx.run();
+  return out;
+}
+
+meta::redis_options options(int port) {
+  meta::redis_options o;
+  o.port = port;
+  o.command_timeout = std::chrono::milliseconds(300);
+  o.connect_timeout = std::chrono::milliseconds(300);
+  return o;
+}
+
+}  // namespace
+
+TEST(Redis, CommandsAndReplies) {
+  const int port = free_port();
+  redis_server server(port);
+  metrics::registry m;
+  meta::redis_client c(options(port), m);
+  auto r = run(c, {"SET", "berth:test:a", "value with spaces\n"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, meta::reply::kind::status);
+  EXPECT_TRUE(c.up());
+  r = run(c, {"GET", "berth:test:a"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "value with spaces\n");
+  // The cluster-wide lock primitive: SET NX with an expiry.
+  EXPECT_EQ(run(c, {"SET", "berth:lock", "node1", "NX", "PX", "5000"})->type, meta::reply::kind::status);
+  EXPECT_EQ(run(c, {"SET", "berth:lock", "node2", "NX", "PX", "5000"})->type, meta::reply::kind::nil);
+  EXPECT_EQ(run(c, {"INCR", "berth:n"})->integer, 1);
+  auto arr = run(c, {"MGET", "berth:test:a", "berth:missing"});
+  ASSERT_TRUE(arr);
+  ASSERT_EQ(arr->elements.size(), 2u);
+  EXPECT_EQ(arr->elements[1].type, meta::reply::kind::nil);
+  auto err = run(c, {"NOSUCHCOMMAND"});
+  ASSERT_TRUE(err);
+  EXPECT_FALSE(err->ok());
+  EXPECT_NE(m.serialize().find("berth_metadata_backend_up 1"), std::string::npos);
+}
+
+TEST(Redis, PasswordsAndDatabases) {
+  const int port = free_port();
+  redis_server server(port, "test-only-password");
+  metrics::registry m;
+  auto o = options(port);
+  o.password = "wrong-password";
+  {
+    meta::redis_client bad(o, m);
+    EXPECT_FALSE(run(bad, {"PING"}));
+    EXPECT_FALSE(bad.up());
+  }
+  o.password = "test-only-password";
+  o.db = 3;
+  meta::redis_client good(o, m);
+  ASSERT_TRUE(run(good, {"SET", "k", "in-db-3"}));
+  o.db = 0;
+  meta::redis_client db0(o, m);
+  EXPECT_EQ(run(db0, {"GET", "k"})->type, meta::reply::kind::nil);
+}
+
+TEST(Redis, DownFailsFastAndRecovers) {
+  const int port = free_port();
+  auto server = std::make_unique<redis_server>(port);
+  metrics::registry m;
+  meta::redis_client c(options(port), m);
+  ASSERT_TRUE(run(c, {"PING"}));
+  server->stop();
+  auto t0 = steady_clock::now();
+  EXPECT_FALSE(run(c, {"PING"}));
+  EXPECT_FALSE(run(c, {"PING"}));
+  EXPECT_LT(steady_clock::now() - t0, std::chrono::seconds(2));  // never a hang
+  EXPECT_FALSE(c.up());
+  EXPECT_NE(m.serialize().find("berth_metadata_backend_up 0"), std::string::npos);
+  server = std::make_unique<redis_server>(port);
+  bool back = false;
+  for (int i = 0; i < 100 && !back; ++i) {  // reconnects after its backoff
+    back = run(c, {"PING"}).has_value();
+    if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(back);
+  EXPECT_TRUE(c.up());
+}
+
+TEST(Redis, AStalledBackendTimesOut) {
+  const int port = free_port();
+  redis_server server(port);
+  metrics::registry m;
+  meta::redis_client c(options(port), m);
+  ASSERT_TRUE(run(c, {"PING"}));
+  server.pause();
+  const auto t0 = steady_clock::now();
+  EXPECT_FALSE(run(c, {"PING"}));
+  EXPECT_LT(steady_clock::now() - t0, std::chrono::seconds(2));
+  server.resume();
+  bool back = false;
+  for (int i = 0; i < 100 && !back; ++i) {
+    back = run(c, {"PING"}).has_value();
+    if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(back);
+}
+
+TEST(Redis, ParsesUrls) {
+  std::string err;
+  auto o = meta::parse_redis_url("redis://harbor-redis.harbor.svc:6380/2", err);
+  ASSERT_TRUE(o) << err;
+  EXPECT_EQ(o->host, "harbor-redis.harbor.svc");
+  EXPECT_EQ(o->port, 6380);
+  EXPECT_EQ(o->db, 2);
+  o = meta::parse_redis_url("redis://berth:s3cret@127.0.0.1", err);
+  ASSERT_TRUE(o) << err;
+  EXPECT_EQ(o->username, "berth");
+  EXPECT_EQ(o->password, "s3cret");
+  EXPECT_EQ(o->port, 6379);
+  EXPECT_FALSE(meta::parse_redis_url("rediss://x", err));
+  EXPECT_NE(err.find("TLS"), std::string::npos);
+  EXPECT_FALSE(meta::parse_redis_url("http://x", err));
+  EXPECT_FALSE(meta::parse_redis_url("redis://x/db", err));
+}
