@@ -32,14 +32,4 @@ std::optional<std::string_view> headers::get(std::string_view name) const {
   return std::nullopt;
 }
 
-std::string headers::joined(std::string_view name) const {
-  std::string out;
-  for (const auto& f : fields_) {
-    if (!iequals(f.first, name)) continue;
-    if (!out.empty()) out += ", ";
-    out += f.second;
-  }
-  return out;
-}
-
 }  // namespace berth::core

@@ -21,8 +21,6 @@ class headers {
   void erase(std::string_view name);
   // The first value of that name.
   std::optional<std::string_view> get(std::string_view name) const;
-  // Every value of that name joined with ", " (RFC 9110 field combination).
-  std::string joined(std::string_view name) const;
 
   const std::vector<field>& fields() const { return fields_; }
   bool empty() const { return fields_.empty(); }

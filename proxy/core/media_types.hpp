@@ -8,7 +8,6 @@ inline constexpr std::string_view oci_manifest = "application/vnd.oci.image.mani
 inline constexpr std::string_view oci_index = "application/vnd.oci.image.index.v1+json";
 inline constexpr std::string_view docker_manifest = "application/vnd.docker.distribution.manifest.v2+json";
 inline constexpr std::string_view docker_list = "application/vnd.docker.distribution.manifest.list.v2+json";
-inline constexpr std::string_view json = "application/json";
 
 // containerd's resolve Accept line (core/remotes/docker/resolver.go).
 inline constexpr std::string_view containerd_accept =
