@@ -34,6 +34,15 @@ token_cache::fetcher slow_fetcher(std::atomic<int>& calls, std::string token, st
   };
 }
 
+// Runs one coroutine to completion on a fresh single-threaded io_context. `body`
+// stays alive (here) for as long as its coroutine runs.
+template <class F>
+void run(F body) {
+  asio::io_context ctx(1);
+  asio::co_spawn(ctx, body(), asio::detached);
+  ctx.run();
+}
+
 }  // namespace
 
 TEST(TokenCache, HundredConcurrentRequestsOnTwoThreadsFetchOnce) {
@@ -92,16 +101,11 @@ TEST(TokenCache, FailuresReachEveryWaiterAndAreNotCached) {
 TEST(TokenCache, ScopesAreCachedSeparately) {
   token_cache cache;
   std::atomic<int> calls{0};
-  asio::io_context ctx(1);
-  asio::co_spawn(
-      ctx,
-      [&]() -> asio::awaitable<void> {
-        co_await cache.get("a", slow_fetcher(calls, "ta", std::chrono::seconds(60)));
-        co_await cache.get("b", slow_fetcher(calls, "tb", std::chrono::seconds(60)));
-        co_await cache.get("a", slow_fetcher(calls, "ta2", std::chrono::seconds(60)));
-      },
-      asio::detached);
-  ctx.run();
+  run([&]() -> asio::awaitable<void> {
+    co_await cache.get("a", slow_fetcher(calls, "ta", std::chrono::seconds(60)));
+    co_await cache.get("b", slow_fetcher(calls, "tb", std::chrono::seconds(60)));
+    co_await cache.get("a", slow_fetcher(calls, "ta2", std::chrono::seconds(60)));
+  });
   EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(cache.peek("a"), "ta");
   EXPECT_EQ(cache.peek("b"), "tb");
@@ -110,12 +114,7 @@ TEST(TokenCache, ScopesAreCachedSeparately) {
 TEST(TokenCache, InvalidateDropsOnlyThatToken) {
   token_cache cache;
   std::atomic<int> calls{0};
-  asio::io_context ctx(1);
-  asio::co_spawn(
-      ctx,
-      [&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(60))); },
-      asio::detached);
-  ctx.run();
+  run([&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(60))); });
   cache.invalidate("a", "some-older-token");
   EXPECT_EQ(cache.peek("a"), "t1");
   cache.invalidate("a", "t1");
@@ -127,19 +126,14 @@ TEST(TokenCache, ExpiryHonoursExpiresInMinusAMargin) {
   EXPECT_EQ(token_cache::margin_for(std::chrono::seconds(1800)), std::chrono::seconds(30));
   token_cache cache;
   std::atomic<int> calls{0};
-  asio::io_context ctx(1);
   // expires_in 1 s: usable for 0.8 s, then fetched again.
-  asio::co_spawn(
-      ctx,
-      [&]() -> asio::awaitable<void> {
-        co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(1)));
-        co_await cache.get("a", slow_fetcher(calls, "t2", std::chrono::seconds(1)));
-        asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(900));
-        co_await t.async_wait(asio::use_awaitable);
-        co_await cache.get("a", slow_fetcher(calls, "t3", std::chrono::seconds(1)));
-      },
-      asio::detached);
-  ctx.run();
+  run([&]() -> asio::awaitable<void> {
+    co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(1)));
+    co_await cache.get("a", slow_fetcher(calls, "t2", std::chrono::seconds(1)));
+    asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(900));
+    co_await t.async_wait(asio::use_awaitable);
+    co_await cache.get("a", slow_fetcher(calls, "t3", std::chrono::seconds(1)));
+  });
   EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(cache.peek("a"), "t3");
 }
@@ -147,11 +141,6 @@ TEST(TokenCache, ExpiryHonoursExpiresInMinusAMargin) {
 TEST(TokenCache, MissingExpiresInMeansSixtySeconds) {
   token_cache cache;
   std::atomic<int> calls{0};
-  asio::io_context ctx(1);
-  asio::co_spawn(
-      ctx,
-      [&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(0))); },
-      asio::detached);
-  ctx.run();
+  run([&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(0))); });
   EXPECT_EQ(cache.peek("a"), "t1");  // not expired at once: default 60 s
 }
