@@ -20,6 +20,9 @@
 #include "core/log.hpp"
 #include "http/handlers.hpp"
 #include "http/server.hpp"
+#include "meta/cache.hpp"
+#include "meta/local_db.hpp"
+#include "meta/redis.hpp"
 #include "metrics/metrics.hpp"
 #include "mirror/mirror.hpp"
 #include "mirror/registry_table.hpp"
@@ -40,6 +43,7 @@ struct runtime {
   upstream::token_cache tokens;
   std::vector<std::unique_ptr<upstream::registry>> registries;
   std::unique_ptr<store::blob_store> store;
+  std::unique_ptr<meta::cache> metadata;
   std::vector<std::unique_ptr<asio::io_context>> workers;
   std::vector<std::unique_ptr<upstream::client>> clients;
   std::vector<std::unique_ptr<mirror::mirror>> mirrors;
@@ -84,6 +88,26 @@ int serve(const std::string& config_path) {
   }
   rt->table = std::make_unique<mirror::registry_table>(regs, s.default_registry);
 
+  // Manifest metadata: always on; shared through Redis/Dragonfly when configured,
+  // kept on disk next to the blobs when there is a cache dir.
+  auto mopts = s.metadata;
+  // Another node's upstream request may take connect + response time; its lock lasts that long.
+  mopts.lock_timeout = s.upstream.connect_timeout + s.upstream.response_timeout + std::chrono::seconds(1);
+  std::shared_ptr<meta::redis_client> backend;
+  if (mopts.redis) backend = std::make_shared<meta::redis_client>(*mopts.redis, rt->metrics);
+  std::unique_ptr<meta::local_db> local;
+  if (s.cache) {
+    mopts.local_dir = s.cache->dir + "/metadata";
+    local = meta::local_db::open(mopts.local_dir);
+  }
+  log::info("metadata", {{"mode", backend ? "shared" : "embedded"},
+                         {"redis", mopts.redis_url},
+                         {"local_dir", mopts.local_dir},
+                         {"tag_ttl_ms", static_cast<long long>(mopts.tag_ttl.count())},
+                         {"max_stale_ms", static_cast<long long>(mopts.max_stale.count())}});
+  rt->metadata = std::make_unique<meta::cache>(mopts, rt->metrics, backend, std::move(local));
+  rt->metadata->start();
+
   const unsigned threads = s.server.threads ? s.server.threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<asio::io_context*> contexts;
   std::vector<mirror::mirror*> mirrors;
@@ -92,10 +116,10 @@ int serve(const std::string& config_path) {
     contexts.push_back(rt->workers.back().get());
     rt->clients.push_back(
         std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
-    mirror::mirror_options mopts;
-    if (s.cache) mopts.fill_stall = s.cache->reader_stall;
-    rt->mirrors.push_back(
-        std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics, rt->store.get(), mopts));
+    mirror::mirror_options options;
+    if (s.cache) options.fill_stall = s.cache->reader_stall;
+    rt->mirrors.push_back(std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics,
+                                                           rt->store.get(), rt->metadata.get(), options));
     mirrors.push_back(rt->mirrors.back().get());
   }
 
@@ -103,8 +127,9 @@ int serve(const std::string& config_path) {
   rt->pull = std::make_unique<http::server>(contexts, s.server, rt->metrics);
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors), s.server.access_log, "mirror");
-  const auto admin_port =
-      rt->admin->listen(s.server.admin_listen, http::make_admin_handler(rt->metrics, rt->ready), false, "admin");
+  http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
+  const auto admin_port = rt->admin->listen(
+      s.server.admin_listen, http::make_admin_handler(rt->metrics, rt->ready, webhook), false, "admin", 1 << 20);
   rt->ready = true;
   rt->metrics.set_ready(true);
   log::info("listening", {{"listen", s.server.listen},

@@ -71,11 +71,11 @@ unsigned long as_count(const YAML::Node& n, const context& ctx, unsigned long mi
   return v;
 }
 
-std::chrono::milliseconds as_duration(const YAML::Node& n, const context& ctx) {
+std::chrono::milliseconds as_duration(const YAML::Node& n, const context& ctx, bool zero_ok = false) {
   const auto s = as_string(n, ctx);
   std::chrono::milliseconds d{};
   if (!parse_duration(s, d)) ctx.fail(n, "must be a duration such as 30s, 500ms, 5m or 1h, not \"" + s + "\"");
-  if (d.count() <= 0) ctx.fail(n, "must be longer than zero");
+  if (d.count() < 0 || (d.count() == 0 && !zero_ok)) ctx.fail(n, "must be longer than zero");
   return d;
 }
 
@@ -138,6 +138,72 @@ bool valid_endpoint(const std::string& e) {
 
 void check_readable(const YAML::Node& n, const context& ctx, const std::string& path) {
   if (::access(path.c_str(), R_OK) != 0) ctx.fail(n, "file " + path + " cannot be read");
+}
+
+meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
+  check_keys(n, ctx,
+             {"redis", "password_file", "key_prefix", "tag_ttl", "tag_ttl_overrides", "max_stale", "negative_ttl",
+              "manifest_ttl", "memory_size", "webhook_secret_file", "timeout"});
+  meta::metadata_options m;
+  if (n["redis"]) {
+    const auto url = as_string(n["redis"], ctx.child("redis"));
+    std::string why;
+    auto r = meta::parse_redis_url(url, why);
+    if (!r)
+      ctx.child("redis").fail(n["redis"],
+                              "\"" + url + "\" " + why + " (expected redis://[user[:password]@]host:port/db)");
+    m.redis = *r;
+    m.redis_url = "redis://" + (r->username.empty() ? "" : r->username + (r->password.empty() ? "@" : ":***@")) +
+                  (r->host.find(':') != std::string::npos ? "[" + r->host + "]" : r->host) + ":" +
+                  std::to_string(r->port) + "/" + std::to_string(r->db);
+  }
+  if (n["password_file"]) {
+    if (!m.redis) ctx.child("password_file").fail(n["password_file"], "needs metadata.redis");
+    m.password_file = as_string(n["password_file"], ctx.child("password_file"));
+    check_readable(n["password_file"], ctx.child("password_file"), m.password_file);
+    std::ifstream in(m.password_file, std::ios::binary);
+    std::string pw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    while (!pw.empty() && (pw.back() == '\n' || pw.back() == '\r')) pw.pop_back();
+    if (pw.empty()) ctx.child("password_file").fail(n["password_file"], "file " + m.password_file + " is empty");
+    m.redis->password = pw;
+  }
+  if (n["key_prefix"]) m.key_prefix = as_string(n["key_prefix"], ctx.child("key_prefix"));
+  if (n["tag_ttl"]) m.tag_ttl = as_duration(n["tag_ttl"], ctx.child("tag_ttl"), true);
+  if (auto o = n["tag_ttl_overrides"]) {
+    if (!o.IsSequence()) ctx.child("tag_ttl_overrides").fail(o, "must be a list of {pattern, ttl}");
+    for (std::size_t i = 0; i < o.size(); ++i) {
+      const auto c = ctx.child("tag_ttl_overrides").item(i);
+      check_keys(o[i], c, {"pattern", "ttl"});
+      if (!o[i]["pattern"] || !o[i]["ttl"]) c.fail(o[i], "needs both pattern and ttl");
+      meta::ttl_override t;
+      t.pattern = as_string(o[i]["pattern"], c.child("pattern"));
+      if (t.pattern.empty()) c.child("pattern").fail(o[i]["pattern"], "must not be empty");
+      t.ttl = as_duration(o[i]["ttl"], c.child("ttl"), true);
+      m.tag_ttl_overrides.push_back(t);
+    }
+  }
+  if (n["max_stale"]) m.max_stale = as_duration(n["max_stale"], ctx.child("max_stale"), true);
+  if (n["negative_ttl"]) m.negative_ttl = as_duration(n["negative_ttl"], ctx.child("negative_ttl"), true);
+  if (n["manifest_ttl"]) m.manifest_ttl = as_duration(n["manifest_ttl"], ctx.child("manifest_ttl"));
+  if (n["memory_size"]) {
+    const auto text = as_string(n["memory_size"], ctx.child("memory_size"));
+    std::uint64_t bytes = 0;
+    double fraction = 0;
+    if (!parse_size(text, bytes, fraction) || fraction > 0 || bytes < (1 << 20))
+      ctx.child("memory_size")
+          .fail(n["memory_size"], "must be a size of at least 1MiB such as 64MiB, not \"" + text + "\"");
+    m.memory_bytes = bytes;
+  }
+  if (n["webhook_secret_file"]) {
+    m.webhook_secret_file = as_string(n["webhook_secret_file"], ctx.child("webhook_secret_file"));
+    if (m.webhook_secret_file.empty() || m.webhook_secret_file.front() != '/')
+      ctx.child("webhook_secret_file").fail(n["webhook_secret_file"], "must be an absolute path");
+  }
+  if (n["timeout"]) {
+    if (!m.redis) ctx.child("timeout").fail(n["timeout"], "needs metadata.redis");
+    m.redis->command_timeout = as_duration(n["timeout"], ctx.child("timeout"));
+  }
+  return m;
 }
 
 upstream::registry_options parse_registry(const YAML::Node& n, const context& ctx) {
@@ -284,7 +350,7 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   if (!root.IsDefined() || root.IsNull()) throw config_error(source + ": the file is empty");
   check_keys(root, top,
              {"listen", "admin_listen", "threads", "log_level", "access_log", "shutdown_timeout", "registries",
-              "default_registry", "upstream", "clients", "cache"});
+              "default_registry", "upstream", "clients", "cache", "metadata"});
   settings s;
   s.source = source;
   if (root["listen"]) {
@@ -368,6 +434,7 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
     if (c["fill_stall_timeout"]) o.reader_stall = as_duration(c["fill_stall_timeout"], ctx.child("fill_stall_timeout"));
     s.cache = o;
   }
+  if (auto m = root["metadata"]) s.metadata = parse_metadata(m, top.child("metadata"));
   const auto regs = root["registries"];
   if (!regs) throw config_error(source + ": registries: is required (at least one upstream registry)");
   if (!regs.IsSequence() || regs.size() == 0)
@@ -517,6 +584,28 @@ std::string render(const settings& s) {
     out << YAML::Key << "zero_copy" << YAML::Value << s.server.zero_copy;
     out << YAML::EndMap;
   }
+  const auto& m = s.metadata;
+  out << YAML::Key << "metadata" << YAML::Value << YAML::BeginMap;
+  // The URL as parsed, with any password masked; the password file is named, never read out.
+  if (m.redis) out << YAML::Key << "redis" << YAML::Value << m.redis_url;
+  if (!m.password_file.empty()) out << YAML::Key << "password_file" << YAML::Value << m.password_file;
+  out << YAML::Key << "key_prefix" << YAML::Value << YAML::DoubleQuoted << m.key_prefix;
+  out << YAML::Key << "tag_ttl" << YAML::Value << ms(m.tag_ttl);
+  if (!m.tag_ttl_overrides.empty()) {
+    out << YAML::Key << "tag_ttl_overrides" << YAML::Value << YAML::BeginSeq;
+    for (const auto& o : m.tag_ttl_overrides) {
+      out << YAML::Flow << YAML::BeginMap << YAML::Key << "pattern" << YAML::Value << YAML::DoubleQuoted << o.pattern
+          << YAML::Key << "ttl" << YAML::Value << ms(o.ttl) << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
+  }
+  out << YAML::Key << "max_stale" << YAML::Value << ms(m.max_stale);
+  out << YAML::Key << "negative_ttl" << YAML::Value << ms(m.negative_ttl);
+  out << YAML::Key << "manifest_ttl" << YAML::Value << ms(m.manifest_ttl);
+  out << YAML::Key << "memory_size" << YAML::Value << std::to_string(m.memory_bytes);
+  if (m.redis) out << YAML::Key << "timeout" << YAML::Value << ms(m.redis->command_timeout);
+  if (!m.webhook_secret_file.empty()) out << YAML::Key << "webhook_secret_file" << YAML::Value << m.webhook_secret_file;
+  out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

@@ -10,6 +10,7 @@
 
 #include "core/log.hpp"
 #include "http/options.hpp"
+#include "meta/options.hpp"
 #include "store/options.hpp"
 #include "upstream/options.hpp"
 
@@ -21,6 +22,7 @@ struct settings {
   std::vector<upstream::registry_options> registries;
   std::string default_registry;
   std::optional<store::store_options> cache;  // absent: no blob cache
+  meta::metadata_options metadata;            // without `redis`: embedded, node-local
   log::level log_level = log::level::info;
   std::string source;  // the file it came from
 };

@@ -1,5 +1,7 @@
 #pragma once
-// Media types the proxy needs to name (image-spec media-types.md).
+// Media types the proxy needs to name (image-spec media-types.md), and the
+// classes of Accept header that decide which manifest a registry returns for a tag.
+#include <string>
 #include <string_view>
 
 namespace berth::core::media_type {
@@ -14,5 +16,24 @@ inline constexpr std::string_view containerd_accept =
     "application/vnd.docker.distribution.manifest.v2+json, "
     "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+
+// The same tag gives different bytes for different Accept headers (PROTOCOL.md §2,
+// content negotiation): a Docker list becomes its amd64 child, an OCI index a 404.
+// An accept class is the set of the four manifest types a client names, plus
+// whether it sent a wildcard; two clients of one class get the same answer.
+using accept_class = unsigned;
+inline constexpr accept_class accepts_docker_manifest = 1;
+inline constexpr accept_class accepts_docker_list = 2;
+inline constexpr accept_class accepts_oci_manifest = 4;
+inline constexpr accept_class accepts_oci_index = 8;
+inline constexpr accept_class accepts_wildcard = 16;  // */* or application/*
+inline constexpr accept_class accepts_all = 31;       // containerd's line
+
+// The class of an Accept header (all lines joined with ", "); q=0 entries are ignored.
+accept_class classify_accept(std::string_view accept);
+// An Accept header naming exactly the class's types, in containerd's order.
+std::string accept_for(accept_class c);
+// Whether a client of class `c` may be given a manifest of `type`.
+bool class_accepts(accept_class c, std::string_view type);
 
 }  // namespace berth::core::media_type

@@ -1,8 +1,15 @@
 #include "http/handlers.hpp"
 
+#include <boost/url/parse.hpp>
+#include <fstream>
+#include <iterator>
+
+#include "core/log.hpp"
 #include "http/router.hpp"
+#include "meta/cache.hpp"
 #include "metrics/metrics.hpp"
 #include "mirror/mirror.hpp"
+#include "mirror/webhook.hpp"
 
 namespace berth::http {
 
@@ -37,9 +44,68 @@ handled text(unsigned status, std::string body, std::string route) {
   return h;
 }
 
-asio::awaitable<handled> serve_admin(metrics::registry& metrics, const std::atomic<bool>& ready, incoming in) {
+handled json_reply(unsigned status, std::string body, std::string route) {
+  auto h = text(status, std::move(body) + "\n", std::move(route));
+  h.reply.headers.set("Content-Type", "application/json");
+  return h;
+}
+
+// POST /webhooks/harbor[?registry=<name>]: Harbor says an artifact changed; every
+// node forgets what it knew about its tags and digest.
+asio::awaitable<handled> serve_webhook(metrics::registry& metrics, const webhook_target& target, const incoming& in) {
+  const std::string route = "webhook";
+  if (in.method != "POST") co_return text(405, "POST only\n", route);
+  if (target.cache == nullptr || target.secret_file.empty()) {
+    metrics.meta_webhook("disabled");
+    co_return text(404, "the webhook is off: set metadata.webhook_secret_file\n", route);
+  }
+  std::ifstream f(target.secret_file, std::ios::binary);
+  std::string secret((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (!f || secret.empty()) {
+    log::error("webhook_secret_unreadable", {{"file", target.secret_file}});
+    metrics.meta_webhook("disabled");
+    co_return text(503, "the webhook secret file cannot be read\n", route);
+  }
+  if (!mirror::webhook_authorized(in.authorization, secret)) {
+    log::warn("webhook_unauthorized", {{"has_authorization", !in.authorization.empty()}});
+    metrics.meta_webhook("unauthorized");
+    co_return text(401, "the Authorization header does not carry the webhook secret\n", route);
+  }
+  std::string hint;
+  if (auto u = boost::urls::parse_origin_form(in.target)) {
+    if (auto it = u->params().find("registry"); it != u->params().end()) hint = (*it).value;
+  }
+  std::string error;
+  auto event = mirror::parse_harbor_event(in.body, *target.table, hint, error);
+  if (!event) {
+    log::warn("webhook_rejected", {{"error", error}});
+    metrics.meta_webhook("bad_request");
+    co_return text(400, error + "\n", route);
+  }
+  if (event->groups.empty()) {
+    metrics.meta_webhook("ignored");
+    co_return json_reply(200, R"({"invalidated":0})", route);
+  }
+  const auto groups = event->groups;
+  const bool told = co_await target.cache->invalidate(groups);
+  log::info("webhook_invalidation", {{"event", event->event},
+                                     {"registry", event->registry},
+                                     {"repository", event->repository},
+                                     {"entries", static_cast<unsigned>(groups.size())},
+                                     {"cluster_wide", told}});
+  metrics.meta_webhook("invalidated");
+  co_return json_reply(
+      200,
+      R"({"invalidated":)" + std::to_string(groups.size()) + R"(,"cluster_wide":)" + (told ? "true" : "false") + "}",
+      route);
+}
+
+asio::awaitable<handled> serve_admin(metrics::registry& metrics, const std::atomic<bool>& ready,
+                                     const webhook_target& webhook, incoming in) {
   const auto q = in.target.find('?');
   const std::string path = in.target.substr(0, q);
+  if (path == "/webhooks/harbor") co_return co_await serve_webhook(metrics, webhook, in);
   if (in.method != "GET" && in.method != "HEAD") co_return text(405, "method not allowed\n", "admin");
   if (path == "/metrics") {
     auto h = text(200, metrics.serialize(), "metrics");
@@ -57,8 +123,10 @@ handler make_pull_handler(std::vector<mirror::mirror*> mirrors) {
   return [mirrors = std::move(mirrors)](const incoming& in) { return serve_pull(*mirrors.at(in.worker), in); };
 }
 
-handler make_admin_handler(metrics::registry& metrics, const std::atomic<bool>& ready) {
-  return [&metrics, &ready](const incoming& in) { return serve_admin(metrics, ready, in); };
+handler make_admin_handler(metrics::registry& metrics, const std::atomic<bool>& ready, webhook_target webhook) {
+  return [&metrics, &ready, webhook = std::move(webhook)](const incoming& in) {
+    return serve_admin(metrics, ready, webhook, in);
+  };
 }
 
 }  // namespace berth::http

@@ -76,6 +76,7 @@ struct listener {
   handler handle;
   bool access_log;
   std::string name;
+  std::size_t max_body_bytes = 0;
   explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
 };
 
@@ -107,8 +108,10 @@ server::server(std::vector<asio::io_context*> workers, server_options options, m
 
 server::~server() = default;
 
-unsigned short server::listen(const std::string& address, handler h, bool access_log, const std::string& name) {
+unsigned short server::listen(const std::string& address, handler h, bool access_log, const std::string& name,
+                              std::size_t max_body_bytes) {
   auto l = std::make_unique<listener>(*impl_->workers.front());
+  l->max_body_bytes = max_body_bytes;
   l->handle = std::move(h);
   l->access_log = access_log;
   l->name = name;
@@ -308,8 +311,9 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
   while (true) {
     conn->idle = true;
     if (stopping) break;
-    bhttp::request_parser<bhttp::empty_body> parser;
+    bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
+    parser.body_limit(l.max_body_bytes);
     conn->stream.expires_after(options.idle_timeout);
     error_code ec;
     co_await bhttp::async_read(conn->stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
@@ -326,7 +330,11 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
             {431, "UNSUPPORTED",
              "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
       } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
-        r = core::error_reply({413, "UNSUPPORTED", "request bodies are not accepted: Berth is a pull-only mirror"});
+        r = l.max_body_bytes == 0
+                ? core::error_reply(
+                      {413, "UNSUPPORTED", "request bodies are not accepted: Berth is a pull-only mirror"})
+                : core::error_reply({413, "UNSUPPORTED",
+                                     "request body is larger than " + std::to_string(l.max_body_bytes) + " bytes"});
       } else {
         r = core::error_reply({400, "UNSUPPORTED", "malformed HTTP request: " + ec.message()});
       }
@@ -349,8 +357,11 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
         in.accept += std::string(f.value());
       } else if (f.name() == bhttp::field::range && in.range.empty()) {
         in.range = std::string(f.value());
+      } else if (f.name() == bhttp::field::authorization && in.authorization.empty()) {
+        in.authorization = std::string(f.value());
       }
     }
+    in.body = std::move(req.body());
     handled h;
     try {
       h = co_await l.handle(in);

@@ -25,7 +25,9 @@ struct incoming {
   std::string target;
   std::string accept;  // every Accept line joined with ", "
   std::string range;
-  std::size_t worker = 0;  // index of the worker thread serving it
+  std::string authorization;  // admin endpoints only (the pull path never looks at it)
+  std::string body;           // empty unless the listener accepts bodies
+  std::size_t worker = 0;     // index of the worker thread serving it
 };
 
 struct handled {
@@ -45,8 +47,10 @@ class server {
   ~server();
 
   // Binds "host:port" (port 0 picks one) and starts accepting. Throws on a bad
-  // address or a bind failure. Returns the bound port.
-  unsigned short listen(const std::string& address, handler h, bool access_log, const std::string& name);
+  // address or a bind failure. Returns the bound port. Requests with a body larger
+  // than `max_body_bytes` get 413.
+  unsigned short listen(const std::string& address, handler h, bool access_log, const std::string& name,
+                        std::size_t max_body_bytes = 0);
 
   // Stops accepting, closes idle keep-alive connections, and asks busy ones to
   // close after their current response. Thread-safe.

@@ -1,6 +1,7 @@
 #include "meta/redis.hpp"
 
 #include <hiredis/hiredis.h>
+#include <poll.h>
 
 #include <atomic>
 #include <boost/asio/this_coro.hpp>
@@ -190,6 +191,103 @@ struct redis_client::impl {
     return c;
   }
 
+  // Sleeps up to `d`, in short steps so that a stop is noticed. False when stopping.
+  bool sleep_unless_stopping(clock_type::duration d) {
+    const auto until = clock_type::now() + d;
+    while (clock_type::now() < until) {
+      {
+        std::lock_guard lock(mu);
+        if (stopping) return false;
+      }
+      std::this_thread::sleep_for(
+          std::min<clock_type::duration>(std::chrono::milliseconds(50), until - clock_type::now()));
+    }
+    std::lock_guard lock(mu);
+    return !stopping;
+  }
+
+  bool is_stopping() {
+    std::lock_guard lock(mu);
+    return stopping;
+  }
+
+  // The subscriber thread: SUBSCRIBE, then read messages as they come. The socket
+  // is polled so that a stop is noticed; a PING every few seconds, and a
+  // connection that stays silent three times as long is replaced.
+  void subscriber(const std::string& channel, const std::function<void(const std::string&)>& on_message,
+                  const std::function<void()>& on_subscribed) {
+    int failures_here = 0;
+    while (!is_stopping()) {
+      std::string why;
+      redisContext* c = connect(why);
+      if (c != nullptr) {
+        const char* argv[] = {"SUBSCRIBE", channel.c_str()};
+        const size_t lens[] = {9, channel.size()};
+        auto* r = static_cast<redisReply*>(redisCommandArgv(c, 2, argv, lens));
+        if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
+          why = r ? std::string(r->str, r->len) : std::string(c->errstr);
+          if (r) freeReplyObject(r);
+          redisFree(c);
+          c = nullptr;
+        } else {
+          freeReplyObject(r);
+        }
+      }
+      if (c == nullptr) {
+        failures_here = std::min(failures_here + 1, 6);
+        set_up(false, why);
+        if (!sleep_unless_stopping(std::min<clock_type::duration>(std::chrono::milliseconds(100 << failures_here),
+                                                                  std::chrono::seconds(5))))
+          break;
+        continue;
+      }
+      failures_here = 0;
+      set_up(true, "");
+      on_subscribed();
+      auto last_data = clock_type::now();
+      auto last_ping = last_data;
+      const auto ping_every = std::chrono::seconds(5);
+      while (!is_stopping()) {
+        void* raw = nullptr;
+        if (redisGetReplyFromReader(c, &raw) != REDIS_OK) break;
+        if (raw != nullptr) {
+          auto* m = static_cast<redisReply*>(raw);
+          // ["message", channel, payload]; PING answers ["pong", ""] in this mode.
+          if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 && m->element[0]->type == REDIS_REPLY_STRING &&
+              std::string_view(m->element[0]->str, m->element[0]->len) == "message" &&
+              m->element[2]->type == REDIS_REPLY_STRING) {
+            on_message(std::string(m->element[2]->str, m->element[2]->len));
+          }
+          freeReplyObject(m);
+          continue;
+        }
+        pollfd p{c->fd, POLLIN, 0};
+        const int n = ::poll(&p, 1, 250);
+        const auto now = clock_type::now();
+        if (n < 0 && errno != EINTR) break;
+        if (n > 0) {
+          if (redisBufferRead(c) != REDIS_OK) break;
+          last_data = now;
+          continue;
+        }
+        if (now - last_data > 3 * ping_every) break;
+        if (now - last_ping > ping_every) {
+          last_ping = now;
+          int done = 0;
+          if (redisAppendCommand(c, "PING") != REDIS_OK) break;
+          while (!done) {
+            if (redisBufferWrite(c, &done) != REDIS_OK) break;
+          }
+          if (!done) break;
+        }
+      }
+      const std::string lost = c->err ? std::string(c->errstr) : std::string("connection lost");
+      redisFree(c);
+      if (is_stopping()) break;
+      set_up(false, lost);
+    }
+  }
+
   void worker() {
     redisContext* c = nullptr;
     while (true) {
@@ -276,6 +374,14 @@ redis_client::~redis_client() {
   }
   impl_->cv.notify_all();
   for (auto& t : impl_->threads) t.join();
+}
+
+void redis_client::subscribe(std::string channel, std::function<void(const std::string&)> on_message,
+                             std::function<void()> on_subscribed) {
+  std::lock_guard lock(impl_->mu);
+  impl_->threads.emplace_back(
+      [i = impl_, channel = std::move(channel), on_message = std::move(on_message),
+       on_subscribed = std::move(on_subscribed)] { i->subscriber(channel, on_message, on_subscribed); });
 }
 
 bool redis_client::up() const {

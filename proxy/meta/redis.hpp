@@ -8,6 +8,7 @@
 // Thread-safe. The only module that includes hiredis.
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,13 @@ class redis_client {
   // Runs one command, e.g. {"SET", key, value, "NX", "PX", "5000"}. nullopt when the
   // backend is unreachable, down (backing off) or slower than command_timeout.
   boost::asio::awaitable<std::optional<reply>> command(std::vector<std::string> argv);
+
+  // Listens on `channel` on a connection of its own, on a thread of its own,
+  // reconnecting with backoff. `on_message` runs on that thread for each message;
+  // `on_subscribed` each time the subscription (re)starts, because whatever was
+  // published while it was down is lost. Call at most once.
+  void subscribe(std::string channel, std::function<void(const std::string&)> on_message,
+                 std::function<void()> on_subscribed);
 
   // The last known state of the backend (for /metrics and degraded-mode decisions).
   bool up() const;

@@ -127,6 +127,30 @@ struct registry::impl {
                                                                 .Name("berth_metadata_backend_command_duration_seconds")
                                                                 .Help("Metadata backend command latency")
                                                                 .Register(*reg);
+  prometheus::Family<prometheus::Counter>& meta_lookups =
+      BuildCounter()
+          .Name("berth_metadata_lookups_total")
+          .Help(
+              "Manifest lookups by registry, kind (tag, digest) and outcome (fresh_hit, shared_hit, stale, upstream, "
+              "coalesced, negative, refused)")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& meta_revalidations =
+      BuildCounter()
+          .Name("berth_metadata_revalidations_total")
+          .Help("Cached manifest answers re-checked upstream, by registry and result")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& meta_corrupt =
+      BuildCounter()
+          .Name("berth_metadata_corrupt_total")
+          .Help("Cached manifests whose bytes did not match their digest, by tier; dropped, never served")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& meta_invalidations =
+      BuildCounter()
+          .Name("berth_metadata_invalidations_total")
+          .Help("Cached tag and digest answers dropped by invalidation, by source (webhook, peer, resync)")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& meta_webhooks =
+      BuildCounter().Name("berth_metadata_webhook_requests_total").Help("Webhook requests by result").Register(*reg);
   prometheus::Family<prometheus::Counter>& resumes =
       BuildCounter()
           .Name("berth_cache_resumes_total")
@@ -229,6 +253,26 @@ void registry::meta_backend_up(bool up) {
 void registry::meta_command(std::string_view result, std::chrono::duration<double> duration) {
   impl_->meta_commands.Add({{"result", s(result)}}).Increment();
   impl_->meta_latency.Add({}, latency_buckets()).Observe(duration.count());
+}
+
+void registry::meta_lookup(std::string_view registry, std::string_view kind, std::string_view outcome) {
+  impl_->meta_lookups.Add({{"registry", s(registry)}, {"kind", s(kind)}, {"outcome", s(outcome)}}).Increment();
+}
+
+void registry::meta_revalidation(std::string_view registry, std::string_view result) {
+  impl_->meta_revalidations.Add({{"registry", s(registry)}, {"result", s(result)}}).Increment();
+}
+
+void registry::meta_corrupt(std::string_view tier) {
+  impl_->meta_corrupt.Add({{"tier", s(tier)}}).Increment();
+}
+
+void registry::meta_invalidation(std::string_view source, std::uint64_t groups) {
+  impl_->meta_invalidations.Add({{"source", s(source)}}).Increment(static_cast<double>(groups));
+}
+
+void registry::meta_webhook(std::string_view result) {
+  impl_->meta_webhooks.Add({{"result", s(result)}}).Increment();
 }
 
 }  // namespace berth::metrics

@@ -41,13 +41,23 @@ class registry {
   void cache_disk_error();
   void cache_disk_fallback();
 
+  void cache_resume(std::string_view result);  // a broken upstream body continued with Range: ok, failed
+
   // The metadata backend (Dragonfly / Redis).
   void meta_backend_up(bool up);
-  void meta_command(
-      std::string_view result,
-      std::chrono::duration<double> duration);  // ok, reply_error, error, timeout, down                  // a blob
-                                                // streamed from upstream because the cache could not take it
-  void cache_resume(std::string_view result);   // a broken upstream body continued with Range: ok, failed
+  void meta_command(std::string_view result, std::chrono::duration<double> duration);  // ok, reply_error, error,
+                                                                                       // timeout, down
+  // The manifest metadata cache. kind: tag or digest. outcome: fresh_hit, shared_hit,
+  // stale, upstream, coalesced, negative, refused.
+  void meta_lookup(std::string_view registry, std::string_view kind, std::string_view outcome);
+  // A cached answer re-checked upstream: unchanged, changed, not_found, refused, unavailable.
+  void meta_revalidation(std::string_view registry, std::string_view result);
+  // A tier held bytes that did not match their digest (memory, local, shared): dropped, not served.
+  void meta_corrupt(std::string_view tier);
+  // Entries dropped by invalidation. source: webhook (this node), peer (another node's webhook), resync.
+  void meta_invalidation(std::string_view source, std::uint64_t groups);
+  // Webhook requests by result: invalidated, ignored, unauthorized, bad_request, disabled.
+  void meta_webhook(std::string_view result);
 
   // The Prometheus text exposition format.
   std::string serialize() const;

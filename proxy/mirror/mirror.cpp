@@ -14,6 +14,7 @@
 #include "core/hasher.hpp"
 #include "core/log.hpp"
 #include "core/media_types.hpp"
+#include "meta/cache.hpp"
 #include "metrics/metrics.hpp"
 #include "store/blob_store.hpp"
 #include "upstream/client.hpp"
@@ -175,8 +176,8 @@ std::string rewrite_link(std::string_view link, const std::string& ns) {
 }  // namespace
 
 mirror::mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics,
-               store::blob_store* store, mirror_options options)
-    : table_(table), client_(client), metrics_(metrics), store_(store), options_(options) {}
+               store::blob_store* store, meta::cache* meta, mirror_options options)
+    : table_(table), client_(client), metrics_(metrics), store_(store), meta_(meta), options_(options) {}
 
 asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
   if (req.kind == endpoint::base) {
@@ -231,7 +232,236 @@ asio::awaitable<core::reply> upstream_error_reply(upstream::response& res, const
 
 }  // namespace
 
+namespace {
+
+// Content-Type without parameters (containerd strips them too).
+std::string bare_media_type(const core::headers& h) {
+  auto v = h.get("Content-Type");
+  if (!v) return {};
+  auto t = v->substr(0, v->find(';'));
+  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+  return std::string(t);
+}
+
+// The media type of manifest bytes: the upstream's Content-Type, else the
+// document's own mediaType field, else an OCI manifest.
+std::string manifest_media_type(const core::headers& h, const std::string& body) {
+  if (auto t = bare_media_type(h); !t.empty() && t != "application/octet-stream") return t;
+  error_code ec;
+  auto doc = boost::json::parse(body, ec);
+  if (!ec && doc.is_object()) {
+    if (const auto* mt = doc.get_object().if_contains("mediaType"); mt && mt->is_string())
+      return std::string(mt->get_string());
+  }
+  return std::string(core::media_type::oci_manifest);
+}
+
+meta::fetched::result classify_status(unsigned status) {
+  if (status == 404) return meta::fetched::result::not_found;
+  if (status >= 500 || status == 429) return meta::fetched::result::unavailable;
+  return meta::fetched::result::refused;
+}
+
+meta::fetched unavailable(core::reply r) {
+  meta::fetched f;
+  f.status = meta::fetched::result::unavailable;
+  f.reply = std::move(r);
+  return f;
+}
+
+}  // namespace
+
 asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pull_request& req) {
+  namespace mt = core::media_type;
+  const auto cls = mt::classify_accept(req.accept.empty() ? mt::containerd_accept : std::string_view(req.accept));
+  // A client naming none of the four manifest types (schema 1, say) is passed
+  // through: its answer is not one the cache can vouch for.
+  if (meta_ == nullptr || cls == 0) co_return co_await upstream_manifest(reg, req);
+
+  const std::string& registry = reg.id();
+  const auto k = req.digest ? meta::key::digest(registry, req.name, req.reference)
+                            : meta::key::tag(registry, req.name, req.reference, cls);
+  const auto ttl = req.digest ? meta_->options().tag_ttl : meta_->options().ttl_for(req.reference);
+  const std::string_view kind = req.digest ? "digest" : "tag";
+  const meta::fetch_fn fetch = [this, &reg, &req, cls](const std::optional<meta::entry>& known) {
+    return fetch_manifest(reg, req, cls, known);
+  };
+  auto found = co_await meta_->resolve(k, ttl, registry, kind, fetch);
+  if (!found.answer) co_return std::move(found.reply);
+  const meta::entry& e = *found.answer;
+  if (!e.found) {
+    co_return core::error_reply({404, "MANIFEST_UNKNOWN",
+                                 "manifest unknown to the upstream registry: " + req.name + (req.digest ? "@" : ":") +
+                                     req.reference + " (answer remembered for " +
+                                     std::to_string(meta_->options().negative_ttl.count() / 1000) + "s)"});
+  }
+  // A digest's bytes are fixed, but whether a client that does not accept their
+  // type may have them is the upstream's call (an index is never given to a client
+  // that did not ask for one).
+  if (!mt::class_accepts(cls, e.media_type) || (req.digest && e.digest != req.reference))
+    co_return co_await upstream_manifest(reg, req);
+
+  core::reply r;
+  r.upstream_status = found.how == meta::outcome::upstream ? 200 : 0;
+  r.headers.set("Content-Type", e.media_type);
+  r.headers.set("Docker-Content-Digest", e.digest);
+  if (req.head) {
+    r.head_length = e.size;
+    co_return r;
+  }
+  auto m = co_await meta_->get_manifest(e.digest);
+  if (!m) {
+    // Known but no longer held anywhere (evicted): fetch the bytes by digest.
+    meta::fetched fail;
+    m = co_await download_manifest(reg, req, e.digest, cls, fail);
+    if (!m) co_return std::move(fail.reply);
+  }
+  r.body = std::move(m->bytes);
+  co_return r;
+}
+
+asio::awaitable<std::optional<meta::manifest>> mirror::download_manifest(upstream::registry& reg,
+                                                                         const pull_request& req,
+                                                                         const std::string& digest,
+                                                                         unsigned accept_class, meta::fetched& fail) {
+  pull_request by_digest = req;
+  by_digest.reference = digest;
+  by_digest.digest = core::parse_digest(digest);
+  by_digest.head = false;
+  upstream::request up;
+  up.target = upstream_target(by_digest);
+  up.repository = req.name;
+  up.accept = core::media_type::accept_for(accept_class);
+  error_code ec;
+  auto res = co_await client_.fetch(reg, up, ec);
+  if (ec) {
+    fail = unavailable(transport_error(ec, reg.id()));
+    co_return std::nullopt;
+  }
+  if (res.status != 200) {
+    fail.status = classify_status(res.status);
+    fail.reply = co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
+    co_return std::nullopt;
+  }
+  std::string body;
+  co_await res.read_all(body, options_.max_manifest_bytes, ec);
+  if (ec == upstream::errc::body_too_large) {
+    fail.status = meta::fetched::result::refused;
+    fail.reply = core::error_reply(
+        {502, "MANIFEST_INVALID",
+         "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
+    co_return std::nullopt;
+  }
+  if (ec) {
+    fail = unavailable(transport_error(ec, reg.id()));
+    co_return std::nullopt;
+  }
+  const auto colon = digest.find(':');
+  const auto computed = core::digest_of(body, digest.substr(0, colon));
+  if (computed != digest) {
+    metrics_.digest_mismatch(reg.id(), "manifest");
+    log::error("digest_mismatch", {{"registry", reg.id()},
+                                   {"kind", "manifest"},
+                                   {"repository", req.name},
+                                   {"expected", digest},
+                                   {"got", computed}});
+    fail = unavailable(core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + digest}));
+    co_return std::nullopt;
+  }
+  meta::manifest m{manifest_media_type(res.headers, body), std::move(body)};
+  co_await meta_->put_manifest(digest, m);
+  co_return m;
+}
+
+asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, const pull_request& req,
+                                                      unsigned accept_class, const std::optional<meta::entry>& known) {
+  meta::fetched out;
+  std::optional<meta::manifest> held;
+  if (known && known->found) held = co_await meta_->get_manifest(known->digest);
+
+  upstream::request up;
+  up.target = upstream_target(req);
+  up.repository = req.name;
+  up.accept = core::media_type::accept_for(accept_class);
+  up.method = held ? "HEAD" : "GET";
+  error_code ec;
+  auto res = co_await client_.fetch(reg, up, ec);
+  if (ec) co_return unavailable(transport_error(ec, reg.id()));
+  const auto claimed = res.headers.get("Docker-Content-Digest");
+  const auto length = content_length(res.headers);
+  // Some registries refuse HEAD on manifests (405), or leave out the digest or length: GET.
+  if (held && (res.status == 405 || (res.status == 200 && (!length || (!claimed && !req.digest))))) {
+    held.reset();
+    up.method = "GET";
+    res = co_await client_.fetch(reg, up, ec);
+    if (ec) co_return unavailable(transport_error(ec, reg.id()));
+  }
+  if (res.status != 200) {
+    out.status = classify_status(res.status);
+    out.reply = co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
+    co_return out;
+  }
+
+  meta::entry& e = out.answer;
+  if (held) {
+    // Revalidation: the upstream still serves this reference (Harbor's policies passed).
+    e.digest = req.digest ? req.reference : std::string(*claimed);
+    if (e.digest == known->digest) {
+      e.size = known->size;
+      e.media_type = known->media_type;
+    } else {
+      // The tag moved. Its new manifest may be one we hold already; else GET it.
+      auto now_held = co_await meta_->get_manifest(e.digest);
+      if (!now_held) now_held = co_await download_manifest(reg, req, e.digest, accept_class, out);
+      if (!now_held) co_return out;
+      e.size = now_held->bytes.size();
+      e.media_type = now_held->media_type;
+    }
+  } else {
+    std::string body;
+    co_await res.read_all(body, options_.max_manifest_bytes, ec);
+    if (ec == upstream::errc::body_too_large) {
+      out.status = meta::fetched::result::refused;
+      out.reply = core::error_reply(
+          {502, "MANIFEST_INVALID",
+           "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
+      co_return out;
+    }
+    if (ec) co_return unavailable(transport_error(ec, reg.id()));
+    const std::string algorithm = req.digest ? req.digest->algorithm : "sha256";
+    const std::string computed = core::digest_of(body, algorithm);
+    if (req.digest && computed != req.digest->str()) {
+      metrics_.digest_mismatch(reg.id(), "manifest");
+      log::error("digest_mismatch", {{"registry", reg.id()},
+                                     {"kind", "manifest"},
+                                     {"repository", req.name},
+                                     {"expected", req.digest->str()},
+                                     {"got", computed}});
+      co_return unavailable(
+          core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + req.digest->str()}));
+    }
+    if (claimed && *claimed != computed && claimed->substr(0, algorithm.size()) == algorithm) {
+      metrics_.digest_mismatch(reg.id(), "manifest_header");
+      log::warn("upstream_digest_header_mismatch",
+                {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
+    }
+    e.digest = computed;
+    e.size = body.size();
+    e.media_type = manifest_media_type(res.headers, body);
+    const meta::manifest m{e.media_type, std::move(body)};
+    co_await meta_->put_manifest(computed, m);
+  }
+  out.status = meta::fetched::result::ok;
+  // The upstream just let this repository have this digest: a GET by digest that
+  // follows (containerd's next request) needs no question of its own.
+  if (!req.digest) {
+    const auto by_digest = meta::key::digest(reg.id(), req.name, e.digest);
+    co_await meta_->confirm(by_digest, e);
+  }
+  co_return out;
+}
+
+asio::awaitable<core::reply> mirror::upstream_manifest(upstream::registry& reg, const pull_request& req) {
   upstream::request up;
   up.target = upstream_target(req);
   up.repository = req.name;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,12 @@ namespace berth::store {
 class blob_store;
 class fill;
 }  // namespace berth::store
+namespace berth::meta {
+class cache;
+struct entry;
+struct fetched;
+struct manifest;
+}  // namespace berth::meta
 
 namespace berth::mirror {
 
@@ -39,9 +46,10 @@ struct mirror_options {
 
 class mirror {
  public:
-  // `store` may be null: no blob cache, every blob streams from upstream.
+  // `store` may be null: no blob cache, every blob streams from upstream. `meta`
+  // may be null: every manifest request goes upstream.
   mirror(const registry_table& table, upstream::client& client, metrics::registry& metrics,
-         store::blob_store* store = nullptr, mirror_options options = {});
+         store::blob_store* store = nullptr, meta::cache* meta = nullptr, mirror_options options = {});
 
   boost::asio::awaitable<core::reply> serve(const pull_request& req);
 
@@ -51,6 +59,17 @@ class mirror {
 
  private:
   boost::asio::awaitable<core::reply> manifest(upstream::registry& reg, const pull_request& req);
+  // The manifest straight from the upstream, with the client's Accept; nothing cached.
+  boost::asio::awaitable<core::reply> upstream_manifest(upstream::registry& reg, const pull_request& req);
+  // Asks the upstream about req's tag or digest for the metadata cache: a HEAD when
+  // `known`'s bytes are at hand (revalidation), else a GET whose bytes are kept.
+  boost::asio::awaitable<meta::fetched> fetch_manifest(upstream::registry& reg, const pull_request& req,
+                                                       unsigned accept_class, const std::optional<meta::entry>& known);
+  // GETs a manifest by digest, verifies and keeps it. On failure, `fail` is the client's answer.
+  boost::asio::awaitable<std::optional<meta::manifest>> download_manifest(upstream::registry& reg,
+                                                                          const pull_request& req,
+                                                                          const std::string& digest,
+                                                                          unsigned accept_class, meta::fetched& fail);
   boost::asio::awaitable<core::reply> blob(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> listing(upstream::registry& reg, const pull_request& req);
   boost::asio::awaitable<core::reply> cached_blob(upstream::registry& reg, const pull_request& req, bool& handled);
@@ -70,6 +89,7 @@ class mirror {
   upstream::client& client_;
   metrics::registry& metrics_;
   store::blob_store* store_;
+  meta::cache* meta_;
   mirror_options options_;
   mirror* fill_peer_ = this;
 };

@@ -185,15 +185,16 @@ def test_proxy_project_301_is_followed_with_a_rescoped_token(harbor_and_berth):
 
 def test_revoked_token_is_refetched_once(harbor_and_berth):
     harbor, b = harbor_and_berth
-    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    # Blobs: without a blob cache each request goes upstream (manifests would be answered from the metadata cache).
+    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/blobs/{BLOB_DIGEST}")
     assert s == 200
     fetched = len(harbor.token_requests)
     harbor.revoke_all()
-    s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, body = harness.http_request(f"{b.url}/v2/library/app/blobs/{BLOB_DIGEST}")
     assert s == 200, body
     assert len(harbor.token_requests) == fetched + 1
     # Warm again: no further fetch.
-    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/blobs/{BLOB_DIGEST}")
     assert s == 200 and len(harbor.token_requests) == fetched + 1
 
 

@@ -2,14 +2,7 @@
 // chosen at run time (started and stopped by the fixture, also on failure).
 #include "meta/redis.hpp"
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -17,68 +10,15 @@
 #include <thread>
 
 #include "metrics/metrics.hpp"
-
-extern char** environ;
+#include "redis_server.hpp"
 
 using namespace berth;
+using berth::testing::free_port;
+using berth::testing::redis_server;
 namespace asio = boost::asio;
 using std::chrono::steady_clock;
 
 namespace {
-
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
-bool accepting(int port) {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(s);
-  return ok;
-}
-
-class redis_server {
- public:
-  explicit redis_server(int port, std::string password = {}) : port_(port), password_(std::move(password)) { start(); }
-  ~redis_server() { stop(); }
-  void start() {
-    std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
-                                     "--save",       "",       "--appendonly",        "no",     "--loglevel",
-                                     "warning"};
-    if (!password_.empty()) args.insert(args.end(), {"--requirepass", password_});
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ASSERT_EQ(posix_spawnp(&pid_, "redis-server", nullptr, nullptr, argv.data(), environ), 0) << "redis-server missing";
-    for (int i = 0; i < 200 && !accepting(port_); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    ASSERT_TRUE(accepting(port_));
-  }
-  void stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  void pause() { ::kill(pid_, SIGSTOP); }
-  void resume() { ::kill(pid_, SIGCONT); }
-
- private:
-  int port_;
-  std::string password_;
-  pid_t pid_ = -1;
-};
 
 // Runs one command on a fresh io_context and returns its answer.
 std::optional<meta::reply> run(meta::redis_client& c, std::vector<std::string> argv) {

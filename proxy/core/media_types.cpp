@@ -1,0 +1,77 @@
+#include "core/media_types.hpp"
+
+#include "core/headers.hpp"
+
+namespace berth::core::media_type {
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// True when a media range's parameters say q=0 ("not acceptable").
+bool refused(std::string_view params) {
+  while (!params.empty()) {
+    const auto semi = params.find(';');
+    auto p = trim(params.substr(0, semi));
+    params = semi == std::string_view::npos ? std::string_view() : params.substr(semi + 1);
+    if (p.size() >= 2 && (p[0] == 'q' || p[0] == 'Q') && p[1] == '=') {
+      auto v = trim(p.substr(2));
+      while (!v.empty() && (v.back() == '0' || v.back() == '.')) v.remove_suffix(1);
+      return v.empty();  // "0", "0.0", "0.000"
+    }
+  }
+  return false;
+}
+
+struct named {
+  std::string_view type;
+  accept_class bit;
+};
+constexpr named k_types[] = {{docker_manifest, accepts_docker_manifest},
+                             {docker_list, accepts_docker_list},
+                             {oci_manifest, accepts_oci_manifest},
+                             {oci_index, accepts_oci_index}};
+
+}  // namespace
+
+accept_class classify_accept(std::string_view accept) {
+  accept_class c = 0;
+  while (!accept.empty()) {
+    const auto comma = accept.find(',');
+    auto range = accept.substr(0, comma);
+    accept = comma == std::string_view::npos ? std::string_view() : accept.substr(comma + 1);
+    const auto semi = range.find(';');
+    const auto type = trim(range.substr(0, semi));
+    if (semi != std::string_view::npos && refused(range.substr(semi + 1))) continue;
+    if (type == "*/*" || iequals(type, "application/*")) {
+      c |= accepts_wildcard;
+      continue;
+    }
+    for (const auto& t : k_types) {
+      if (iequals(type, t.type)) c |= t.bit;
+    }
+  }
+  return c;
+}
+
+std::string accept_for(accept_class c) {
+  std::string out;
+  for (const auto& t : k_types) {
+    if (c & t.bit) out += (out.empty() ? "" : ", ") + std::string(t.type);
+  }
+  if (c & accepts_wildcard) out += out.empty() ? "*/*" : ", */*";
+  return out;
+}
+
+bool class_accepts(accept_class c, std::string_view type) {
+  for (const auto& t : k_types) {
+    if (iequals(type, t.type)) return (c & t.bit) != 0 || (c & accepts_wildcard) != 0;
+  }
+  return (c & accepts_wildcard) != 0;
+}
+
+}  // namespace berth::core::media_type

@@ -1,0 +1,43 @@
+#include "core/media_types.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace berth::core::media_type;
+
+TEST(AcceptClass, ContainerdsLineAcceptsEverything) {
+  EXPECT_EQ(classify_accept(containerd_accept), accepts_all);
+  EXPECT_EQ(accept_for(accepts_all), containerd_accept);
+}
+
+TEST(AcceptClass, RepeatedLinesJoinedAsOneAreTheSameClass) {
+  // skopeo and the CNCF registry send one Accept line per type; the server joins them.
+  const std::string joined = std::string(oci_index) + ", " + std::string(oci_manifest);
+  EXPECT_EQ(classify_accept(joined), accepts_oci_index | accepts_oci_manifest);
+  EXPECT_EQ(classify_accept(std::string(oci_manifest) + ",  " + std::string(oci_index)),
+            accepts_oci_index | accepts_oci_manifest);
+}
+
+TEST(AcceptClass, ParametersCaseAndRefusals) {
+  EXPECT_EQ(classify_accept("Application/VND.Docker.Distribution.Manifest.V2+JSON; q=0.9"), accepts_docker_manifest);
+  EXPECT_EQ(classify_accept(std::string(docker_manifest) + ", " + std::string(oci_index) + ";q=0"),
+            accepts_docker_manifest);
+  EXPECT_EQ(classify_accept(std::string(oci_index) + ";q=0.000"), 0u);
+  EXPECT_EQ(classify_accept(std::string(oci_index) + ";q=0.5"), accepts_oci_index);
+  EXPECT_EQ(classify_accept("application/*"), accepts_wildcard);
+  EXPECT_EQ(classify_accept("*/*"), accepts_wildcard);
+}
+
+TEST(AcceptClass, UnknownTypesOnlyIsClassZero) {
+  EXPECT_EQ(classify_accept("application/vnd.docker.distribution.manifest.v1+prettyjws"), 0u);
+  EXPECT_EQ(classify_accept(""), 0u);
+  EXPECT_EQ(accept_for(0), "");
+}
+
+TEST(AcceptClass, WhatAClassMayBeGiven) {
+  EXPECT_TRUE(class_accepts(accepts_docker_manifest, docker_manifest));
+  EXPECT_FALSE(class_accepts(accepts_docker_manifest, oci_index));
+  EXPECT_FALSE(class_accepts(accepts_docker_manifest | accepts_docker_list, oci_index));
+  EXPECT_TRUE(class_accepts(accepts_docker_manifest | accepts_wildcard, oci_index));
+  EXPECT_FALSE(class_accepts(accepts_oci_index, "application/vnd.example.thing+json"));
+  EXPECT_EQ(accept_for(accepts_docker_manifest | accepts_wildcard), std::string(docker_manifest) + ", */*");
+}
