@@ -396,6 +396,14 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
     res = co_await client_.fetch(reg, up, ec);
     if (ec) co_return unavailable(transport_error(ec, reg.id()));
   }
+  // A refused revalidation HEAD has no body; a GET client gets the upstream's own
+  // error (Harbor's PROJECTPOLICYVIOLATION message), so ask once more with GET.
+  if (held && res.status != 200 && res.status < 500 && !req.head) {
+    held.reset();
+    up.method = "GET";
+    res = co_await client_.fetch(reg, up, ec);
+    if (ec) co_return unavailable(transport_error(ec, reg.id()));
+  }
   if (res.status != 200) {
     out.status = classify_status(res.status);
     out.reply = co_await upstream_error_reply(res, req, options_.max_manifest_bytes);

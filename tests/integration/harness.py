@@ -705,9 +705,9 @@ def skopeo_inspect_raw(ref, creds=None, tls_verify=False):
     return subprocess.run(argv, check=True, capture_output=True, timeout=120).stdout
 
 
-def http_request(url, method="GET", headers=None, timeout=30):
+def http_request(url, method="GET", headers=None, timeout=30, data=None):
     """(status, headers, body) without raising on HTTP errors."""
-    req = urllib.request.Request(url, method=method, headers=headers or {})
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.headers, r.read()
@@ -866,3 +866,57 @@ class StandInHarbor:
         if getattr(self, "registry", None):
             self.registry.stop()
         self.issuer.stop()
+
+
+class RedisServer(Process):
+    """A real redis-server on a loopback port chosen at run time (Dragonfly's stand-in)."""
+
+    def __init__(self, directory, port=None):
+        os.makedirs(directory, exist_ok=True)
+        self.port = port or free_port()
+        super().__init__("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
+                         os.path.join(directory, "redis.log"))
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        super().start()
+        wait_for(lambda: self.command("PING") == "PONG", what="redis-server to answer")
+        return self
+
+    def command(self, *args):
+        """One command over RESP; returns str/int/None/list, or raises on an error reply."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                out = b"*%d\r\n" % len(args)
+                for a in args:
+                    a = a if isinstance(a, bytes) else str(a).encode()
+                    out += b"$%d\r\n%s\r\n" % (len(a), a)
+                s.sendall(out)
+                return _resp_read(s.makefile("rb"))
+        except ConnectionRefusedError:
+            return None
+
+
+def _resp_read(f):
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise RuntimeError(f"bad RESP line {line!r}")

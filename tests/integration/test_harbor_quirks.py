@@ -8,7 +8,9 @@ import hashlib
 import http.server
 import json
 import re
+import socket
 import threading
+import time
 
 import pytest
 
@@ -37,6 +39,9 @@ class FakeHarbor:
         self.token_requests = []  # (user, scopes)
         self.requests = []  # (method, path, authorization)
         self.next_token = 0
+        self.blocked = {"policy/app"}  # repositories whose manifests Harbor's policy refuses (412)
+        self.missing = set()  # repositories whose manifests are gone (Harbor's 404 NOT_FOUND)
+        self.failing = False  # answer 503 to everything (Harbor's core down behind its nginx)
         harbor = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,10 +66,16 @@ class FakeHarbor:
                 self.do_GET()
 
             def do_GET(self):  # noqa: N802
+                if harbor.server is None:  # stopped: kept-alive connections die too
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 path = self.path.split("?")[0]
                 auth = self.headers.get("Authorization")
                 with harbor.lock:
                     harbor.requests.append((self.command, self.path, auth))
+                if harbor.failing:
+                    return self.send(503, b"<html>503 Service Temporarily Unavailable</html>")
                 if path == "/service/token":
                     return self.token()
                 m = re.match(r"^/v2/(.+)/(manifests|blobs)/([^/]+)$", path)
@@ -86,7 +97,10 @@ class FakeHarbor:
                         challenge += ',error="invalid_token"'
                     return self.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"unauthorized"}]}',
                                      [("WWW-Authenticate", challenge), ("Content-Type", "application/json")])
-                if repo == "policy/app" and kind == "manifests":
+                if repo in harbor.missing and kind == "manifests":
+                    return self.send(404, b'{"errors":[{"code":"NOT_FOUND","message":"artifact not found"}]}',
+                                     [("Content-Type", "application/json")])
+                if repo in harbor.blocked and kind == "manifests":
                     return self.send(412, POLICY, [("Content-Type", "application/json")])
                 if repo == "limited/app":
                     return self.send(429, b'{"errors":[{"code":"TOO_MANY_REQUEST","message":"slow down"}]}',
@@ -125,12 +139,17 @@ class FakeHarbor:
             self.revoked.update(self.tokens)
 
     def stop(self):
+        if self.server is None:
+            return
         self.server.shutdown()
         self.server.server_close()
+        self.server = None
+
+    def manifest_requests(self, repo):
+        return [(m, p) for m, p, auth in self.requests if p.startswith(f"/v2/{repo}/manifests/") and auth]
 
 
-@pytest.fixture
-def harbor_and_berth(tmp_path):
+def start_harbor_and_berth(tmp_path, extra=""):
     password = harness.generate_password()
     harbor = FakeHarbor(password)
     (tmp_path / "user").write_text(ROBOT + "\n")
@@ -143,8 +162,25 @@ registries:
     username_file: {tmp_path / 'user'}
     password_file: {tmp_path / 'pass'}
 default_registry: harbor.example.internal
-"""
-    b = harness.Berth(berth_binary(), str(tmp_path / "berth"), cfg).start()
+{extra}"""
+    return password, harbor, harness.Berth(berth_binary(), str(tmp_path / "berth"), cfg).start()
+
+
+@pytest.fixture
+def harbor_and_berth(tmp_path):
+    password, harbor, b = start_harbor_and_berth(tmp_path)
+    try:
+        yield harbor, b
+    finally:
+        b.stop()
+        harbor.stop()
+        assert password not in b.log()
+
+
+@pytest.fixture
+def harbor_and_short_ttl_berth(tmp_path):
+    """Tag and digest answers trusted for one second; stale ones served up to an hour."""
+    password, harbor, b = start_harbor_and_berth(tmp_path, "metadata:\n  tag_ttl: 1s\n  max_stale: 1h\n")
     try:
         yield harbor, b
     finally:
@@ -216,3 +252,70 @@ def test_warm_requests_reuse_the_token(harbor_and_berth):
     # One 401 in all: after it, every request carried the cached token.
     unauth = [r for r in harbor.requests if r[1].startswith("/v2/library/") and r[2] is None]
     assert len(unauth) == 1
+
+
+def test_cached_tag_and_digest_are_blocked_once_the_policy_says_so(harbor_and_short_ttl_berth):
+    harbor, b = harbor_and_short_ttl_berth
+    for ref in ("v1", MANIFEST_DIGEST):
+        s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/{ref}")
+        assert s == 200 and body == MANIFEST
+    # Within the TTL: answered from the cache, Harbor not asked.
+    asked = len(harbor.manifest_requests("library/app"))
+    assert harness.http_request(f"{b.url}/v2/library/app/manifests/v1")[0] == 200
+    assert len(harbor.manifest_requests("library/app")) == asked
+    # A scan finds vulnerabilities; the project's policy now refuses the image. After
+    # the TTL the cache asks again (a HEAD, with the robot's identity) and passes the 412 on.
+    harbor.blocked.add("library/app")
+    time.sleep(1.2)
+    for ref in ("v1", MANIFEST_DIGEST):
+        s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/{ref}")
+        assert s == 412 and body == POLICY, (ref, s, body)
+        s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/{ref}", method="HEAD")
+        assert s == 412 and body == b""
+    assert [m for m, _ in harbor.manifest_requests("library/app")[asked:]][:1] == ["HEAD"]
+    # Nothing was evicted: once the policy allows it again, the same bytes come back.
+    harbor.blocked.discard("library/app")
+    s, h, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 200 and body == MANIFEST and h["Docker-Content-Digest"] == MANIFEST_DIGEST
+
+
+def test_upstream_down_serves_known_tags_stale_and_fails_fast_on_new_ones(harbor_and_short_ttl_berth):
+    harbor, b = harbor_and_short_ttl_berth
+    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 200
+    # Harbor answers 503 (its core is down): the known tag is served stale.
+    harbor.failing = True
+    time.sleep(1.2)
+    s, h, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 200 and body == MANIFEST and h["Docker-Content-Digest"] == MANIFEST_DIGEST
+    # Harbor gone altogether (connection refused): still served, HEAD and GET.
+    harbor.stop()
+    s, h, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1", method="HEAD")
+    assert s == 200 and h["Docker-Content-Digest"] == MANIFEST_DIGEST
+    assert b.metric("berth_metadata_lookups_total", outcome="stale") >= 2
+    assert '"event":"stale_served"' in b.log()
+    # A tag never seen fails, and fast.
+    started = time.monotonic()
+    s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/never-seen")
+    assert s == 502 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+    assert time.monotonic() - started < 2
+
+
+def test_a_404_is_remembered_briefly_and_never_papered_over(harbor_and_short_ttl_berth):
+    harbor, b = harbor_and_short_ttl_berth
+    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 200
+    # The tag is deleted in Harbor: after the TTL the 404 is passed on...
+    harbor.missing.add("library/app")
+    time.sleep(1.2)
+    s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 404 and json.loads(body)["errors"][0]["code"] == "NOT_FOUND"
+    asked = len(harbor.manifest_requests("library/app"))
+    # ...remembered for a short while (negative_ttl) without asking again...
+    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 404 and len(harbor.manifest_requests("library/app")) == asked
+    # ...and an outage right after does not bring the old digest back.
+    harbor.failing = True
+    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    assert s == 404
+    assert b.metric("berth_metadata_lookups_total", outcome="stale") == 0

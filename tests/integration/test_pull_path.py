@@ -295,7 +295,12 @@ def test_access_log_is_structured(world, berth):
     # A tag never asked for, so the answer comes from the upstream (a cached one has upstream_status 0).
     tag = "never-" + os.urandom(4).hex()
     get(berth, f"/v2/library/app/manifests/{tag}", headers={"Accept": INDEX})
-    rec = [r for r in berth.access_log() if r["path"].startswith(f"/v2/library/app/manifests/{tag}")][-1]
+    def logged():
+        return [r for r in berth.access_log() if r["path"].startswith(f"/v2/library/app/manifests/{tag}")]
+
+    # The line is written once the response is out: the client may see the response first.
+    harness.wait_for(logged, timeout=5, what="the access log line")
+    rec = logged()[-1]
     for key in ("ts", "method", "path", "ns", "status", "bytes", "duration_ms", "upstream_status"):
         assert key in rec, key
     assert rec["status"] == 404 and rec["upstream_status"] == 404 and rec["ns"] == REGISTRY_NAME
