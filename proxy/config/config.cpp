@@ -200,8 +200,8 @@ meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
       ctx.child("webhook_secret_file").fail(n["webhook_secret_file"], "must be an absolute path");
   }
   if (n["timeout"]) {
-    if (!m.redis) ctx.child("timeout").fail(n["timeout"], "needs metadata.redis");
-    m.redis->command_timeout = as_duration(n["timeout"], ctx.child("timeout"));
+    const auto t = as_duration(n["timeout"], ctx.child("timeout"));
+    if (m.redis) m.redis->command_timeout = t;  // without a backend there is nothing to time out
   }
   return m;
 }
@@ -522,8 +522,11 @@ settings load_file(const std::string& path, const env_lookup& env) {
 std::string render(const settings& s) {
   YAML::Emitter out;
   auto ms = [](std::chrono::milliseconds d) {
-    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
-    return std::to_string(d.count()) + "ms";
+    const auto n = d.count();
+    if (n != 0 && n % 3600000 == 0) return std::to_string(n / 3600000) + "h";
+    if (n != 0 && n % 60000 == 0) return std::to_string(n / 60000) + "m";
+    if (n % 1000 == 0) return std::to_string(n / 1000) + "s";
+    return std::to_string(n) + "ms";
   };
   out << YAML::BeginMap;
   out << YAML::Key << "listen" << YAML::Value << s.server.listen;
@@ -602,7 +605,9 @@ std::string render(const settings& s) {
   out << YAML::Key << "max_stale" << YAML::Value << ms(m.max_stale);
   out << YAML::Key << "negative_ttl" << YAML::Value << ms(m.negative_ttl);
   out << YAML::Key << "manifest_ttl" << YAML::Value << ms(m.manifest_ttl);
-  out << YAML::Key << "memory_size" << YAML::Value << std::to_string(m.memory_bytes);
+  out << YAML::Key << "memory_size" << YAML::Value
+      << (m.memory_bytes % (1 << 20) == 0 ? std::to_string(m.memory_bytes >> 20) + "MiB"
+                                           : std::to_string(m.memory_bytes));
   if (m.redis) out << YAML::Key << "timeout" << YAML::Value << ms(m.redis->command_timeout);
   if (!m.webhook_secret_file.empty()) out << YAML::Key << "webhook_secret_file" << YAML::Value << m.webhook_secret_file;
   out << YAML::EndMap;

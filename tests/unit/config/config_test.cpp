@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
+
+#include <unistd.h>
 
 using namespace berth;
 using config::config_error;
@@ -187,6 +191,67 @@ TEST(Config, CacheErrors) {
             std::string::npos);
   EXPECT_NE(error_of("registries: [{names: [r]}]\ncache: {dir: /c, size: 1}\n").find("cache.size: unknown key"),
             std::string::npos);
+}
+
+TEST(Config, MetadataSection) {
+  const auto pw = std::filesystem::temp_directory_path() / ("berth-redis-pw-" + std::to_string(::getpid()));
+  { std::ofstream(pw) << "s3cret-for-test\n"; }
+  auto s = config::parse(
+      "registries: [{names: [r]}]\nmetadata:\n  redis: redis://berth@10.0.0.5:6380/2\n"
+      "  password_file: " +
+          pw.string() +
+          "\n  tag_ttl: 0s\n  tag_ttl_overrides: [{pattern: \"v*.*.*\", ttl: 10m}]\n"
+          "  max_stale: 2h\n  webhook_secret_file: /etc/berth/webhook\n  timeout: 250ms\n",
+      "b.yaml", no_env);
+  ASSERT_TRUE(s.metadata.redis);
+  EXPECT_EQ(s.metadata.redis->host, "10.0.0.5");
+  EXPECT_EQ(s.metadata.redis->port, 6380);
+  EXPECT_EQ(s.metadata.redis->db, 2);
+  EXPECT_EQ(s.metadata.redis->username, "berth");
+  EXPECT_EQ(s.metadata.redis->password, "s3cret-for-test");
+  EXPECT_EQ(s.metadata.redis->command_timeout, std::chrono::milliseconds(250));
+  EXPECT_EQ(s.metadata.tag_ttl, std::chrono::milliseconds(0));
+  EXPECT_EQ(s.metadata.ttl_for("v1.2.3"), std::chrono::minutes(10));
+  EXPECT_EQ(s.metadata.max_stale, std::chrono::hours(2));
+  // Rendered without the password, and the rendering round-trips.
+  const auto out = config::render(s);
+  EXPECT_EQ(out.find("s3cret"), std::string::npos);
+  auto again = config::parse(out, "r.yaml", no_env);
+  EXPECT_EQ(again.metadata.redis->port, 6380);
+  EXPECT_EQ(again.metadata.tag_ttl_overrides.size(), 1u);
+  // A password in the URL is masked too.
+  auto inline_pw = config::parse("registries: [{names: [r]}]\nmetadata: {redis: \"redis://u:hunter2-test@h:1/0\"}\n",
+                                 "b.yaml", no_env);
+  EXPECT_EQ(inline_pw.metadata.redis->password, "hunter2-test");
+  EXPECT_EQ(config::render(inline_pw).find("hunter2-test"), std::string::npos);
+  // Embedded by default.
+  EXPECT_FALSE(config::parse("registries: [{names: [r]}]\n", "b.yaml", no_env).metadata.redis);
+  std::filesystem::remove(pw);
+}
+
+TEST(Config, MetadataErrors) {
+  const std::string head = "registries: [{names: [r]}]\nmetadata:\n";
+  EXPECT_NE(error_of(head + "  redis: rediss://h:6379\n").find("berth.yaml:3:10: metadata.redis:"), std::string::npos);
+  EXPECT_NE(error_of(head + "  redis: rediss://h:6379\n").find("TLS"), std::string::npos);
+  EXPECT_NE(error_of(head + "  redis: redis://h:6379/x\n").find("database number"), std::string::npos);
+  EXPECT_NE(error_of(head + "  password_file: /nonexistent/pw\n").find("metadata.password_file: needs metadata.redis"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "  redis: redis://h\n  password_file: /nonexistent/pw\n")
+                .find("metadata.password_file: file /nonexistent/pw cannot be read"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "  tag_ttl: soon\n").find("berth.yaml:3:12: metadata.tag_ttl: must be a duration"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "  tag_ttl_overrides: [{pattern: v*}]\n")
+                .find("metadata.tag_ttl_overrides[0]: needs both pattern and ttl"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "  tag_ttl_overrides: [{pattern: v*, ttl: 1m, when: x}]\n")
+                .find("metadata.tag_ttl_overrides[0].when: unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "  memory_size: 10%\n").find("metadata.memory_size: must be a size"), std::string::npos);
+  EXPECT_NE(
+      error_of(head + "  webhook_secret_file: secret\n").find("metadata.webhook_secret_file: must be an absolute"),
+      std::string::npos);
+  EXPECT_NE(error_of(head + "  ttl: 1m\n").find("metadata.ttl: unknown key"), std::string::npos);
 }
 
 TEST(Size, Parses) {
