@@ -99,12 +99,35 @@ def test_daemonset_properties(rendered):
     # The Secret is mounted as a directory (no subPath), so rotations reach Berth.
     assert vols["harbor-pull"]["secret"]["secretName"] == "harbor-pull"
     assert "subPath" not in mounts["harbor-pull"]
+    # Manifest metadata shared through the cluster's Dragonfly, reachable from the host network.
+    config = yaml.safe_load(cm["data"]["berth.yaml"])
+    assert config["metadata"]["redis"].startswith("redis://harbor-redis.harbor.svc")
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # The webhook secret is optional and, like the robot's, mounted as a directory.
+    assert vols["webhook"]["secret"] == {"secretName": "berth-webhook", "optional": True}
+    assert config["metadata"]["webhook_secret_file"].startswith(mounts["webhook"]["mountPath"] + "/")
     init = [c for c in pod["initContainers"] if c["name"] == "containerd-hosts"][0]
     assert init["args"][:2] == ["containerd", "install"]
     certs = [m for m in init["volumeMounts"] if m["name"] == "containerd-certs"][0]
     assert vols["containerd-certs"]["hostPath"]["path"] == "/etc/containerd/certs.d"
     assert any(a == f"--certs-dir={certs['mountPath']}" for a in init["args"])
     assert init["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_dashboard_uses_only_metrics_berth_exports():
+    import json
+    import re
+
+    dash = json.load(open(os.path.join(DEPLOY, "grafana", "berth.json")))
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    names = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"\bberth_[a-z_]+", e)}
+    # Every metric is declared once, in proxy/metrics/metrics.cpp (families with labels
+    # appear in /metrics only after their first sample, so the source is the reference).
+    exported = set(re.findall(r'\.Name\("(berth_[a-z_]+)"\)', open(os.path.join(ROOT, "proxy/metrics/metrics.cpp")).read()))
+    assert names and names <= exported, sorted(names - exported)
+    titles = " ".join(p["title"] for p in dash["panels"])
+    for needed in ("hit ratio", "Harbor", "latency", "errors", "Cache fill", "Dragonfly"):
+        assert needed.lower() in titles.lower(), needed
 
 
 def test_containerd_install_then_a_real_pull_then_uninstall_restores(world, berth, tmp_path):
