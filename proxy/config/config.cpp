@@ -607,7 +607,7 @@ std::string render(const settings& s) {
   out << YAML::Key << "manifest_ttl" << YAML::Value << ms(m.manifest_ttl);
   out << YAML::Key << "memory_size" << YAML::Value
       << (m.memory_bytes % (1 << 20) == 0 ? std::to_string(m.memory_bytes >> 20) + "MiB"
-                                           : std::to_string(m.memory_bytes));
+                                          : std::to_string(m.memory_bytes));
   if (m.redis) out << YAML::Key << "timeout" << YAML::Value << ms(m.redis->command_timeout);
   if (!m.webhook_secret_file.empty()) out << YAML::Key << "webhook_secret_file" << YAML::Value << m.webhook_secret_file;
   out << YAML::EndMap;
