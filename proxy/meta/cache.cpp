@@ -324,12 +324,9 @@ struct cache::impl {
       const auto group = backend_key(k.group);
       const auto keep =
           std::chrono::duration_cast<std::chrono::milliseconds>(options.max_stale + longest_ttl) + options.negative_ttl;
-      std::vector<std::string> hset{"HSET", group, k.field, encode(e)};
-      auto set = co_await backend->command(std::move(hset));
-      if (set) {
-        std::vector<std::string> pexpire{"PEXPIRE", group, std::to_string(keep.count())};
-        co_await backend->command(std::move(pexpire));
-      }
+      std::vector<std::vector<std::string>> batch{{"HSET", group, k.field, encode(e)},
+                                                  {"PEXPIRE", group, std::to_string(keep.count())}};
+      co_await backend->pipeline(std::move(batch));
     }
   }
 
@@ -453,18 +450,20 @@ struct cache::impl {
   asio::awaitable<std::optional<entry>> wait_for_peer(const key& k, const std::string& lock_key, std::int64_t seen_ms) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     const auto deadline = std::chrono::steady_clock::now() + options.lock_timeout;
-    bool last_round = false;
     while (std::chrono::steady_clock::now() < deadline) {
       timer.expires_after(std::chrono::milliseconds(15));
       boost::system::error_code ignored;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
-      auto s = co_await shared_get(k);
-      if (!s) co_return std::nullopt;
-      if (*s && (*s)->validated_ms > seen_ms) co_return **s;
-      if (last_round) co_return std::nullopt;
-      std::vector<std::string> exists{"EXISTS", lock_key};
-      auto held = co_await backend->command(std::move(exists));
-      if (!held || held->integer == 0) last_round = true;  // read once more: it may have landed just now
+      // The lock first, then the answer, in one round trip: the holder writes its
+      // answer before it releases the lock, so "released" with no newer answer means
+      // it finished without one (the upstream failed or refused).
+      std::vector<std::vector<std::string>> poll{{"EXISTS", lock_key}, {"HGET", backend_key(k.group), k.field}};
+      auto r = co_await backend->pipeline(std::move(poll));
+      if (!r || r->size() != 2) co_return std::nullopt;
+      if ((*r)[1].type == reply::kind::string) {
+        if (auto e = decode((*r)[1].str); e && e->validated_ms > seen_ms) co_return e;
+      }
+      if ((*r)[0].integer == 0) co_return std::nullopt;
     }
     co_return std::nullopt;
   }
@@ -646,11 +645,8 @@ asio::awaitable<bool> cache::invalidate(const std::vector<std::string>& groups) 
   for (const auto& g : groups) {
     self->drop_group_locally(g);
     if (self->backend) {
-      std::vector<std::string> del{"DEL", self->backend_key(g)};
-      auto deleted = co_await self->backend->command(std::move(del));
-      std::vector<std::string> publish{"PUBLISH", self->channel(), g};
-      auto published = co_await self->backend->command(std::move(publish));
-      told = told && deleted && published;
+      std::vector<std::vector<std::string>> batch{{"DEL", self->backend_key(g)}, {"PUBLISH", self->channel(), g}};
+      told = told && co_await self->backend->pipeline(std::move(batch));
     }
   }
   self->metrics.meta_invalidation("webhook", groups.size());

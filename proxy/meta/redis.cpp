@@ -101,11 +101,11 @@ timeval to_timeval(std::chrono::milliseconds ms) {
 
 // One command and its answer, shared by the waiting coroutine and a pool thread.
 struct job {
-  std::vector<std::string> argv;
+  std::vector<std::vector<std::string>> commands;  // sent together (pipelined)
   clock_type::time_point deadline;
   std::mutex mu;  // guards below
   bool done = false;
-  std::optional<reply> result;
+  std::optional<std::vector<reply>> result;
   core::wakeup_list waiters;
 };
 
@@ -138,7 +138,7 @@ struct redis_client::impl {
     }
   }
 
-  static void finish(const std::shared_ptr<job>& j, std::optional<reply> r) {
+  static void finish(const std::shared_ptr<job>& j, std::optional<std::vector<reply>> r) {
     std::vector<std::shared_ptr<asio::steady_timer>> wake;
     {
       std::lock_guard lock(j->mu);
@@ -189,6 +189,14 @@ struct redis_client::impl {
       return nullptr;
     }
     return c;
+  }
+
+  // After a failure: commands fail fast until the next attempt, 200 ms to 5 s away.
+  void back_off() {
+    std::lock_guard lock(mu);
+    failures = std::min(failures + 1, 6);
+    retry_after = clock_type::now() +
+                  std::min<clock_type::duration>(std::chrono::milliseconds(100 << failures), std::chrono::seconds(5));
   }
 
   // Sleeps up to `d`, in short steps so that a stop is noticed. False when stopping.
@@ -316,12 +324,7 @@ struct redis_client::impl {
         std::string why;
         c = connect(why);
         if (c == nullptr) {
-          {
-            std::lock_guard lock(mu);
-            failures = std::min(failures + 1, 6);
-            retry_after = clock_type::now() + std::min<clock_type::duration>(std::chrono::milliseconds(100 << failures),
-                                                                             std::chrono::seconds(5));
-          }
+          back_off();
           set_up(false, why);
           metrics.meta_command("error", clock_type::now() - started);
           finish(j, std::nullopt);
@@ -333,26 +336,43 @@ struct redis_client::impl {
         }
         set_up(true, "");
       }
-      std::vector<const char*> args;
-      std::vector<size_t> lens;
-      for (const auto& a : j->argv) {
-        args.push_back(a.data());
-        lens.push_back(a.size());
+      // Pipelined: every command is written, then every answer read.
+      bool sent = true;
+      for (const auto& argv : j->commands) {
+        std::vector<const char*> args;
+        std::vector<size_t> lens;
+        for (const auto& a : argv) {
+          args.push_back(a.data());
+          lens.push_back(a.size());
+        }
+        sent = sent && redisAppendCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()) == REDIS_OK;
       }
-      auto* r = static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()));
-      if (r == nullptr) {
-        // I/O error or timeout: this connection is done; the next command reconnects.
-        const std::string why = c->errstr;
+      std::vector<reply> out;
+      bool all_ok = true;
+      for (std::size_t i = 0; sent && i < j->commands.size(); ++i) {
+        void* raw = nullptr;
+        if (redisGetReply(c, &raw) != REDIS_OK || raw == nullptr) {
+          sent = false;
+          break;
+        }
+        out.push_back(convert(static_cast<redisReply*>(raw)));
+        all_ok = all_ok && out.back().ok();
+        freeReplyObject(raw);
+      }
+      if (!sent) {
+        // I/O error or timeout: this connection is done. Back off before the next
+        // attempt, so that a stalled backend costs one timeout per backoff period,
+        // not one per command.
+        const std::string why = c->err ? std::string(c->errstr) : std::string("write failed");
         redisFree(c);
         c = nullptr;
+        back_off();
         set_up(false, why);
         metrics.meta_command("error", clock_type::now() - started);
         finish(j, std::nullopt);
         continue;
       }
-      auto out = convert(r);
-      freeReplyObject(r);
-      metrics.meta_command(out.ok() ? "ok" : "reply_error", clock_type::now() - started);
+      metrics.meta_command(all_ok ? "ok" : "reply_error", clock_type::now() - started);
       finish(j, std::move(out));
     }
     if (c != nullptr) redisFree(c);
@@ -389,8 +409,17 @@ bool redis_client::up() const {
 }
 
 asio::awaitable<std::optional<reply>> redis_client::command(std::vector<std::string> argv) {
+  std::vector<std::vector<std::string>> one;
+  one.push_back(std::move(argv));
+  auto r = co_await pipeline(std::move(one));
+  if (!r || r->empty()) co_return std::nullopt;
+  co_return std::move(r->front());
+}
+
+asio::awaitable<std::optional<std::vector<reply>>> redis_client::pipeline(
+    std::vector<std::vector<std::string>> commands) {
   auto j = std::make_shared<job>();
-  j->argv = std::move(argv);
+  j->commands = std::move(commands);
   const auto limit = impl_->options.command_timeout;
   j->deadline = clock_type::now() + limit;
   std::shared_ptr<asio::steady_timer> timer;

@@ -54,6 +54,9 @@ class redis_client {
   // Runs one command, e.g. {"SET", key, value, "NX", "PX", "5000"}. nullopt when the
   // backend is unreachable, down (backing off) or slower than command_timeout.
   boost::asio::awaitable<std::optional<reply>> command(std::vector<std::string> argv);
+  // Several commands in one round trip; one answer each, in order (an error reply
+  // among them is an answer). nullopt as for command().
+  boost::asio::awaitable<std::optional<std::vector<reply>>> pipeline(std::vector<std::vector<std::string>> commands);
 
   // Listens on `channel` on a connection of its own, on a thread of its own,
   // reconnecting with backoff. `on_message` runs on that thread for each message;

@@ -448,3 +448,22 @@ TEST(MetaCacheShared, BackendDownMeansLocalTiersThenUpstream) {
   ASSERT_TRUE(eventually([&] { return m.serialize().find("berth_metadata_backend_up 1") != std::string::npos; }, 10s));
   EXPECT_TRUE(resolve(c, f).answer);
 }
+
+TEST(MetaCacheShared, AStalledBackendCostsOneTimeoutThenFailsFast) {
+  const int port = free_port();
+  redis_server server(port);
+  metrics::registry m;
+  meta::cache c(options(), m, backend(port, m), nullptr);
+  upstream_script up;
+  auto f = up.fn();
+  resolve(c, f);
+  server.pause();  // SIGSTOP: connections stay open, nothing answers
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(resolve(c, f, 0ms).answer);  // pays the command timeout (500 ms), once
+  const auto first = std::chrono::steady_clock::now() - t0;
+  EXPECT_LT(first, 1500ms);
+  const auto t1 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(resolve(c, f, 0ms).answer);
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, 300ms);  // backing off: no more waiting on it
+  server.resume();
+}

@@ -128,6 +128,30 @@ TEST(Redis, AStalledBackendTimesOut) {
   EXPECT_TRUE(back);
 }
 
+TEST(Redis, PipelinedCommandsAnswerInOrder) {
+  const int port = free_port();
+  redis_server server(port);
+  metrics::registry m;
+  meta::redis_client c(options(port), m);
+  asio::io_context ctx(1);
+  std::optional<std::vector<meta::reply>> out;
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        std::vector<std::vector<std::string>> batch{
+            {"SET", "berth:p", "1"}, {"NOSUCHCOMMAND"}, {"INCR", "berth:p"}, {"GET", "berth:p"}};
+        out = co_await c.pipeline(std::move(batch));
+      },
+      asio::detached);
+  ctx.run();
+  ASSERT_TRUE(out);
+  ASSERT_EQ(out->size(), 4u);
+  EXPECT_EQ((*out)[0].type, meta::reply::kind::status);
+  EXPECT_FALSE((*out)[1].ok());  // an error reply is an answer; the rest still run
+  EXPECT_EQ((*out)[2].integer, 2);
+  EXPECT_EQ((*out)[3].str, "2");
+}
+
 TEST(Redis, ParsesUrls) {
   std::string err;
   auto o = meta::parse_redis_url("redis://harbor-redis.harbor.svc:6380/2", err);
