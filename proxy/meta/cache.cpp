@@ -646,7 +646,8 @@ asio::awaitable<bool> cache::invalidate(const std::vector<std::string>& groups) 
     self->drop_group_locally(g);
     if (self->backend) {
       std::vector<std::vector<std::string>> batch{{"DEL", self->backend_key(g)}, {"PUBLISH", self->channel(), g}};
-      told = told && co_await self->backend->pipeline(std::move(batch));
+      auto done = co_await self->backend->pipeline(std::move(batch));
+      told = told && done.has_value();
     }
   }
   self->metrics.meta_invalidation("webhook", groups.size());

@@ -320,6 +320,47 @@ asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pul
   co_return r;
 }
 
+asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest(upstream::registry& reg,
+                                                                            upstream::response& res,
+                                                                            const pull_request& req,
+                                                                            const std::string& expected,
+                                                                            core::reply& fail, bool& too_large) {
+  too_large = false;
+  std::string body;
+  error_code ec;
+  co_await res.read_all(body, options_.max_manifest_bytes, ec);
+  if (ec == upstream::errc::body_too_large) {
+    too_large = true;
+    fail = core::error_reply(
+        {502, "MANIFEST_INVALID",
+         "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
+    co_return std::nullopt;
+  }
+  if (ec) {
+    fail = transport_error(ec, reg.id());
+    co_return std::nullopt;
+  }
+  const std::string algorithm = expected.empty() ? "sha256" : expected.substr(0, expected.find(':'));
+  std::string computed = core::digest_of(body, algorithm);
+  if (!expected.empty() && computed != expected) {
+    metrics_.digest_mismatch(reg.id(), "manifest");
+    log::error("digest_mismatch", {{"registry", reg.id()},
+                                   {"kind", "manifest"},
+                                   {"repository", req.name},
+                                   {"expected", expected},
+                                   {"got", computed}});
+    fail = core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + expected});
+    co_return std::nullopt;
+  }
+  if (auto claimed = res.headers.get("Docker-Content-Digest");
+      claimed && *claimed != computed && claimed->substr(0, algorithm.size()) == algorithm) {
+    metrics_.digest_mismatch(reg.id(), "manifest_header");
+    log::warn("upstream_digest_header_mismatch",
+              {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
+  }
+  co_return manifest_body{std::move(body), std::move(computed)};
+}
+
 asio::awaitable<std::optional<meta::manifest>> mirror::download_manifest(upstream::registry& reg,
                                                                          const pull_request& req,
                                                                          const std::string& digest,
@@ -343,32 +384,13 @@ asio::awaitable<std::optional<meta::manifest>> mirror::download_manifest(upstrea
     fail.reply = co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
     co_return std::nullopt;
   }
-  std::string body;
-  co_await res.read_all(body, options_.max_manifest_bytes, ec);
-  if (ec == upstream::errc::body_too_large) {
-    fail.status = meta::fetched::result::refused;
-    fail.reply = core::error_reply(
-        {502, "MANIFEST_INVALID",
-         "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
+  bool too_large = false;
+  auto body = co_await read_manifest(reg, res, req, digest, fail.reply, too_large);
+  if (!body) {
+    fail.status = too_large ? meta::fetched::result::refused : meta::fetched::result::unavailable;
     co_return std::nullopt;
   }
-  if (ec) {
-    fail = unavailable(transport_error(ec, reg.id()));
-    co_return std::nullopt;
-  }
-  const auto colon = digest.find(':');
-  const auto computed = core::digest_of(body, digest.substr(0, colon));
-  if (computed != digest) {
-    metrics_.digest_mismatch(reg.id(), "manifest");
-    log::error("digest_mismatch", {{"registry", reg.id()},
-                                   {"kind", "manifest"},
-                                   {"repository", req.name},
-                                   {"expected", digest},
-                                   {"got", computed}});
-    fail = unavailable(core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + digest}));
-    co_return std::nullopt;
-  }
-  meta::manifest m{manifest_media_type(res.headers, body), std::move(body)};
+  meta::manifest m{manifest_media_type(res.headers, body->bytes), std::move(body->bytes)};
   co_await meta_->put_manifest(digest, m);
   co_return m;
 }
@@ -426,38 +448,19 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
       e.media_type = now_held->media_type;
     }
   } else {
-    std::string body;
-    co_await res.read_all(body, options_.max_manifest_bytes, ec);
-    if (ec == upstream::errc::body_too_large) {
-      out.status = meta::fetched::result::refused;
-      out.reply = core::error_reply(
-          {502, "MANIFEST_INVALID",
-           "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
+    bool too_large = false;
+    const std::string expected =
+        req.digest ? req.digest->str() : std::string();  // named: GCC 12 and temporaries in co_await
+    auto body = co_await read_manifest(reg, res, req, expected, out.reply, too_large);
+    if (!body) {
+      out.status = too_large ? meta::fetched::result::refused : meta::fetched::result::unavailable;
       co_return out;
     }
-    if (ec) co_return unavailable(transport_error(ec, reg.id()));
-    const std::string algorithm = req.digest ? req.digest->algorithm : "sha256";
-    const std::string computed = core::digest_of(body, algorithm);
-    if (req.digest && computed != req.digest->str()) {
-      metrics_.digest_mismatch(reg.id(), "manifest");
-      log::error("digest_mismatch", {{"registry", reg.id()},
-                                     {"kind", "manifest"},
-                                     {"repository", req.name},
-                                     {"expected", req.digest->str()},
-                                     {"got", computed}});
-      co_return unavailable(
-          core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + req.digest->str()}));
-    }
-    if (claimed && *claimed != computed && claimed->substr(0, algorithm.size()) == algorithm) {
-      metrics_.digest_mismatch(reg.id(), "manifest_header");
-      log::warn("upstream_digest_header_mismatch",
-                {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
-    }
-    e.digest = computed;
-    e.size = body.size();
-    e.media_type = manifest_media_type(res.headers, body);
-    const meta::manifest m{e.media_type, std::move(body)};
-    co_await meta_->put_manifest(computed, m);
+    e.digest = body->digest;
+    e.size = body->bytes.size();
+    e.media_type = manifest_media_type(res.headers, body->bytes);
+    const meta::manifest m{e.media_type, std::move(body->bytes)};
+    co_await meta_->put_manifest(e.digest, m);
   }
   out.status = meta::fetched::result::ok;
   // The upstream just let this repository have this digest: a GET by digest that
@@ -505,38 +508,18 @@ asio::awaitable<core::reply> mirror::upstream_manifest(upstream::registry& reg, 
     co_return r;
   }
 
-  std::string body;
-  co_await res.read_all(body, options_.max_manifest_bytes, ec);
-  if (ec == upstream::errc::body_too_large) {
-    co_return core::error_reply(
-        {502, "MANIFEST_INVALID",
-         "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
-  }
-  if (ec) co_return transport_error(ec, reg.id());
-
-  const std::string algorithm = req.digest ? req.digest->algorithm : "sha256";
-  const std::string computed = core::digest_of(body, algorithm);
-  if (req.digest && computed != req.digest->str()) {
-    metrics_.digest_mismatch(reg.id(), "manifest");
-    log::error("digest_mismatch", {{"registry", reg.id()},
-                                   {"kind", "manifest"},
-                                   {"repository", req.name},
-                                   {"expected", req.digest->str()},
-                                   {"got", computed}});
-    co_return core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + req.digest->str()});
-  }
-  if (auto claimed = res.headers.get("Docker-Content-Digest");
-      claimed && *claimed != computed && claimed->substr(0, algorithm.size()) == algorithm) {
-    metrics_.digest_mismatch(reg.id(), "manifest_header");
-    log::warn("upstream_digest_header_mismatch",
-              {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
-  }
-  r.headers.set("Docker-Content-Digest", computed);
+  core::reply fail;
+  bool too_large = false;
+  const std::string expected =
+      req.digest ? req.digest->str() : std::string();  // named: GCC 12 and temporaries in co_await
+  auto body = co_await read_manifest(reg, res, req, expected, fail, too_large);
+  if (!body) co_return fail;
+  r.headers.set("Docker-Content-Digest", body->digest);
   if (!r.headers.get("Content-Type")) r.headers.set("Content-Type", std::string(core::media_type::oci_manifest));
   if (req.head) {
-    r.head_length = body.size();
+    r.head_length = body->bytes.size();
   } else {
-    r.body = std::move(body);
+    r.body = std::move(body->bytes);
   }
   co_return r;
 }

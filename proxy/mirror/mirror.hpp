@@ -21,6 +21,7 @@ class registry;
 namespace berth::upstream {
 class client;
 class registry;
+struct response;
 }  // namespace berth::upstream
 namespace berth::store {
 class blob_store;
@@ -65,6 +66,17 @@ class mirror {
   // `known`'s bytes are at hand (revalidation), else a GET whose bytes are kept.
   boost::asio::awaitable<meta::fetched> fetch_manifest(upstream::registry& reg, const pull_request& req,
                                                        unsigned accept_class, const std::optional<meta::entry>& known);
+  // Reads a 200 manifest response's body and hashes it; when `expected` is set the
+  // bytes must match it. On failure `fail` is the client's answer and the result is
+  // null; `too_large` tells an oversized manifest from a broken or wrong one.
+  struct manifest_body {
+    std::string bytes;
+    std::string digest;
+  };
+  boost::asio::awaitable<std::optional<manifest_body>> read_manifest(upstream::registry& reg, upstream::response& res,
+                                                                     const pull_request& req,
+                                                                     const std::string& expected, core::reply& fail,
+                                                                     bool& too_large);
   // GETs a manifest by digest, verifies and keeps it. On failure, `fail` is the client's answer.
   boost::asio::awaitable<std::optional<meta::manifest>> download_manifest(upstream::registry& reg,
                                                                           const pull_request& req,

@@ -4,6 +4,7 @@ projects, and a revoked token. A small scripted upstream on loopback plays Harbo
 here (PROTOCOL.md §3 describes each behaviour and its source)."""
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -149,7 +150,10 @@ class FakeHarbor:
         return [(m, p) for m, p, auth in self.requests if p.startswith(f"/v2/{repo}/manifests/") and auth]
 
 
-def start_harbor_and_berth(tmp_path, extra=""):
+@contextlib.contextmanager
+def harbor_with_berth(tmp_path, extra=""):
+    """FakeHarbor and a Berth in front of it; both stopped at the end, and Berth's
+    log checked for the robot's password."""
     password = harness.generate_password()
     harbor = FakeHarbor(password)
     (tmp_path / "user").write_text(ROBOT + "\n")
@@ -163,30 +167,26 @@ registries:
     password_file: {tmp_path / 'pass'}
 default_registry: harbor.example.internal
 {extra}"""
-    return password, harbor, harness.Berth(berth_binary(), str(tmp_path / "berth"), cfg).start()
-
-
-@pytest.fixture
-def harbor_and_berth(tmp_path):
-    password, harbor, b = start_harbor_and_berth(tmp_path)
+    b = harness.Berth(berth_binary(), str(tmp_path / "berth"), cfg).start()
     try:
         yield harbor, b
     finally:
         b.stop()
         harbor.stop()
         assert password not in b.log()
+
+
+@pytest.fixture
+def harbor_and_berth(tmp_path):
+    with harbor_with_berth(tmp_path) as pair:
+        yield pair
 
 
 @pytest.fixture
 def harbor_and_short_ttl_berth(tmp_path):
     """Tag and digest answers trusted for one second; stale ones served up to an hour."""
-    password, harbor, b = start_harbor_and_berth(tmp_path, "metadata:\n  tag_ttl: 1s\n  max_stale: 1h\n")
-    try:
-        yield harbor, b
-    finally:
-        b.stop()
-        harbor.stop()
-        assert password not in b.log()
+    with harbor_with_berth(tmp_path, "metadata:\n  tag_ttl: 1s\n  max_stale: 1h\n") as pair:
+        yield pair
 
 
 def test_policy_412_passes_through_intact(harbor_and_berth):

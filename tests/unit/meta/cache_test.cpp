@@ -108,6 +108,14 @@ std::shared_ptr<meta::redis_client> backend(int port, metrics::registry& m) {
   return std::make_shared<meta::redis_client>(o, m);
 }
 
+// Two "nodes": cache instances with their own metrics, sharing one backend.
+struct two_nodes {
+  metrics::registry m1, m2;
+  meta::cache a, b;
+  explicit two_nodes(int port)
+      : a(options(), m1, backend(port, m1), nullptr), b(options(), m2, backend(port, m2), nullptr) {}
+};
+
 bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = 3s) {
   const auto until = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < until) {
@@ -304,9 +312,9 @@ TEST(MetaCache, PersistsAcrossRestartsInTheLocalStore) {
 TEST(MetaCacheShared, ASecondNodeUsesTheFirstNodesAnswer) {
   const int port = free_port();
   redis_server server(port);
-  metrics::registry m1, m2;
-  meta::cache a(options(), m1, backend(port, m1), nullptr);
-  meta::cache b(options(), m2, backend(port, m2), nullptr);
+  two_nodes n(port);
+  auto& a = n.a;
+  auto& b = n.b;
   upstream_script up;
   auto f = up.fn();
   EXPECT_EQ(resolve(a, f).how, meta::outcome::upstream);
@@ -401,9 +409,10 @@ TEST(MetaCacheShared, CorruptSharedManifestIsDroppedNotServed) {
 TEST(MetaCacheShared, InvalidationReachesEveryNode) {
   const int port = free_port();
   redis_server server(port);
-  metrics::registry m1, m2;
-  meta::cache a(options(), m1, backend(port, m1), nullptr);
-  meta::cache b(options(), m2, backend(port, m2), nullptr);
+  two_nodes n(port);
+  auto& a = n.a;
+  auto& b = n.b;
+  auto& m2 = n.m2;
   a.start();
   b.start();
   ASSERT_TRUE(eventually([&] { return m2.serialize().find("berth_metadata_backend_up 1") != std::string::npos; }));
