@@ -28,6 +28,11 @@ class wakeup_list {
   // REQUIRES: the owner's mutex is held. Returns the timers to wake() after unlocking.
   std::vector<std::shared_ptr<boost::asio::steady_timer>> take() { return std::move(timers_); }
 
+  // REQUIRES: the owner's mutex is held. Call after wait() returns: drops `t` if it
+  // is still parked (its limit passed), so that no one later touches a timer whose
+  // executor may be gone by then.
+  void forget(const std::shared_ptr<boost::asio::steady_timer>& t) { std::erase(timers_, t); }
+
   static void wake(const std::vector<std::shared_ptr<boost::asio::steady_timer>>& timers) {
     for (const auto& t : timers) boost::asio::post(t->get_executor(), [t] { t->cancel(); });
   }

@@ -544,6 +544,7 @@ asio::awaitable<lookup> cache::resolve(const key& k, std::chrono::milliseconds t
     if (timer) co_await core::wakeup_list::wait(timer);
     {
       std::lock_guard lock(f->mu);
+      if (timer) f->waiters.forget(timer);
       if (f->done) {
         auto out = clone(f->result);
         if (out.answer && out.how != outcome::negative) out.how = outcome::coalesced;

@@ -436,6 +436,7 @@ asio::awaitable<std::optional<std::vector<reply>>> redis_client::pipeline(
   impl_->cv.notify_one();
   co_await core::wakeup_list::wait(timer);
   std::lock_guard lock(j->mu);
+  j->waiters.forget(timer);
   if (!j->done) {
     impl_->metrics.meta_command("timeout", limit);
     co_return std::nullopt;

@@ -205,6 +205,8 @@ asio::awaitable<void> fill::wait_for_change(std::uint64_t seen_version, std::chr
     timer = waiters_.park(executor, limit);
   }
   co_await core::wakeup_list::wait(timer);
+  std::lock_guard lock(mu_);
+  waiters_.forget(timer);
 }
 
 int fill::open_for_read(error_code& ec) const {

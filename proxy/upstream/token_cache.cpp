@@ -67,6 +67,7 @@ asio::awaitable<token_result> token_cache::get(const std::string& key, fetcher f
   if (joined) {
     co_await core::wakeup_list::wait(timer);
     std::lock_guard lock(mu_);
+    joined->waiters.forget(timer);
     if (joined->done) co_return joined->result;
     token_result timeout;
     timeout.error = "timed out waiting for a token fetch under way";

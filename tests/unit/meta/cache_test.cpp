@@ -79,9 +79,18 @@ meta::metadata_options options() {
 
 const meta::key k_tag = meta::key::tag("registry.test", "library/app", "v1", 31);
 
+// An io_context for the calling thread that is never destroyed: the client's and
+// the cache's threads may still post a wake-up to it after the awaiting coroutine
+// gave up (as in production, where the worker contexts live as long as the process).
+inline boost::asio::io_context& lasting_context() {
+  thread_local auto* ctx = new boost::asio::io_context(1);
+  ctx->restart();
+  return *ctx;
+}
+
 meta::lookup resolve(meta::cache& c, const meta::fetch_fn& f, std::chrono::milliseconds ttl = 60s,
                      const meta::key& k = k_tag) {
-  asio::io_context ctx(1);
+  auto& ctx = lasting_context();
   meta::lookup out;
   asio::co_spawn(
       ctx, [&]() -> asio::awaitable<void> { out = co_await c.resolve(k, ttl, "registry.test", "tag", f); },
@@ -92,7 +101,7 @@ meta::lookup resolve(meta::cache& c, const meta::fetch_fn& f, std::chrono::milli
 
 template <class T>
 T run(std::function<asio::awaitable<T>()> body) {
-  asio::io_context ctx(1);
+  auto& ctx = lasting_context();
   T out{};
   asio::co_spawn(
       ctx, [&]() -> asio::awaitable<void> { out = co_await body(); }, asio::detached);
@@ -252,7 +261,7 @@ TEST(MetaCache, ConcurrentLookupsInOneProcessAskOnce) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&] {
-      asio::io_context ctx(1);
+      auto& ctx = lasting_context();
       for (int i = 0; i < 25; ++i) {
         asio::co_spawn(
             ctx,

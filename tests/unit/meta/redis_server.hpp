@@ -17,6 +17,10 @@
 
 extern char** environ;
 
+namespace boost::asio {
+class io_context;
+}
+
 namespace berth::testing {
 
 inline int free_port() {

@@ -20,9 +20,18 @@ using std::chrono::steady_clock;
 
 namespace {
 
-// Runs one command on a fresh io_context and returns its answer.
+// An io_context for the calling thread that is never destroyed: the client's and
+// the cache's threads may still post a wake-up to it after the awaiting coroutine
+// gave up (as in production, where the worker contexts live as long as the process).
+inline boost::asio::io_context& lasting_context() {
+  thread_local auto* ctx = new boost::asio::io_context(1);
+  ctx->restart();
+  return *ctx;
+}
+
+// Runs one command and returns its answer.
 std::optional<meta::reply> run(meta::redis_client& c, std::vector<std::string> argv) {
-  asio::io_context ctx(1);
+  auto& ctx = lasting_context();
   std::optional<meta::reply> out;
   asio::co_spawn(
       ctx, [&]() -> asio::awaitable<void> { out = co_await c.command(std::move(argv)); }, asio::detached);
@@ -133,7 +142,7 @@ TEST(Redis, PipelinedCommandsAnswerInOrder) {
   redis_server server(port);
   metrics::registry m;
   meta::redis_client c(options(port), m);
-  asio::io_context ctx(1);
+  auto& ctx = lasting_context();
   std::optional<std::vector<meta::reply>> out;
   asio::co_spawn(
       ctx,
