@@ -37,9 +37,7 @@ import harness  # noqa: E402
 
 ROBOT = "robot$cluster-pull"
 NAME = "registry.example.internal"
-ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
-          "application/vnd.docker.distribution.manifest.list.v2+json, "
-          "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*")
+ACCEPT = harness.CONTAINERD_ACCEPT
 
 
 def loadgen(binary, url, seconds, connections):
@@ -62,22 +60,6 @@ def wrk(url, seconds, connections, script):
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} error responses\n{out}")
     return rps, p99_ms
-
-
-def containerd_pull(url):
-    """HEAD the tag, GET the index, GET the amd64 manifest; returns the digests."""
-    s, h, _ = harness.http_request(f"{url}/v2/library/app/manifests/v1?ns={NAME}", method="HEAD",
-                                   headers={"Accept": ACCEPT})
-    assert s == 200, s
-    top = h["Docker-Content-Digest"]
-    s, h, body = harness.http_request(f"{url}/v2/library/app/manifests/{top}?ns={NAME}",
-                                      headers={"Accept": f"{h['Content-Type']}, */*"})
-    assert s == 200, s
-    child = next(m for m in json.loads(body)["manifests"] if m["platform"]["architecture"] == "amd64")
-    s, _, _ = harness.http_request(f"{url}/v2/library/app/manifests/{child['digest']}?ns={NAME}",
-                                   headers={"Accept": f"{child['mediaType']}, */*"})
-    assert s == 200, s
-    return top, child["digest"]
 
 
 def upstream_manifest_requests(registry):
@@ -180,7 +162,7 @@ metadata:
 
                 def pull(node):
                     start.wait()
-                    return containerd_pull(node.url)
+                    return harness.resolve_like_containerd(node.url, "library/app", "v1", NAME)
 
                 with concurrent.futures.ThreadPoolExecutor(n) as pool:
                     results = list(pool.map(pull, nodes))

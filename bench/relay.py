@@ -11,6 +11,7 @@ the ratios, not the absolute numbers.
 import argparse
 import concurrent.futures
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,8 +113,6 @@ registries:
     finally:
         for fn in reversed(stop):
             fn()
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -6,10 +6,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <set>
 #include <sstream>
 
+#include "core/files.hpp"
 #include "upstream/credentials.hpp"
 
 namespace berth::config {
@@ -161,10 +161,9 @@ meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
     if (!m.redis) ctx.child("password_file").fail(n["password_file"], "needs metadata.redis");
     m.password_file = as_string(n["password_file"], ctx.child("password_file"));
     check_readable(n["password_file"], ctx.child("password_file"), m.password_file);
-    std::ifstream in(m.password_file, std::ios::binary);
-    std::string pw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    while (!pw.empty() && (pw.back() == '\n' || pw.back() == '\r')) pw.pop_back();
-    if (pw.empty()) ctx.child("password_file").fail(n["password_file"], "file " + m.password_file + " is empty");
+    std::string pw;
+    if (!core::read_file(m.password_file, pw) || (pw = core::trim_newlines(pw)).empty())
+      ctx.child("password_file").fail(n["password_file"], "file " + m.password_file + " is empty or unreadable");
     m.redis->password = pw;
   }
   if (n["key_prefix"]) m.key_prefix = as_string(n["key_prefix"], ctx.child("key_prefix"));
@@ -512,11 +511,9 @@ bool parse_size(std::string_view text, std::uint64_t& bytes, double& fraction) {
 }
 
 settings load_file(const std::string& path, const env_lookup& env) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw config_error(path + ": cannot be read");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse(ss.str(), path, env);
+  std::string text;
+  if (!core::read_file(path, text)) throw config_error(path + ": cannot be read");
+  return parse(text, path, env);
 }
 
 std::string render(const settings& s) {

@@ -1,9 +1,8 @@
 #include "http/handlers.hpp"
 
 #include <boost/url/parse.hpp>
-#include <fstream>
-#include <iterator>
 
+#include "core/files.hpp"
 #include "core/log.hpp"
 #include "http/router.hpp"
 #include "meta/cache.hpp"
@@ -59,10 +58,8 @@ asio::awaitable<handled> serve_webhook(metrics::registry& metrics, const webhook
     metrics.meta_webhook("disabled");
     co_return text(404, "the webhook is off: set metadata.webhook_secret_file\n", route);
   }
-  std::ifstream f(target.secret_file, std::ios::binary);
-  std::string secret((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
-  if (!f || secret.empty()) {
+  std::string secret;
+  if (!core::read_file(target.secret_file, secret) || (secret = core::trim_newlines(secret)).empty()) {
     log::error("webhook_secret_unreadable", {{"file", target.secret_file}});
     metrics.meta_webhook("disabled");
     co_return text(503, "the webhook secret file cannot be read\n", route);

@@ -300,6 +300,12 @@ struct cache::impl {
     return age < (e.found ? ttl : options.negative_ttl).count();
   }
 
+  // Fresh, and confirmed after the last reconnection to the backend (so no
+  // invalidation can have been missed): serve without asking anyone.
+  bool usable_here(const entry& e, std::chrono::milliseconds ttl, std::int64_t now) const {
+    return (!backend || e.validated_ms >= horizon_ms.load()) && fresh(e, ttl, now);
+  }
+
   // ---- the tiers ----
   std::optional<entry> local_get(const key& k) {
     if (!local) return std::nullopt;
@@ -353,8 +359,7 @@ struct cache::impl {
       best = local_get(k);
       if (best) memory.put(k, *best);
     }
-    const bool trusted = best && (!backend || best->validated_ms >= horizon_ms.load());
-    if (best && trusted && fresh(*best, ttl, now)) co_return lookup{hit(*best, outcome::fresh_hit), best, {}};
+    if (best && usable_here(*best, ttl, now)) co_return lookup{hit(*best, outcome::fresh_hit), best, {}};
 
     std::string lock_key, token;
     bool locked = false;
@@ -523,6 +528,12 @@ void cache::start() {
 asio::awaitable<lookup> cache::resolve(const key& k, std::chrono::milliseconds ttl, std::string_view registry,
                                        std::string_view kind, const fetch_fn& fetch) {
   auto self = impl_;
+  // The hot path: a fresh answer in memory needs no flight and no lock.
+  if (auto e = self->memory.get(k); e && self->usable_here(*e, ttl, now_ms())) {
+    const auto how = impl::hit(*e, outcome::fresh_hit);
+    self->metrics.meta_lookup(registry, kind, name(how));
+    co_return lookup{how, std::move(e), {}};
+  }
   const auto flat = k.flat();
   std::shared_ptr<flight> f;
   bool leader = false;

@@ -4,29 +4,13 @@
 
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
-#include <fstream>
-#include <sstream>
 
+#include "core/files.hpp"
 #include "core/hasher.hpp"
 
 namespace berth::upstream {
-namespace {
-
-bool read_file(const std::string& path, std::string& out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  out = ss.str();
-  return true;
-}
-
-std::string trim_newlines(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-
-}  // namespace
+using core::read_file;
+using core::trim_newlines;
 
 std::string normalize_registry_host(std::string_view key) {
   if (auto p = key.find("://"); p != std::string_view::npos) key.remove_prefix(p + 3);

@@ -71,8 +71,7 @@ cache:
             before = len([r for r in registry.requests_seen() if "/blobs/" in r[1] and r[2] == 200])
             manifests_before = len([r for r in registry.requests_seen() if "/manifests/" in r[1] and r[2] == 200])
             started = time.monotonic()
-            r = ctd.ctr("-n", "demo", "images", "pull", "--hosts-dir", certs, "--snapshotter", "native",
-                        f"{REGISTRY}/library/app:v1", check=False)
+            r = ctd.pull(f"{REGISTRY}/library/app:v1", certs, namespace="demo")
             print("\n".join(line for line in r.stdout.splitlines() if "done:" in line or "unpacking" in line))
             if r.returncode != 0:
                 print(r.stdout, r.stderr)

@@ -589,6 +589,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         return subprocess.run(["ctr", "--address", self.sock, *args], capture_output=True, text=True,
                               check=check, timeout=timeout)
 
+    def pull(self, ref, hosts_dir, namespace="t"):
+        """`ctr images pull` through the hosts.toml files in `hosts_dir`; the CompletedProcess, never raising."""
+        return self.ctr("-n", namespace, "images", "pull", "--hosts-dir", str(hosts_dir), "--snapshotter", "native",
+                        ref, check=False)
+
+
+def pull_with_fresh_containerd(directory, hosts_dir, ref):
+    """Starts a containerd of its own (containerd shares content across namespaces),
+    pulls `ref`, stops it. Returns the pull's CompletedProcess."""
+    ctd = Containerd(str(directory)).start()
+    try:
+        return ctd.pull(ref, hosts_dir)
+    finally:
+        ctd.stop()
+
 
 def write_hosts_toml(certs_dir, registry_host, mirror_url, fallback_port):
     d = os.path.join(certs_dir, registry_host)
@@ -713,6 +728,34 @@ def http_request(url, method="GET", headers=None, timeout=30, data=None):
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
+
+
+CONTAINERD_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
+                     "application/vnd.docker.distribution.manifest.list.v2+json, "
+                     "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*")
+
+
+def resolve_like_containerd(base_url, repo, tag, ns):
+    """The manifest requests containerd makes for linux/amd64: HEAD the tag, GET
+    what it names, and, for an index or list, GET the amd64 manifest. Returns the
+    digests; an unexpected answer raises AssertionError."""
+    def get(ref, method="GET", accept=CONTAINERD_ACCEPT):
+        return http_request(f"{base_url}/v2/{repo}/manifests/{ref}?ns={urllib.parse.quote(ns)}", method=method,
+                            headers={"Accept": accept})
+
+    s, h, _ = get(tag, method="HEAD")
+    assert s == 200, s
+    top = h["Docker-Content-Digest"]
+    s, h, body = get(top, accept=f"{h['Content-Type']}, */*")
+    assert s == 200 and h["Docker-Content-Digest"] == top
+    doc = json.loads(body)
+    if doc.get("mediaType") not in ("application/vnd.oci.image.index.v1+json",
+                                    "application/vnd.docker.distribution.manifest.list.v2+json"):
+        return [top]
+    child = next(m for m in doc["manifests"] if m.get("platform", {}).get("architecture") == "amd64")
+    s, h, _ = get(child["digest"], accept=f"{child['mediaType']}, */*")
+    assert s == 200 and h["Docker-Content-Digest"] == child["digest"]
+    return [top, child["digest"]]
 
 
 def make_small_image(layout, seed, tag="v1"):

@@ -80,14 +80,9 @@ def test_second_containerd_pull_fetches_no_blob_upstream(world, cached_berth, wo
     counts = []
     for attempt in range(2):
         before = [r for r in world["registry"].requests_seen() if "/blobs/" in r[1] and r[0] == "GET" and r[2] == 200]
-        # A fresh containerd each time: containerd shares content across namespaces.
-        ctd = harness.Containerd(str(tmp_path / f"containerd{attempt}")).start()
-        try:
-            r = ctd.ctr("-n", "t", "images", "pull", "--hosts-dir", str(certs), "--snapshotter", "native",
-                        f"{REGISTRY_NAME}/library/app:v1", check=False)
-            assert r.returncode == 0, r.stdout + r.stderr
-        finally:
-            ctd.stop()
+        r = harness.pull_with_fresh_containerd(tmp_path / f"containerd{attempt}", certs,
+                                               f"{REGISTRY_NAME}/library/app:v1")
+        assert r.returncode == 0, r.stdout + r.stderr
         time.sleep(0.3)
         after = [r for r in world["registry"].requests_seen() if "/blobs/" in r[1] and r[0] == "GET" and r[2] == 200]
         counts.append(len(after) - len(before))

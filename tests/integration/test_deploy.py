@@ -145,13 +145,8 @@ def test_containerd_install_then_a_real_pull_then_uninstall_restores(world, bert
     # containerd tries hosts in file order: Berth first, then the node's own mirror.
     assert text.index(f'[host."{berth.url}"]') < text.index(f'[host."{other_host}"]')
     assert "# the node's own file" in text and 'capabilities = ["pull", "resolve"]' in text
-    ctd = harness.Containerd(str(tmp_path / "containerd")).start()
-    try:
-        r = ctd.ctr("-n", "t", "images", "pull", "--hosts-dir", str(certs), "--snapshotter", "native",
-                    f"{REGISTRY_NAME}/library/app:v1", check=False)
-        assert r.returncode == 0, r.stdout + r.stderr
-    finally:
-        ctd.stop()
+    r = harness.pull_with_fresh_containerd(tmp_path / "containerd", certs, f"{REGISTRY_NAME}/library/app:v1")
+    assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([berth_binary(), "containerd", "uninstall", "--registry", REGISTRY_NAME, "--mirror", berth.url,
                         "--certs-dir", str(certs)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("restored"), r.stdout + r.stderr

@@ -17,7 +17,7 @@ INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-CONTAINERD_ACCEPT = f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, {INDEX}, */*"
+CONTAINERD_ACCEPT = harness.CONTAINERD_ACCEPT
 
 
 @pytest.fixture
@@ -58,20 +58,7 @@ def request(node, path, method="GET", accept=CONTAINERD_ACCEPT):
 
 
 def containerd_pull(node, repo, tag):
-    """The manifest requests containerd makes for linux/amd64: HEAD the tag, GET
-    what it names, and, for an index, GET the amd64 manifest. Returns the digests."""
-    s, h, _ = request(node, f"/v2/{repo}/manifests/{tag}", method="HEAD")
-    assert s == 200, (s, node.log()[-2000:])
-    top = h["Docker-Content-Digest"]
-    s, h, body = request(node, f"/v2/{repo}/manifests/{top}", accept=f"{h['Content-Type']}, */*")
-    assert s == 200 and h["Docker-Content-Digest"] == top
-    doc = json.loads(body)
-    if doc.get("mediaType") not in (INDEX, DOCKER_LIST):
-        return [top]
-    child = next(m for m in doc["manifests"] if m.get("platform", {}).get("architecture") == "amd64")
-    s, h, _ = request(node, f"/v2/{repo}/manifests/{child['digest']}", accept=f"{child['mediaType']}, */*")
-    assert s == 200 and h["Docker-Content-Digest"] == child["digest"]
-    return [top, child["digest"]]
+    return harness.resolve_like_containerd(node.url, repo, tag, REGISTRY_NAME)
 
 
 def manifest_requests(registry, repo):

@@ -66,7 +66,7 @@ def test_containerd_pulls_through_hosts_toml(world, berth, workdir):
         certs = os.path.join(workdir, "containerd-pull", "certs.d")
         harness.write_hosts_toml(certs, REGISTRY_NAME, berth.url, harness.dead_port())
         for ref in (f"{REGISTRY_NAME}/library/app:v1", f"{REGISTRY_NAME}/library/app-docker:v1"):
-            r = ctd.ctr("-n", "test", "images", "pull", "--hosts-dir", certs, "--snapshotter", "native", ref, check=False)
+            r = ctd.pull(ref, certs, namespace="test")
             assert r.returncode == 0, r.stdout + r.stderr
             assert "unpacking linux/amd64" in r.stdout
         listing = ctd.ctr("-n", "test", "images", "ls").stdout
