@@ -96,13 +96,11 @@ int serve(const std::string& config_path) {
   std::shared_ptr<meta::redis_client> backend;
   if (mopts.redis) backend = std::make_shared<meta::redis_client>(*mopts.redis, rt->metrics);
   std::unique_ptr<meta::local_db> local;
-  if (s.cache) {
-    mopts.local_dir = s.cache->dir + "/metadata";
-    local = meta::local_db::open(mopts.local_dir);
-  }
+  const std::string local_dir = s.cache ? s.cache->dir + "/metadata" : std::string();
+  if (!local_dir.empty()) local = meta::local_db::open(local_dir);
   log::info("metadata", {{"mode", backend ? "shared" : "embedded"},
                          {"redis", mopts.redis_url},
-                         {"local_dir", mopts.local_dir},
+                         {"local_dir", local_dir},
                          {"tag_ttl_ms", static_cast<long long>(mopts.tag_ttl.count())},
                          {"max_stale_ms", static_cast<long long>(mopts.max_stale.count())}});
   rt->metadata = std::make_unique<meta::cache>(mopts, rt->metrics, backend, std::move(local));

@@ -60,9 +60,8 @@ struct manifest {
 struct fetched {
   enum class result { ok, not_found, refused, unavailable };
   result status = result::unavailable;
-  entry answer;          // ok: digest, size, media type (the cache stamps the time)
-  core::reply reply;     // otherwise: what the client gets
-  bool changed = false;  // ok after a revalidation: the digest differs from the known one
+  entry answer;       // ok: digest, size, media type (the cache stamps the time)
+  core::reply reply;  // otherwise: what the client gets
 };
 
 // How a lookup was answered (the metric's outcome label).

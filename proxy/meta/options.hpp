@@ -37,8 +37,6 @@ struct metadata_options {
   // A file holding the shared secret Harbor's webhook sends as its Authorization
   // header. Empty: the webhook endpoint is off.
   std::string webhook_secret_file;
-  // Where the persistent node-local copy lives (RocksDB); empty: memory only.
-  std::string local_dir;
 
   // The TTL for a tag: the first override whose pattern matches, else tag_ttl.
   std::chrono::milliseconds ttl_for(std::string_view tag) const;
