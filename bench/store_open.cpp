@@ -20,7 +20,8 @@ std::string make_cache(std::size_t blobs) {
     char hex[65];
     for (std::size_t i = 0; i < blobs; ++i) {
       std::snprintf(hex, sizeof hex, "%064zx", i);
-      idx->put(std::string("sha256:") + hex, {1000 + i, "application/vnd.oci.image.layer.v1.tar+gzip", 1, 1, {}});
+      idx->put(std::string("sha256:") + hex,
+               {1000 + i, "application/vnd.oci.image.layer.v1.tar+gzip", 1, 1, {}, std::nullopt});
     }
   }
   return dir.string();

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "core/log.hpp"
 #include "http/handlers.hpp"
 #include "http/server.hpp"
+#include "http/watchdog.hpp"
 #include "meta/cache.hpp"
 #include "meta/local_db.hpp"
 #include "meta/redis.hpp"
@@ -50,6 +52,7 @@ struct runtime {
   std::unique_ptr<mirror::registry_table> table;
   std::unique_ptr<http::server> pull;
   std::unique_ptr<http::server> admin;
+  std::unique_ptr<http::watchdog> watchdog;
   std::atomic<bool> ready{false};
 };
 
@@ -58,6 +61,7 @@ void drain_then_stop(runtime& rt, std::shared_ptr<asio::steady_timer> timer,
   if (rt.pull->open_connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
     log::info("stopped", {{"open_connections", rt.pull->open_connections()}});
     rt.admin->begin_shutdown();
+    if (rt.watchdog) rt.watchdog->stop();  // the loops stop turning now, on purpose
     for (auto& w : rt.workers) w->stop();
     return;
   }
@@ -82,9 +86,20 @@ int serve(const std::string& config_path) {
   std::vector<upstream::registry*> regs;
   for (auto& r : rt->registries) regs.push_back(r.get());
   if (s.cache) {
-    rt->store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt->metrics);
-    rt->store->open();
-    rt->store->start_reconcile();  // off the start-up path
+    // A cache that cannot be opened (a read-only or full filesystem, a directory
+    // another Berth holds) does not stop the node's pulls: Berth serves without it.
+    try {
+      rt->store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt->metrics);
+      rt->store->open();
+      rt->store->start_reconcile();  // off the start-up path
+      rt->metrics.cache_up(true);
+    } catch (const std::exception& e) {
+      log::error(
+          "cache_unavailable",
+          {{"dir", s.cache->dir}, {"error", e.what()}, {"detail", "serving every blob from upstream, uncached"}});
+      rt->store.reset();
+      rt->metrics.cache_up(false);
+    }
   }
   rt->table = std::make_unique<mirror::registry_table>(regs, s.default_registry);
 
@@ -97,10 +112,16 @@ int serve(const std::string& config_path) {
   if (mopts.redis) backend = std::make_shared<meta::redis_client>(*mopts.redis, rt->metrics);
   std::unique_ptr<meta::local_db> local;
   const std::string local_dir = s.cache ? s.cache->dir + "/metadata" : std::string();
-  if (!local_dir.empty()) local = meta::local_db::open(local_dir);
+  if (!local_dir.empty() && rt->store) {
+    try {
+      local = meta::local_db::open(local_dir);
+    } catch (const std::exception& e) {
+      log::error("metadata_local_unavailable", {{"dir", local_dir}, {"error", e.what()}});
+    }
+  }
   log::info("metadata", {{"mode", backend ? "shared" : "embedded"},
                          {"redis", mopts.redis_url},
-                         {"local_dir", local_dir},
+                         {"local_dir", local ? local_dir : std::string()},
                          {"tag_ttl_ms", static_cast<long long>(mopts.tag_ttl.count())},
                          {"max_stale_ms", static_cast<long long>(mopts.max_stale.count())}});
   rt->metadata = std::make_unique<meta::cache>(mopts, rt->metrics, backend, std::move(local));
@@ -116,6 +137,8 @@ int serve(const std::string& config_path) {
         std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
     mirror::mirror_options options;
     if (s.cache) options.fill_stall = s.cache->reader_stall;
+    options.min_rate = s.upstream.min_rate;
+    options.min_rate_period = s.upstream.min_rate_period;
     rt->mirrors.push_back(std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics,
                                                            rt->store.get(), rt->metadata.get(), options));
     mirrors.push_back(rt->mirrors.back().get());
@@ -126,8 +149,37 @@ int serve(const std::string& config_path) {
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors), s.server.access_log, "mirror");
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
+  http::admin_state admin_state;
+  admin_state.ready = &rt->ready;
+  // Where the watchdog leaves its reason for the next run: beside the cache.
+  const std::string exit_record = rt->store ? s.cache->dir + "/last-exit" : std::string();
+  if (!exit_record.empty()) {
+    if (const auto why = http::take_exit_record(exit_record); !why.empty()) {
+      log::warn("previous_exit", {{"reason", why}});
+      rt->metrics.watchdog_exit(why.substr(0, why.find(' ')));
+    }
+  }
+  if (s.server.watchdog_timeout.count() > 0) {
+    rt->watchdog = std::make_unique<http::watchdog>(
+        contexts, s.server.watchdog_timeout, [exit_record](std::size_t loop, std::chrono::milliseconds late) {
+          log::error("watchdog_exit", {{"loop", static_cast<unsigned>(loop)},
+                                       {"late_ms", static_cast<long long>(late.count())},
+                                       {"detail", "a worker's event loop is stuck; exiting so containerd falls back"}});
+          if (!exit_record.empty()) http::record_exit(exit_record, "stuck_loop worker=" + std::to_string(loop));
+          std::_Exit(70);
+        });
+    admin_state.live = [w = rt->watchdog.get()] { return w->live(); };
+  }
+  if (const char* hooks = std::getenv("BERTH_DEBUG_HOOKS"); hooks && std::string(hooks) == "1") {
+    log::warn("debug_hooks_enabled", {{"detail", "POST /debug/block on the admin port can wedge a worker"}});
+    admin_state.block_loop = [contexts](std::size_t loop, std::chrono::milliseconds ms) {
+      if (loop >= contexts.size()) return false;
+      asio::post(*contexts[loop], [ms] { std::this_thread::sleep_for(ms); });
+      return true;
+    };
+  }
   const auto admin_port = rt->admin->listen(
-      s.server.admin_listen, http::make_admin_handler(rt->metrics, rt->ready, webhook), false, "admin", 1 << 20);
+      s.server.admin_listen, http::make_admin_handler(rt->metrics, admin_state, webhook), false, "admin", 1 << 20);
   rt->ready = true;
   rt->metrics.set_ready(true);
   log::info("listening", {{"listen", s.server.listen},
@@ -153,8 +205,10 @@ int serve(const std::string& config_path) {
   for (auto& w : rt->workers) guards.push_back(asio::make_work_guard(*w));
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&w = *rt->workers[i]] { w.run(); });
+  if (rt->watchdog) rt->watchdog->start();
   rt->workers.front()->run();
   for (auto& t : pool) t.join();
+  if (rt->watchdog) rt->watchdog->stop();
   if (rt->store) rt->store->join_background();
   // The runtime is deliberately not torn down: connections cut by the drain
   // deadline still own coroutine frames that point into it, and the process is

@@ -143,7 +143,7 @@ void check_readable(const YAML::Node& n, const context& ctx, const std::string& 
 meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
   check_keys(n, ctx,
              {"redis", "password_file", "key_prefix", "tag_ttl", "tag_ttl_overrides", "max_stale", "negative_ttl",
-              "manifest_ttl", "memory_size", "webhook_secret_file", "timeout"});
+              "manifest_ttl", "memory_size", "webhook_secret_file", "timeout", "lock_wait"});
   meta::metadata_options m;
   if (n["redis"]) {
     const auto url = as_string(n["redis"], ctx.child("redis"));
@@ -184,6 +184,7 @@ meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
   if (n["max_stale"]) m.max_stale = as_duration(n["max_stale"], ctx.child("max_stale"), true);
   if (n["negative_ttl"]) m.negative_ttl = as_duration(n["negative_ttl"], ctx.child("negative_ttl"), true);
   if (n["manifest_ttl"]) m.manifest_ttl = as_duration(n["manifest_ttl"], ctx.child("manifest_ttl"));
+  if (n["lock_wait"]) m.lock_wait = as_duration(n["lock_wait"], ctx.child("lock_wait"), true);
   if (n["memory_size"]) {
     const auto text = as_string(n["memory_size"], ctx.child("memory_size"));
     std::uint64_t bytes = 0;
@@ -349,7 +350,7 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   if (!root.IsDefined() || root.IsNull()) throw config_error(source + ": the file is empty");
   check_keys(root, top,
              {"listen", "admin_listen", "threads", "log_level", "access_log", "shutdown_timeout", "registries",
-              "default_registry", "upstream", "clients", "cache", "metadata"});
+              "default_registry", "upstream", "clients", "cache", "metadata", "watchdog_timeout"});
   settings s;
   s.source = source;
   if (root["listen"]) {
@@ -372,6 +373,11 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   if (root["access_log"]) s.server.access_log = as_bool(root["access_log"], top.child("access_log"));
   if (root["shutdown_timeout"])
     s.server.shutdown_timeout = as_duration(root["shutdown_timeout"], top.child("shutdown_timeout"));
+  if (root["watchdog_timeout"]) {
+    s.server.watchdog_timeout = as_duration(root["watchdog_timeout"], top.child("watchdog_timeout"), true);
+    if (s.server.watchdog_timeout.count() > 0 && s.server.watchdog_timeout < std::chrono::milliseconds(500))
+      top.child("watchdog_timeout").fail(root["watchdog_timeout"], "must be 0s (off) or at least 500ms");
+  }
   if (auto c = root["clients"]) {
     const auto ctx = top.child("clients");
     check_keys(c, ctx, {"idle_timeout", "write_timeout", "max_header_bytes"});
@@ -384,7 +390,7 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
     const auto ctx = top.child("upstream");
     check_keys(u, ctx,
                {"connect_timeout", "response_timeout", "read_timeout", "idle_timeout", "pool_wait_timeout",
-                "max_connections_per_host", "max_idle_per_host", "max_redirects"});
+                "max_connections_per_host", "max_idle_per_host", "max_redirects", "min_rate", "min_rate_period"});
     auto& p = s.upstream;
     if (u["connect_timeout"]) p.connect_timeout = as_duration(u["connect_timeout"], ctx.child("connect_timeout"));
     if (u["response_timeout"]) p.response_timeout = as_duration(u["response_timeout"], ctx.child("response_timeout"));
@@ -398,6 +404,16 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
     if (u["max_idle_per_host"])
       p.max_idle_per_host = as_count(u["max_idle_per_host"], ctx.child("max_idle_per_host"), 0, 10000);
     if (u["max_redirects"]) p.max_redirects = as_count(u["max_redirects"], ctx.child("max_redirects"), 0, 20);
+    if (u["min_rate"]) {
+      const auto text = as_string(u["min_rate"], ctx.child("min_rate"));
+      std::uint64_t bytes = 0;
+      double fraction = 0;
+      if (text != "0" && (!parse_size(text, bytes, fraction) || fraction > 0))
+        ctx.child("min_rate")
+            .fail(u["min_rate"], "must be bytes per second such as 32KiB (0 for no floor), not \"" + text + "\"");
+      p.min_rate = bytes;
+    }
+    if (u["min_rate_period"]) p.min_rate_period = as_duration(u["min_rate_period"], ctx.child("min_rate_period"));
   }
   if (auto c = root["cache"]) {
     const auto ctx = top.child("cache");
@@ -532,6 +548,7 @@ std::string render(const settings& s) {
   out << YAML::Key << "log_level" << YAML::Value << std::string(log::level_name(s.log_level));
   out << YAML::Key << "access_log" << YAML::Value << s.server.access_log;
   out << YAML::Key << "shutdown_timeout" << YAML::Value << ms(s.server.shutdown_timeout);
+  out << YAML::Key << "watchdog_timeout" << YAML::Value << ms(s.server.watchdog_timeout);
   out << YAML::Key << "clients" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "idle_timeout" << YAML::Value << ms(s.server.idle_timeout);
   out << YAML::Key << "write_timeout" << YAML::Value << ms(s.server.write_timeout);
@@ -546,6 +563,8 @@ std::string render(const settings& s) {
   out << YAML::Key << "max_connections_per_host" << YAML::Value << s.upstream.max_connections_per_host;
   out << YAML::Key << "max_idle_per_host" << YAML::Value << s.upstream.max_idle_per_host;
   out << YAML::Key << "max_redirects" << YAML::Value << s.upstream.max_redirects;
+  out << YAML::Key << "min_rate" << YAML::Value << s.upstream.min_rate;
+  out << YAML::Key << "min_rate_period" << YAML::Value << ms(s.upstream.min_rate_period);
   out << YAML::EndMap;
   out << YAML::Key << "registries" << YAML::Value << YAML::BeginSeq;
   for (const auto& r : s.registries) {
@@ -606,6 +625,7 @@ std::string render(const settings& s) {
       << (m.memory_bytes % (1 << 20) == 0 ? std::to_string(m.memory_bytes >> 20) + "MiB"
                                           : std::to_string(m.memory_bytes));
   if (m.redis) out << YAML::Key << "timeout" << YAML::Value << ms(m.redis->command_timeout);
+  if (m.redis) out << YAML::Key << "lock_wait" << YAML::Value << ms(m.lock_wait);
   if (!m.webhook_secret_file.empty()) out << YAML::Key << "webhook_secret_file" << YAML::Value << m.webhook_secret_file;
   out << YAML::EndMap;
   out << YAML::EndMap;

@@ -74,4 +74,22 @@ bool class_accepts(accept_class c, std::string_view type) {
   return (c & accepts_wildcard) != 0;
 }
 
+namespace {
+bool restricted_name(std::string_view n) {
+  if (n.empty() || n.size() > 127) return false;
+  const auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
+  if (!alnum(n.front())) return false;
+  for (char c : n) {
+    if (!alnum(c) && std::string_view("!#$&-^_.+").find(c) == std::string_view::npos) return false;
+  }
+  return true;
+}
+}  // namespace
+
+bool valid(std::string_view type) {
+  const auto slash = type.find('/');
+  if (slash == std::string_view::npos) return false;
+  return restricted_name(type.substr(0, slash)) && restricted_name(type.substr(slash + 1));
+}
+
 }  // namespace berth::core::media_type

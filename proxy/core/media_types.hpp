@@ -29,6 +29,11 @@ inline constexpr accept_class accepts_oci_index = 8;
 inline constexpr accept_class accepts_wildcard = 16;  // */* or application/*
 inline constexpr accept_class accepts_all = 31;       // containerd's line
 
+// A bare media type per RFC 6838 section 4.2: type "/" subtype, each 1-127 of
+// ALPHA DIGIT ! # $ & - ^ _ . + and starting with a letter or digit. No
+// parameters, no spaces.
+bool valid(std::string_view type);
+
 // The class of an Accept header (all lines joined with ", "); q=0 entries are ignored.
 accept_class classify_accept(std::string_view accept);
 // An Accept header naming exactly the class's types, in containerd's order.

@@ -98,19 +98,38 @@ asio::awaitable<handled> serve_webhook(metrics::registry& metrics, const webhook
       route);
 }
 
-asio::awaitable<handled> serve_admin(metrics::registry& metrics, const std::atomic<bool>& ready,
+asio::awaitable<handled> serve_admin(metrics::registry& metrics, const admin_state& state,
                                      const webhook_target& webhook, incoming in) {
   const auto q = in.target.find('?');
   const std::string path = in.target.substr(0, q);
   if (path == "/webhooks/harbor") co_return co_await serve_webhook(metrics, webhook, in);
+  if (path == "/debug/block" && state.block_loop && in.method == "POST") {
+    std::size_t loop = 0;
+    long long ms = 0;
+    if (auto u = boost::urls::parse_origin_form(in.target)) {
+      for (const auto& p : u->params()) {
+        if (p.key == "loop") loop = std::strtoull(p.value.c_str(), nullptr, 10);
+        if (p.key == "ms") ms = std::strtoll(p.value.c_str(), nullptr, 10);
+      }
+    }
+    if (ms <= 0 || !state.block_loop(loop, std::chrono::milliseconds(ms)))
+      co_return text(400, "needs loop=<worker index> and ms=<positive>\n", "admin");
+    co_return text(200, "blocking\n", "admin");
+  }
   if (in.method != "GET" && in.method != "HEAD") co_return text(405, "method not allowed\n", "admin");
   if (path == "/metrics") {
     auto h = text(200, metrics.serialize(), "metrics");
     h.reply.headers.set("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
     co_return h;
   }
-  if (path == "/healthz") co_return text(200, "ok\n", "healthz");
-  if (path == "/readyz") co_return ready ? text(200, "ready\n", "readyz") : text(503, "not ready\n", "readyz");
+  if (path == "/healthz") {
+    if (state.live && !state.live()) co_return text(503, "a worker's event loop is stuck\n", "healthz");
+    co_return text(200, "ok\n", "healthz");
+  }
+  if (path == "/readyz") {
+    const bool ready = state.ready == nullptr || state.ready->load();
+    co_return ready ? text(200, "ready\n", "readyz") : text(503, "not ready\n", "readyz");
+  }
   co_return text(404, "not found\n", "admin");
 }
 
@@ -120,9 +139,9 @@ handler make_pull_handler(std::vector<mirror::mirror*> mirrors) {
   return [mirrors = std::move(mirrors)](const incoming& in) { return serve_pull(*mirrors.at(in.worker), in); };
 }
 
-handler make_admin_handler(metrics::registry& metrics, const std::atomic<bool>& ready, webhook_target webhook) {
-  return [&metrics, &ready, webhook = std::move(webhook)](const incoming& in) {
-    return serve_admin(metrics, ready, webhook, in);
+handler make_admin_handler(metrics::registry& metrics, admin_state state, webhook_target webhook) {
+  return [&metrics, state = std::move(state), webhook = std::move(webhook)](const incoming& in) {
+    return serve_admin(metrics, state, webhook, in);
   };
 }
 

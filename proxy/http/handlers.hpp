@@ -2,6 +2,8 @@
 // The two request handlers: the OCI pull API (router + mirror) and the admin
 // endpoints (/metrics, /healthz, /readyz, and Harbor's webhook).
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,7 +29,15 @@ struct webhook_target {
   std::string secret_file;
 };
 
-// `ready` is read on every /readyz.
-handler make_admin_handler(metrics::registry& metrics, const std::atomic<bool>& ready, webhook_target webhook = {});
+// What the admin endpoints report on, besides metrics.
+struct admin_state {
+  const std::atomic<bool>* ready = nullptr;  // read on every /readyz
+  std::function<bool()> live;                // /healthz; absent: always live
+  // Test-only hook (BERTH_DEBUG_HOOKS=1): POST /debug/block?loop=N&ms=M blocks
+  // worker N's event loop for M ms, as a wedged Berth would. Absent: 404.
+  std::function<bool(std::size_t loop, std::chrono::milliseconds)> block_loop;
+};
+
+handler make_admin_handler(metrics::registry& metrics, admin_state state, webhook_target webhook = {});
 
 }  // namespace berth::http

@@ -15,6 +15,9 @@ struct server_options {
   std::chrono::milliseconds write_timeout{60000};     // longest a client may stall a write
   std::size_t stream_buffer_bytes = 256 * 1024;       // per streamed response
   std::chrono::milliseconds shutdown_timeout{25000};  // SIGTERM: time for in-flight responses
+  // A worker whose event loop has not turned for this long makes Berth exit (so
+  // containerd falls back and the kubelet restarts it). 0: no watchdog.
+  std::chrono::milliseconds watchdog_timeout{10000};
   bool access_log = true;
   // Send file-backed bodies (cache hits) with sendfile(2) instead of read+write.
   bool zero_copy = true;

@@ -454,7 +454,7 @@ struct cache::impl {
   // the lock goes away, or the lock's time runs out.
   asio::awaitable<std::optional<entry>> wait_for_peer(const key& k, const std::string& lock_key, std::int64_t seen_ms) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
-    const auto deadline = std::chrono::steady_clock::now() + options.lock_timeout;
+    const auto deadline = std::chrono::steady_clock::now() + std::min(options.lock_timeout, options.lock_wait);
     while (std::chrono::steady_clock::now() < deadline) {
       timer.expires_after(std::chrono::milliseconds(15));
       boost::system::error_code ignored;

@@ -32,6 +32,10 @@ struct metadata_options {
   std::chrono::milliseconds manifest_ttl{7LL * 24 * 3600 * 1000};
   // How long another node's upstream request may hold the cluster-wide lock.
   std::chrono::milliseconds lock_timeout{10000};
+  // How long a request waits for another node's answer before asking the upstream
+  // itself. A lock whose holder gave up (a paused Dragonfly applied a SET NX that
+  // Berth had already abandoned, say) costs a request at most this.
+  std::chrono::milliseconds lock_wait{2000};
   // Bytes of manifests kept in memory on this node.
   std::size_t memory_bytes = 64 << 20;
   // A file holding the shared secret Harbor's webhook sends as its Authorization

@@ -114,6 +114,16 @@ struct registry::impl {
                                             .Help("Blob responses streamed from upstream because the cache disk failed")
                                             .Register(*reg)
                                             .Add({});
+  prometheus::Family<prometheus::Counter>& watchdog_exits =
+      BuildCounter()
+          .Name("berth_watchdog_exits_total")
+          .Help("Runs of Berth ended by the watchdog (a stuck worker), as found at start-up, by reason")
+          .Register(*reg);
+  prometheus::Gauge& cache_up = BuildGauge()
+                                    .Name("berth_cache_up")
+                                    .Help("1 while the blob cache is in use; 0 when Berth serves without it")
+                                    .Register(*reg)
+                                    .Add({});
   prometheus::Gauge& meta_up = BuildGauge()
                                    .Name("berth_metadata_backend_up")
                                    .Help("1 while the metadata backend (Dragonfly/Redis) answers")
@@ -193,6 +203,14 @@ void registry::upstream_bytes(std::string_view registry, std::uint64_t bytes) {
 
 void registry::token_fetch(std::string_view registry, std::string_view result) {
   impl_->token_fetches.Add({{"registry", s(registry)}, {"result", s(result)}}).Increment();
+}
+
+void registry::watchdog_exit(std::string_view reason) {
+  impl_->watchdog_exits.Add({{"reason", reason == "stuck_loop" ? "stuck_loop" : "other"}}).Increment();
+}
+
+void registry::cache_up(bool up) {
+  impl_->cache_up.Set(up ? 1 : 0);
 }
 
 void registry::digest_mismatch(std::string_view registry, std::string_view kind) {

@@ -31,6 +31,9 @@ class registry {
   void digest_mismatch(std::string_view registry, std::string_view kind);
   void credentials_load(std::string_view registry, std::string_view result);
   void set_ready(bool ready);
+  // The previous run of Berth ended because its watchdog found a stuck worker
+  // (reported once at start-up; reason: stuck_loop).
+  void watchdog_exit(std::string_view reason);
 
   // The blob cache.
   void cache_lookup(std::string_view result);                      // hit, miss, coalesced (joined a fill under way)
@@ -40,6 +43,9 @@ class registry {
   void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
   void cache_disk_error();
   void cache_disk_fallback();
+  // 1 while the blob cache is in use; 0 when Berth started without it (the directory
+  // could not be opened, locked or written) and serves every blob from upstream.
+  void cache_up(bool up);
 
   void cache_resume(std::string_view result);  // a broken upstream body continued with Range: ok, failed
 

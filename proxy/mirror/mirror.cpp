@@ -14,6 +14,8 @@
 #include "core/hasher.hpp"
 #include "core/log.hpp"
 #include "core/media_types.hpp"
+#include "core/min_rate_body.hpp"
+#include "core/verifying_body.hpp"
 #include "meta/cache.hpp"
 #include "metrics/metrics.hpp"
 #include "store/blob_store.hpp"
@@ -92,57 +94,15 @@ bool is_oci_error_body(const std::string& body) {
   return errors && errors->is_array();
 }
 
-// A blob body that checks its digest as it streams. The last read, which completes
-// the body, is withheld when the hash does not match, so a client never receives
-// the whole of a wrong blob: its connection is cut short instead.
-class verifying_body final : public core::body_source {
- public:
-  verifying_body(std::unique_ptr<core::body_source> inner, core::digest expected, std::uint64_t size,
-                 metrics::registry& metrics, std::string registry)
-      : inner_(std::move(inner)),
-        hasher_(expected.algorithm),
-        expected_(expected.str()),
-        size_(size),
-        metrics_(metrics),
-        registry_(std::move(registry)) {}
-
-  std::optional<std::uint64_t> size() const override { return size_; }
-
-  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
-    const auto n = co_await inner_->read(buf, ec);
-    if (ec) co_return 0;
-    if (n == 0) {
-      if (seen_ != size_) ec = upstream::errc::connection_lost;
-      co_return 0;
-    }
-    hasher_.update(buf.data(), n);
-    seen_ += n;
-    if (seen_ > size_) {
-      ec = upstream::errc::protocol_error;
-      co_return 0;
-    }
-    if (seen_ == size_) {
-      const auto got = hasher_.finish();
-      if (got != expected_) {
-        metrics_.digest_mismatch(registry_, "blob");
-        log::error("digest_mismatch",
-                   {{"registry", registry_}, {"kind", "blob"}, {"expected", expected_}, {"got", got}});
-        ec = upstream::errc::protocol_error;
-        co_return 0;
-      }
-    }
-    co_return n;
-  }
-
- private:
-  std::unique_ptr<core::body_source> inner_;
-  core::hasher hasher_;
-  std::string expected_;
-  std::uint64_t size_;
-  std::uint64_t seen_ = 0;
-  metrics::registry& metrics_;
-  std::string registry_;
-};
+// What a verifying body does when the bytes are wrong: count and log it.
+core::verifying_body::mismatch_fn report_mismatch(metrics::registry& metrics, std::string registry,
+                                                  std::string expected, std::string kind) {
+  return [&metrics, registry = std::move(registry), expected = std::move(expected),
+          kind = std::move(kind)](const std::string& got) {
+    metrics.digest_mismatch(registry, kind);
+    log::error("digest_mismatch", {{"registry", registry}, {"kind", kind}, {"expected", expected}, {"got", got}});
+  };
+}
 
 std::string upstream_target(const pull_request& req) {
   std::string t = "/v2/" + req.name + "/";
@@ -320,12 +280,11 @@ asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pul
   co_return r;
 }
 
-asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest(upstream::registry& reg,
-                                                                            upstream::response& res,
-                                                                            const pull_request& req,
-                                                                            const std::string& expected,
-                                                                            core::reply& fail, bool& too_large) {
+asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest_once(
+    upstream::registry& reg, upstream::response& res, const pull_request& req, const std::string& expected,
+    core::reply& fail, bool& too_large, bool& mismatch) {
   too_large = false;
+  mismatch = false;
   std::string body;
   error_code ec;
   co_await res.read_all(body, options_.max_manifest_bytes, ec);
@@ -350,15 +309,49 @@ asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest(upst
                                    {"expected", expected},
                                    {"got", computed}});
     fail = core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + expected});
+    mismatch = true;
     co_return std::nullopt;
   }
+  // By tag, the upstream's Docker-Content-Digest is the only statement of what the
+  // bytes should be; bytes that disagree with it were damaged on the way (or the
+  // upstream is broken). Either way they are not an answer: containerd would resolve
+  // the tag to one digest and then fail to commit these bytes under it.
   if (auto claimed = res.headers.get("Docker-Content-Digest");
-      claimed && *claimed != computed && claimed->substr(0, algorithm.size()) == algorithm) {
+      claimed && *claimed != computed && claimed->substr(0, algorithm.size() + 1) == algorithm + ":") {
     metrics_.digest_mismatch(reg.id(), "manifest_header");
-    log::warn("upstream_digest_header_mismatch",
-              {{"registry", reg.id()}, {"repository", req.name}, {"reference", req.reference}, {"got", computed}});
+    log::error("digest_mismatch", {{"registry", reg.id()},
+                                   {"kind", "manifest_header"},
+                                   {"repository", req.name},
+                                   {"reference", req.reference},
+                                   {"expected", std::string(*claimed)},
+                                   {"got", computed}});
+    mismatch = true;
+    fail = core::error_reply(
+        {502, "DIGEST_INVALID", "upstream manifest bytes do not match the digest the upstream announced for them"});
+    co_return std::nullopt;
   }
   co_return manifest_body{std::move(body), std::move(computed)};
+}
+
+asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest(
+    upstream::registry& reg, upstream::request& up, upstream::response& res, const pull_request& req,
+    const std::string& expected, core::reply& fail, bool& too_large) {
+  bool mismatch = false;
+  auto body = co_await read_manifest_once(reg, res, req, expected, fail, too_large, mismatch);
+  if (body || !mismatch) co_return body;
+  // Wrong bytes: ask once more (a torn write upstream, a flaky hop), then give up.
+  up.method = "GET";
+  error_code ec;
+  res = co_await client_.fetch(reg, up, ec);
+  if (ec) {
+    fail = transport_error(ec, reg.id());
+    co_return std::nullopt;
+  }
+  if (res.status != 200) {
+    fail = co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
+    co_return std::nullopt;
+  }
+  co_return co_await read_manifest_once(reg, res, req, expected, fail, too_large, mismatch);
 }
 
 asio::awaitable<std::optional<meta::manifest>> mirror::download_manifest(upstream::registry& reg,
@@ -385,7 +378,7 @@ asio::awaitable<std::optional<meta::manifest>> mirror::download_manifest(upstrea
     co_return std::nullopt;
   }
   bool too_large = false;
-  auto body = co_await read_manifest(reg, res, req, digest, fail.reply, too_large);
+  auto body = co_await read_manifest(reg, up, res, req, digest, fail.reply, too_large);
   if (!body) {
     fail.status = too_large ? meta::fetched::result::refused : meta::fetched::result::unavailable;
     co_return std::nullopt;
@@ -451,7 +444,7 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
     bool too_large = false;
     const std::string expected =
         req.digest ? req.digest->str() : std::string();  // named: GCC 12 and temporaries in co_await
-    auto body = co_await read_manifest(reg, res, req, expected, out.reply, too_large);
+    auto body = co_await read_manifest(reg, up, res, req, expected, out.reply, too_large);
     if (!body) {
       out.status = too_large ? meta::fetched::result::refused : meta::fetched::result::unavailable;
       co_return out;
@@ -512,7 +505,7 @@ asio::awaitable<core::reply> mirror::upstream_manifest(upstream::registry& reg, 
   bool too_large = false;
   const std::string expected =
       req.digest ? req.digest->str() : std::string();  // named: GCC 12 and temporaries in co_await
-  auto body = co_await read_manifest(reg, res, req, expected, fail, too_large);
+  auto body = co_await read_manifest(reg, up, res, req, expected, fail, too_large);
   if (!body) co_return fail;
   r.headers.set("Docker-Content-Digest", body->digest);
   if (!r.headers.get("Content-Type")) r.headers.set("Content-Type", std::string(core::media_type::oci_manifest));
@@ -579,10 +572,14 @@ asio::awaitable<core::reply> mirror::upstream_blob(upstream::registry& reg, cons
     }
     co_return r;
   }
-  if (res.status == 200 && length && req.digest) {
-    r.stream = std::make_unique<verifying_body>(std::move(res.body), *req.digest, *length, metrics_, reg.id());
+  auto body = std::make_unique<core::min_rate_body>(std::move(res.body), options_.min_rate, options_.min_rate_period);
+  if (res.status == 200 && req.digest) {
+    // With or without a Content-Length (chunked and close-delimited bodies too): the
+    // client gets the last byte only once the whole blob hashed right.
+    r.stream = std::make_unique<core::verifying_body>(std::move(body), req.digest->str(), length,
+                                                      report_mismatch(metrics_, reg.id(), req.reference, "blob"));
   } else {
-    r.stream = std::move(res.body);  // a range, or a length we cannot check up front
+    r.stream = std::move(body);  // a range: its bytes alone cannot be checked
   }
   co_return r;
 }
@@ -668,6 +665,13 @@ bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t siz
   return true;
 }
 
+// A whole blob of a size not known yet: 200, no Content-Length (chunked).
+void shape_unsized_reply(core::reply& r, const pull_request& req, const std::string& media_type) {
+  r.headers.set("Content-Type", media_type.empty() ? std::string("application/octet-stream") : media_type);
+  r.headers.set("Docker-Content-Digest", req.reference);
+  r.headers.set("Accept-Ranges", "bytes");
+}
+
 store::upstream_answer answer_of(core::reply& r) {
   store::upstream_answer a;
   a.status = r.status;
@@ -697,7 +701,17 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     handled = false;  // a miss: ask the upstream (HEAD), cache nothing
     co_return r;
   }
-  if (auto hit = store_->lookup(digest)) {
+  boost::system::error_code open_ec;
+  auto hit = store_->lookup(digest, open_ec);
+  if (open_ec) {
+    // The blob is there but cannot be opened now (out of descriptors, an I/O error).
+    // Not a miss: a fill would fail the same way. Ask the client to come back.
+    r = core::error_reply(
+        {503, "UNAVAILABLE", "the blob cache cannot open " + digest + " now (" + open_ec.message() + "); retry"});
+    r.headers.add("Retry-After", "1");
+    co_return r;
+  }
+  if (hit) {
     if (!co_await authorized(reg, req, hit->entry().sources, r)) co_return r;
     metrics_.cache_lookup("hit");
     std::uint64_t first = 0, end = 0;
@@ -720,9 +734,14 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     // runs on the peer worker (with that worker's upstream connections).
     asio::co_spawn(fill_peer_->client_.executor(), fill_peer_->run_fill(f, reg, req), asio::detached);
   }
-  // Wait for the upstream's answer: the blob's size, or an error.
+  // Wait for the upstream's answer: the blob's size, or an error. A ranged request
+  // for a blob whose upstream sent no length waits until the fill knows the size.
+  const bool ranged = parse_range(req.range).has_value();
+  auto answered = [ranged](const store::fill::progress& p) {
+    return p.failure != store::fill_failure::none || (p.started && (p.sized || !ranged));
+  };
   auto p = f->snapshot();
-  while (!p.started && p.failure == store::fill_failure::none) {
+  while (!answered(p)) {
     co_await f->wait_for_change(p.version, options_.fill_stall);
     const auto next = f->snapshot();
     if (next.version == p.version) break;  // no answer within the stall limit
@@ -733,7 +752,7 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     const std::vector<std::string> fill_source{f->source()};  // named: GCC 12 and temporaries in co_await
     if (!co_await authorized(reg, req, fill_source, r)) co_return r;
   }
-  if (p.failure != store::fill_failure::none || !p.started) {
+  if (p.failure != store::fill_failure::none || !answered(p)) {
     if (auto a = f->answer()) {
       r.status = a->status;
       r.upstream_status = a->status;
@@ -753,7 +772,15 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   }
   r.upstream_status = 200;
   std::uint64_t first = 0, end = 0;
-  if (!shape_blob_reply(r, req, p.size, p.media_type, first, end)) co_return r;
+  std::optional<std::uint64_t> body_end;
+  if (p.sized) {
+    if (!shape_blob_reply(r, req, p.size, p.media_type, first, end)) co_return r;
+    body_end = end;
+  } else {
+    // The upstream sent no length, so neither can we: a whole body, chunked (a
+    // ranged request waited above until the fill knew its size).
+    shape_unsized_reply(r, req, p.media_type);
+  }
   boost::system::error_code ec;
   const int fd = f->open_for_read(ec);
   if (ec) {
@@ -761,9 +788,10 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     handled = false;
     co_return r;
   }
-  r.stream = store::fill_body(
-      std::move(f), fd, first, end, options_.fill_stall,
-      [this, &reg, req](std::uint64_t offset, std::uint64_t to) { return upstream_range(reg, req, offset, to); });
+  r.stream = store::fill_body(std::move(f), fd, first, body_end, options_.fill_stall,
+                              [this, &reg, req](std::uint64_t offset, std::optional<std::uint64_t> to) {
+                                return upstream_range(reg, req, offset, to);
+                              });
   co_return r;
 }
 
@@ -793,12 +821,13 @@ asio::awaitable<bool> mirror::authorized(upstream::registry& reg, const pull_req
 }
 
 asio::awaitable<std::unique_ptr<core::body_source>> mirror::upstream_range(upstream::registry& reg, pull_request req,
-                                                                           std::uint64_t offset, std::uint64_t end) {
+                                                                           std::uint64_t offset,
+                                                                           std::optional<std::uint64_t> end) {
   upstream::request up;
   req.head = false;
   up.target = upstream_target(req);
   up.repository = req.name;
-  up.range = "bytes=" + std::to_string(offset) + "-" + std::to_string(end - 1);
+  up.range = "bytes=" + std::to_string(offset) + "-" + (end ? std::to_string(*end - 1) : std::string());
   boost::system::error_code ec;
   auto res = co_await client_.fetch(reg, up, ec);
   const auto range = res.headers.get("Content-Range");
@@ -833,15 +862,13 @@ asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream:
       f->fail(store::fill_failure::upstream_answer, answer_of(r));
       co_return;
     }
+    // No Content-Length (a chunked or close-delimited body) is fine: the fill learns
+    // the size at the end and verifies the digest all the same.
     const auto length = content_length(res.headers);
-    if (!length) {
-      auto r = core::error_reply({502, "UNAVAILABLE", "upstream sent " + req.reference + " without a Content-Length"});
-      f->fail(store::fill_failure::upstream_answer, answer_of(r));
-      co_return;
-    }
-    const auto type = res.headers.get("Content-Type");
-    if (!f->start(*length, type ? std::string(*type) : std::string("application/octet-stream"),
-                  reg.id() + "/" + req.name)) {
+    // Only a well-formed bare media type is kept: it is served again to every client.
+    auto type = bare_media_type(res.headers);
+    if (!core::media_type::valid(type)) type = "application/octet-stream";
+    if (!f->start(length, std::move(type), reg.id() + "/" + req.name)) {
       co_return;
     }
     // Stream into the fill. A body that breaks off (or stalls past read_timeout) is
@@ -849,7 +876,11 @@ asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream:
     // clients following the fill see one uninterrupted body.
     std::unique_ptr<char[]> buf(new char[256 * 1024]);
     int resumes = 0;
-    auto body = std::move(res.body);
+    // A trickling upstream is treated like a stalled one: resume from a fresh connection.
+    auto slow_guard = [this](std::unique_ptr<core::body_source> b) -> std::unique_ptr<core::body_source> {
+      return std::make_unique<core::min_rate_body>(std::move(b), options_.min_rate, options_.min_rate_period);
+    };
+    std::unique_ptr<core::body_source> body = slow_guard(std::move(res.body));
     while (body) {
       const auto n = co_await body->read(asio::buffer(buf.get(), 256 * 1024), ec);
       if (!ec && n == 0) break;
@@ -861,7 +892,7 @@ asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream:
       log::warn("cache_fill_broken", {{"registry", reg.id()},
                                       {"digest", req.reference},
                                       {"received", have},
-                                      {"size", *length},
+                                      {"size", length ? std::to_string(*length) : std::string("unknown")},
                                       {"error", ec.message()},
                                       {"resumes", resumes}});
       body.reset();
@@ -873,7 +904,7 @@ asio::awaitable<void> mirror::run_fill(std::shared_ptr<store::fill> f, upstream:
         const auto range = again.headers.get("Content-Range");
         const std::string expect = "bytes " + std::to_string(have) + "-";
         if (!ec && again.status == 206 && range && range->rfind(expect, 0) == 0 && again.body) {
-          body = std::move(again.body);
+          body = slow_guard(std::move(again.body));
           metrics_.cache_resume("ok");
         } else {
           metrics_.cache_resume("failed");

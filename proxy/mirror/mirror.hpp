@@ -21,6 +21,7 @@ class registry;
 namespace berth::upstream {
 class client;
 class registry;
+struct request;
 struct response;
 }  // namespace berth::upstream
 namespace berth::store {
@@ -43,6 +44,9 @@ struct mirror_options {
   std::size_t max_tags_body_bytes = 16 * 1024 * 1024;
   // A client following a fill gives up when the fill makes no progress this long.
   std::chrono::milliseconds fill_stall{60000};
+  // Blob bodies from the upstream slower than this (bytes/s over a period) are given up.
+  std::uint64_t min_rate = 0;
+  std::chrono::milliseconds min_rate_period{30000};
 };
 
 class mirror {
@@ -68,13 +72,20 @@ class mirror {
                                                        unsigned accept_class, const std::optional<meta::entry>& known);
   // Reads a 200 manifest response's body and hashes it; when `expected` is set the
   // bytes must match it. On failure `fail` is the client's answer and the result is
-  // null; `too_large` tells an oversized manifest from a broken or wrong one.
+  // null; `too_large` tells an oversized manifest from a broken or wrong one, and
+  // `mismatch` bytes that disagree with their digest (asked for, or announced by the
+  // upstream's Docker-Content-Digest): worth one more try, never an answer.
   struct manifest_body {
     std::string bytes;
     std::string digest;
   };
-  boost::asio::awaitable<std::optional<manifest_body>> read_manifest(upstream::registry& reg, upstream::response& res,
-                                                                     const pull_request& req,
+  boost::asio::awaitable<std::optional<manifest_body>> read_manifest_once(
+      upstream::registry& reg, upstream::response& res, const pull_request& req, const std::string& expected,
+      core::reply& fail, bool& too_large, bool& mismatch);
+  // read_manifest_once, and on a mismatch `up` asked once more with GET (`res` is
+  // then that second response).
+  boost::asio::awaitable<std::optional<manifest_body>> read_manifest(upstream::registry& reg, upstream::request& up,
+                                                                     upstream::response& res, const pull_request& req,
                                                                      const std::string& expected, core::reply& fail,
                                                                      bool& too_large);
   // GETs a manifest by digest, verifies and keeps it. On failure, `fail` is the client's answer.
@@ -92,9 +103,11 @@ class mirror {
   // upstream's answer for the client.
   boost::asio::awaitable<bool> authorized(upstream::registry& reg, const pull_request& req,
                                           const std::vector<std::string>& sources, core::reply& denial);
-  // Bytes [offset, end) of req's blob straight from the upstream (206), or null.
+  // Bytes [offset, end) of req's blob straight from the upstream (206), or null; no
+  // `end`: to the blob's end.
   boost::asio::awaitable<std::unique_ptr<core::body_source>> upstream_range(upstream::registry& reg, pull_request req,
-                                                                            std::uint64_t offset, std::uint64_t end);
+                                                                            std::uint64_t offset,
+                                                                            std::optional<std::uint64_t> end);
   boost::asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, upstream::registry& reg, pull_request req);
 
   const registry_table& table_;

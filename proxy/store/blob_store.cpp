@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "core/verifying_body.hpp"
 #include "metrics/metrics.hpp"
 
 namespace berth::store {
@@ -64,7 +65,7 @@ std::string fill::source() const {
   return source_;
 }
 
-bool fill::start(std::uint64_t size, std::string media_type, std::string source) {
+bool fill::start(std::optional<std::uint64_t> size, std::string media_type, std::string source) {
   temp_path_ = store_.new_temp_path(digest_);
   {
     std::lock_guard lock(mu_);
@@ -83,7 +84,8 @@ bool fill::start(std::uint64_t size, std::string media_type, std::string source)
   {
     std::lock_guard lock(mu_);
     state_.started = true;
-    state_.size = size;
+    state_.sized = size.has_value();
+    state_.size = size.value_or(0);
     state_.media_type = std::move(media_type);
     changed_locked(wake);
   }
@@ -94,7 +96,7 @@ bool fill::start(std::uint64_t size, std::string media_type, std::string source)
 bool fill::append(const char* data, std::size_t n) {
   const auto p = snapshot();
   const std::uint64_t offset = p.written;
-  if (offset + n > p.size) {
+  if (p.sized && offset + n > p.size) {
     // More bytes than announced: the upstream is wrong about this blob.
     store_.metrics().digest_mismatch("cache", "blob_length");
     log::error("digest_mismatch", {{"kind", "blob_length"}, {"expected", digest_}, {"announced", p.size}});
@@ -132,7 +134,7 @@ fill_failure fill::finish() {
   const auto p = snapshot();
   if (p.failure != fill_failure::none) return p.failure;
   const auto got = hasher_.finish();
-  if (got != digest_ || p.written != p.size) {
+  if (got != digest_ || (p.sized && p.written != p.size)) {
     store_.metrics().digest_mismatch("cache", "blob");
     log::error("digest_mismatch",
                {{"kind", "blob"}, {"expected", digest_}, {"got", got}, {"bytes", p.written}, {"announced", p.size}});
@@ -146,14 +148,16 @@ fill_failure fill::finish() {
   {
     std::lock_guard lock(mu_);
     state_.verified = true;
+    state_.sized = true;
+    state_.size = state_.written;
     changed_locked(wake);
   }
   core::wakeup_list::wake(wake);
   error_code ec;
   store_.fs().fsync(write_fd_, ec);
+  const bool published = !ec && store_.publish(digest_, temp_path_, write_fd_, p.written, p.media_type, source());
   store_.fs().close(write_fd_);
   write_fd_ = -1;
-  const bool published = !ec && store_.publish(digest_, temp_path_, p.size, p.media_type, source());
   {
     std::lock_guard lock(mu_);
     if (published) read_path_ = store_.blob_path(digest_);  // late joiners open the published file
@@ -227,8 +231,14 @@ int fill::open_for_read(error_code& ec) const {
 // ---------------------------------------------------------------------------
 // open_blob
 
-open_blob::open_blob(blob_store& store, std::string digest, int fd, blob_entry entry)
-    : store_(store), digest_(std::move(digest)), fd_(fd), entry_(std::move(entry)) {}
+open_blob::open_blob(blob_store& store, std::string digest, int fd, blob_entry entry, file_identity identity,
+                     bool unproven)
+    : store_(store),
+      digest_(std::move(digest)),
+      fd_(fd),
+      entry_(std::move(entry)),
+      identity_(identity),
+      unproven_(unproven) {}
 
 open_blob::~open_blob() {
   store_.fs().close(fd_);
@@ -243,6 +253,7 @@ blob_store::blob_store(store_options options, std::shared_ptr<filesystem> fs, me
 
 blob_store::~blob_store() {
   join_background();
+  if (dir_lock_ >= 0) fs_->close(dir_lock_);
 }
 
 std::uint64_t blob_store::reconcile() {
@@ -260,7 +271,7 @@ std::uint64_t blob_store::reconcile() {
         const auto size = fs_->file_size(root + "/" + alg + "/" + prefix + "/" + hex);
         if (!size) continue;
         const auto now = unix_now();
-        if (!index_->put(digest, blob_entry{*size, "application/octet-stream", now, now, {}})) continue;
+        if (!index_->put(digest, blob_entry{*size, "application/octet-stream", now, now, {}, std::nullopt})) continue;
         ++adopted;
         std::lock_guard lock(mu_);
         usage_.bytes += *size;
@@ -296,13 +307,26 @@ std::string blob_store::new_temp_path(const std::string& digest) {
 
 void blob_store::open() {
   error_code ec;
+  fs_->make_dirs(options_.dir, ec);
+  if (ec) throw std::runtime_error("cache dir " + options_.dir + ": " + ec.message());
+  // The directory itself is locked, not a file inside it: deleting index/ or tmp/
+  // under a running Berth cannot let a second one in to remove the first one's
+  // temp files.
+  dir_lock_ = fs_->lock_dir(options_.dir, ec);
+  if (ec) {
+    throw std::runtime_error("cache dir " + options_.dir + ": " +
+                             (ec == boost::system::errc::operation_would_block
+                                  ? std::string("in use by another Berth (or berth cache verify/gc)")
+                                  : "cannot lock: " + ec.message()));
+  }
   for (const char* sub : {"/blobs", "/tmp", "/index"}) {
     fs_->make_dirs(options_.dir + sub, ec);
     if (ec) throw std::runtime_error("cache dir " + options_.dir + sub + ": " + ec.message());
   }
-  // The index first: its lock makes this the cache's only writer, so the temp files
-  // below cannot belong to another running Berth.
   index_ = index::open(options_.dir + "/index");
+  if (const auto migrated = index_->migrate(); migrated > 0) {
+    log::info("cache_index_migrated", {{"records", migrated}, {"detail", "rewritten in the current format"}});
+  }
   // Temp files are fills a previous run did not finish: never served, never kept.
   std::size_t removed = 0;
   for (const auto& name : fs_->list(options_.dir + "/tmp")) {
@@ -343,21 +367,33 @@ void blob_store::add_source(const std::string& digest, const std::string& source
   index_->put(digest, *e);
 }
 
-std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest) {
+std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_code& ec) {
+  ec = {};
   auto e = index_->get(digest);
   if (!e) return nullptr;
-  error_code ec;
   const int fd = fs_->open_read(blob_path(digest), ec);
-  if (ec) {
+  if (ec == boost::system::errc::no_such_file_or_directory) {
     // Indexed but gone (removed by hand, or a crash between index and rename):
     // forget it, it is a miss.
     log::warn("cache_index_stale", {{"digest", digest}, {"error", ec.message()}});
-    index_->erase(digest);
-    std::lock_guard lock(mu_);
-    usage_.bytes -= std::min(usage_.bytes, e->size);
-    usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
+    ec = {};
+    forget(digest, e->size);
     return nullptr;
   }
+  if (ec) {
+    // Out of descriptors, an I/O error: the blob may be fine; say so, keep it.
+    log::warn("cache_open_failed", {{"digest", digest}, {"error", ec.message()}});
+    return nullptr;
+  }
+  const auto id = fs_->identify(fd, ec);
+  if (ec || id.size != e->size) {
+    fs_->close(fd);
+    damaged(digest, ec ? "cannot stat: " + ec.message()
+                       : "file is " + std::to_string(id.size) + " bytes, indexed " + std::to_string(e->size));
+    ec = {};
+    return nullptr;
+  }
+  const bool unproven = !e->verified_as || !e->verified_as->same_file_as(id);
   const auto now = unix_now();
   std::lock_guard lock(mu_);  // the touch is a read-modify-write, like add_source
   if (now - e->last_access >= k_touch_interval) {
@@ -368,7 +404,43 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest) {
     }
   }
   ++open_readers_[digest];
-  return std::make_shared<open_blob>(*this, digest, fd, *e);
+  return std::make_shared<open_blob>(*this, digest, fd, *e, id, unproven);
+}
+
+void blob_store::forget(const std::string& digest, std::uint64_t size) {
+  index_->erase(digest);
+  usage u;
+  {
+    std::lock_guard lock(mu_);
+    usage_.bytes -= std::min(usage_.bytes, size);
+    usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
+    u = usage_;
+  }
+  metrics_.cache_usage(u.bytes, u.blobs);
+}
+
+void blob_store::damaged(const std::string& digest, const std::string& problem) {
+  metrics_.digest_mismatch("cache", "damaged");
+  log::error("cache_damaged",
+             {{"digest", digest}, {"problem", problem}, {"detail", "dropped; the next request refills it"}});
+  const auto e = index_->get(digest);
+  if (!e) return;  // dropped already (two readers found it at once)
+  forget(digest, e->size);
+  // Readers that have it open keep their descriptor; the name goes now, so a new
+  // fill can publish good bytes under it.
+  fs_->remove(blob_path(digest));
+}
+
+void blob_store::proven(const open_blob& blob) {
+  error_code ec;
+  const auto now = fs_->identify(blob.fd(), ec);
+  if (ec || now.size != blob.identity().size || !now.same_file_as(blob.identity())) return;  // changed meanwhile
+  std::lock_guard lock(mu_);  // read-modify-write of one entry
+  auto e = index_->get(blob.digest());
+  if (!e || e->size != now.size) return;
+  e->verified_as = now;
+  index_->put(blob.digest(), *e);
+  log::info("cache_blob_proven", {{"digest", blob.digest()}});
 }
 
 void blob_store::reader_closed(const std::string& digest) {
@@ -402,7 +474,7 @@ void blob_store::fill_ended(const std::string& digest) {
   }
 }
 
-bool blob_store::publish(const std::string& digest, const std::string& temp_path, std::uint64_t size,
+bool blob_store::publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
                          const std::string& media_type, const std::string& source) {
   const auto path = blob_path(digest);
   if (index_->get(digest)) {
@@ -418,8 +490,12 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   const auto now = unix_now();
   // Renamed before indexed: a crash in between leaves a verified file the index does
   // not know, never an index entry without its file.
-  blob_entry entry{size, media_type, now, now, {}};
+  blob_entry entry{size, media_type, now, now, {}, std::nullopt};
   if (!source.empty()) entry.sources.push_back(source);
+  // The bytes were hashed as they were written; this is the file they are in (after
+  // the rename, which changes the ctime).
+  if (const auto id = fs_->identify(fd, ec); !ec && id.size == size) entry.verified_as = id;
+  ec = {};
   if (!index_->put(digest, entry)) return false;
   usage u;
   {
@@ -506,8 +582,9 @@ blob_store::verify_report blob_store::verify(
       problem = "file missing (" + ec.message() + ")";
     } else {
       core::hasher h(digest.substr(0, digest.find(':')));
+      const auto id = fs_->identify(fd, ec);
       std::uint64_t offset = 0;
-      while (true) {
+      while (!ec) {
         const auto n = fs_->pread(fd, buf.data(), buf.size(), offset, ec);
         if (ec || n == 0) break;
         h.update(buf.data(), n);
@@ -521,6 +598,10 @@ blob_store::verify_report blob_store::verify(
         problem = "size " + std::to_string(offset) + ", indexed " + std::to_string(entry.size);
       } else if (const auto got = h.finish(); got != digest) {
         problem = "content hashes to " + got;
+      } else if (!entry.verified_as || !entry.verified_as->same_file_as(id)) {
+        auto proven = entry;
+        proven.verified_as = id;  // hits need not hash it again
+        index_->put(digest, proven);
       }
     }
     if (problem.empty()) continue;
@@ -569,13 +650,92 @@ class published_body final : public core::body_source {
   std::uint64_t start_;
 };
 
+// A published blob whose file is not proven to hold its digest's bytes: it is
+// hashed whole (the bytes before and after the client's range too) while the range
+// is served, and the read that would complete the client's body is withheld unless
+// the hash matches. A wrong file is dropped from the cache; a right one is
+// remembered as proven, so later hits go back to sendfile.
+class proving_body final : public core::body_source {
+ public:
+  proving_body(std::shared_ptr<open_blob> blob, std::uint64_t first, std::uint64_t end)
+      : blob_(std::move(blob)),
+        first_(first),
+        end_(end),
+        hasher_(blob_->digest().substr(0, blob_->digest().find(':'))) {}
+  ~proving_body() override { blob_->store().metrics().cache_bytes("cache", sent_); }
+
+  std::optional<std::uint64_t> size() const override { return end_ - first_; }
+
+  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
+    ec = {};
+    if (done_) co_return 0;
+    // The bytes before the range: hashed, not sent.
+    if (pos_ < first_ && !hash_through(first_, ec)) co_return 0;
+    std::size_t n = 0;
+    if (pos_ < end_) {
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - pos_));
+      n = pread(buf.data(), want, ec);
+      if (ec) co_return 0;
+      hasher_.update(buf.data(), n);
+      pos_ += n;
+    }
+    if (pos_ == end_) {
+      // These bytes complete the client's body: prove the whole file first.
+      done_ = true;
+      if (!hash_through(blob_->entry().size, ec)) co_return 0;
+      if (const auto got = hasher_.finish(); got != blob_->digest()) {
+        blob_->store().damaged(blob_->digest(), "content hashes to " + got);
+        ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
+        co_return 0;
+      }
+      blob_->store().proven(*blob_);
+    }
+    sent_ += n;
+    co_return n;
+  }
+
+ private:
+  std::size_t pread(void* data, std::size_t want, error_code& ec) {
+    const auto n = blob_->store().fs().pread(blob_->fd(), data, want, pos_, ec);
+    if (!ec && n == 0) {
+      // Shorter than its index entry: it shrank after it was opened.
+      blob_->store().damaged(blob_->digest(), "file shrank to " + std::to_string(pos_) + " bytes while being read");
+      ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
+    }
+    return ec ? 0 : n;
+  }
+
+  bool hash_through(std::uint64_t to, error_code& ec) {
+    if (scratch_.empty()) scratch_.resize(256 * 1024);
+    while (pos_ < to) {
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(scratch_.size(), to - pos_));
+      const auto n = pread(scratch_.data(), want, ec);
+      if (ec) return false;
+      hasher_.update(scratch_.data(), n);
+      pos_ += n;
+    }
+    return true;
+  }
+
+  std::shared_ptr<open_blob> blob_;
+  std::uint64_t first_;
+  std::uint64_t end_;
+  std::uint64_t pos_ = 0;  // next byte of the file to read
+  std::uint64_t sent_ = 0;
+  bool done_ = false;
+  core::hasher hasher_;
+  std::vector<char> scratch_;
+};
+
 // Follows a fill: reads what has been written, waits for more, and releases the
 // blob's last byte only after the fill verified it. If the fill fails because the
 // cache disk is full, it carries on from the upstream (`on_disk_failure`) and checks
-// the digest itself, so the client still gets one verified body.
+// the digest itself, so the client still gets one verified body. `end` is unknown
+// (nullopt) for a whole body whose upstream gave no length: the end is then the
+// size the fill found once it verified the blob.
 class following_body final : public core::body_source {
  public:
-  following_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
+  following_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::optional<std::uint64_t> end,
                  std::chrono::milliseconds stall, upstream_resume on_disk_failure)
       : fill_(std::move(f)),
         fd_(fd),
@@ -590,7 +750,10 @@ class following_body final : public core::body_source {
     store.metrics().cache_bytes("upstream", offset_ - start_);
   }
 
-  std::optional<std::uint64_t> size() const override { return end_ - start_; }
+  std::optional<std::uint64_t> size() const override {
+    if (!end_) return std::nullopt;
+    return *end_ - start_;
+  }
 
   asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
     ec = {};
@@ -598,15 +761,21 @@ class following_body final : public core::body_source {
     while (true) {
       const auto p = fill_->snapshot();
       if (p.failure == fill_failure::disk && on_disk_failure_) {
-        if (co_await switch_to_upstream(p.size)) co_return co_await read_upstream(buf, ec);
+        if (co_await switch_to_upstream(p)) co_return co_await read_upstream(buf, ec);
       }
       if (p.failure != fill_failure::none) {
         ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
         co_return 0;
       }
-      if (offset_ >= end_) co_return 0;
-      const std::uint64_t readable = p.verified ? p.size : std::min(p.written, p.size > 0 ? p.size - 1 : 0);
-      const auto limit = std::min(readable, end_);
+      const std::uint64_t end = end_ ? *end_ : (p.verified ? p.size : UINT64_MAX);
+      if (offset_ >= end) co_return 0;
+      // Everything written may be read, except the blob's last byte before the fill
+      // verified it (with no known size: the last byte written so far).
+      std::uint64_t readable = p.size;
+      if (!p.verified) {
+        readable = p.sized ? std::min(p.written, p.size > 0 ? p.size - 1 : 0) : (p.written > 0 ? p.written - 1 : 0);
+      }
+      const auto limit = std::min(readable, end);
       if (offset_ < limit) {
         const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), limit - offset_));
         const auto n = fill_store().fs().pread(fd_, buf.data(), want, offset_, ec);
@@ -628,45 +797,52 @@ class following_body final : public core::body_source {
  private:
   blob_store& fill_store() { return fill_->store(); }
 
-  asio::awaitable<bool> switch_to_upstream(std::uint64_t size) {
-    // A whole-blob body is verified to the end: hash what was already sent (still in
-    // the temp file this reader holds open), then everything that follows.
-    if (start_ == 0 && end_ == size) {
-      const auto& digest = fill_->digest();
-      hasher_.emplace(digest.substr(0, digest.find(':')));
-      std::vector<char> chunk(1 << 20);
-      for (std::uint64_t at = 0; at < offset_;) {
-        error_code ec;
-        const auto n = fill_store().fs().pread(
-            fd_, chunk.data(), static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), offset_ - at)), at, ec);
-        if (ec || n == 0) co_return false;
-        hasher_->update(chunk.data(), n);
-        at += n;
-      }
+  asio::awaitable<bool> switch_to_upstream(const fill::progress& p) {
+    const auto& digest = fill_->digest();
+    auto rest = co_await on_disk_failure_(offset_, end_);
+    log::warn("cache_follower_fallback", {{"digest", digest}, {"offset", offset_}, {"ok", rest != nullptr}});
+    if (!rest) co_return false;
+    fill_store().metrics().cache_disk_fallback();
+    const bool whole = start_ == 0 && (!end_ || (p.sized && *end_ == p.size));
+    if (!whole) {
+      upstream_ = std::move(rest);  // a range: its bytes alone cannot be checked
+      co_return true;
     }
-    upstream_ = co_await on_disk_failure_(offset_, end_);
-    log::warn("cache_follower_fallback",
-              {{"digest", fill_->digest()}, {"offset", offset_}, {"ok", upstream_ != nullptr}});
-    if (upstream_) fill_store().metrics().cache_disk_fallback();
-    co_return upstream_ != nullptr;
+    // A whole-blob body is verified to the end: hash what was already sent (still in
+    // the temp file this reader holds open), then let the rest stream through a
+    // verifying body seeded with that prefix.
+    core::hasher prefix(digest.substr(0, digest.find(':')));
+    std::vector<char> chunk(1 << 20);
+    for (std::uint64_t at = 0; at < offset_;) {
+      error_code ec;
+      const auto n = fill_store().fs().pread(
+          fd_, chunk.data(), static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), offset_ - at)), at, ec);
+      if (ec || n == 0) co_return false;
+      prefix.update(chunk.data(), n);
+      at += n;
+    }
+    std::optional<std::uint64_t> remaining;
+    if (end_) remaining = *end_ - offset_;
+    auto& metrics = fill_store().metrics();
+    upstream_ = std::make_unique<core::verifying_body>(
+        std::move(rest), digest, remaining,
+        [&metrics, digest](const std::string& got) {
+          metrics.digest_mismatch("cache", "blob_fallback");
+          log::error("digest_mismatch", {{"kind", "blob_fallback"}, {"expected", digest}, {"got", got}});
+        },
+        std::move(prefix));
+    co_return true;
   }
 
   asio::awaitable<std::size_t> read_upstream(asio::mutable_buffer buf, error_code& ec) {
-    if (offset_ >= end_) co_return 0;
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - offset_));
+    if (end_ && offset_ >= *end_) co_return 0;
+    const auto want =
+        end_ ? static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), *end_ - offset_)) : buf.size();
     const auto n = co_await upstream_->read(asio::buffer(buf.data(), want), ec);
     if (ec) co_return 0;
-    if (n == 0) {
+    if (n == 0 && end_ && offset_ < *end_) {
       ec = boost::system::errc::make_error_code(boost::system::errc::io_error);  // ended early
       co_return 0;
-    }
-    if (hasher_) {
-      hasher_->update(buf.data(), n);
-      if (offset_ + n == end_ && hasher_->finish() != fill_->digest()) {
-        fill_store().metrics().digest_mismatch("cache", "blob_fallback");
-        ec = boost::system::errc::make_error_code(boost::system::errc::io_error);  // withhold the last bytes
-        co_return 0;
-      }
     }
     offset_ += n;
     co_return n;
@@ -675,22 +851,23 @@ class following_body final : public core::body_source {
   std::shared_ptr<fill> fill_;
   int fd_;
   std::uint64_t offset_;
-  std::uint64_t end_;
+  std::optional<std::uint64_t> end_;
   std::uint64_t start_;
   std::chrono::milliseconds stall_;
   upstream_resume on_disk_failure_;
   std::unique_ptr<core::body_source> upstream_;
-  std::optional<core::hasher> hasher_;
 };
 
 }  // namespace
 
 std::unique_ptr<core::body_source> blob_body(std::shared_ptr<open_blob> blob, std::uint64_t offset, std::uint64_t end) {
+  if (blob->unproven()) return std::make_unique<proving_body>(std::move(blob), offset, end);
   return std::make_unique<published_body>(std::move(blob), offset, end);
 }
 
-std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
-                                             std::chrono::milliseconds stall, upstream_resume on_disk_failure) {
+std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset,
+                                             std::optional<std::uint64_t> end, std::chrono::milliseconds stall,
+                                             upstream_resume on_disk_failure) {
   return std::make_unique<following_body>(std::move(f), fd, offset, end, stall, std::move(on_disk_failure));
 }
 

@@ -56,9 +56,10 @@ class fill : public std::enable_shared_from_this<fill> {
   ~fill();
 
   // --- the writer: one coroutine ---
-  // Opens the temp file for a body of `size` bytes fetched for `source`
+  // Opens the temp file for a body of `size` bytes (nullopt: the upstream did not
+  // say; the size is then known once the body ends) fetched for `source`
   // ("<registry>/<repository>"). False on a disk error (the fill has failed).
-  bool start(std::uint64_t size, std::string media_type, std::string source = {});
+  bool start(std::optional<std::uint64_t> size, std::string media_type, std::string source = {});
   // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
   bool append(const char* data, std::size_t n);
   // Verifies (then releases the last byte to readers), fsyncs, publishes, indexes.
@@ -71,7 +72,8 @@ class fill : public std::enable_shared_from_this<fill> {
   struct progress {
     std::uint64_t version = 0;
     bool started = false;
-    std::uint64_t size = 0;
+    bool sized = true;       // false while the size is unknown (a chunked upstream body); set by finish()
+    std::uint64_t size = 0;  // meaningful when sized
     std::uint64_t written = 0;
     bool verified = false;
     fill_failure failure = fill_failure::none;
@@ -107,14 +109,20 @@ class fill : public std::enable_shared_from_this<fill> {
 };
 
 // An open, published blob. Counted as a reader so eviction leaves the blob alone.
+// `unproven` when the file is not the one whose bytes were last hashed (changed on
+// disk, adopted after a crash, or indexed by an older Berth): it must be hashed as
+// it is served, and is dropped from the cache if the hash is wrong.
 class open_blob {
  public:
-  open_blob(blob_store& store, std::string digest, int fd, blob_entry entry);
+  open_blob(blob_store& store, std::string digest, int fd, blob_entry entry, file_identity identity, bool unproven);
   ~open_blob();
   open_blob(const open_blob&) = delete;
   open_blob& operator=(const open_blob&) = delete;
   int fd() const { return fd_; }
   const blob_entry& entry() const { return entry_; }
+  const std::string& digest() const { return digest_; }
+  const file_identity& identity() const { return identity_; }
+  bool unproven() const { return unproven_; }
   blob_store& store() { return store_; }
 
  private:
@@ -122,6 +130,8 @@ class open_blob {
   std::string digest_;
   int fd_;
   blob_entry entry_;
+  file_identity identity_;
+  bool unproven_;
 };
 
 class blob_store {
@@ -142,9 +152,19 @@ class blob_store {
   void start_reconcile();
   void join_background();
 
-  // A published blob, opened for reading; nullopt on a miss. A hit refreshes the
-  // blob's last access (at most once a minute).
-  std::shared_ptr<open_blob> lookup(const std::string& digest);
+  // A published blob, opened for reading; null on a miss. A hit refreshes the
+  // blob's last access (at most once a minute). A file whose size is not the
+  // indexed one is damaged: dropped, counted, a miss. `ec` is set (and null
+  // returned) when the file exists but cannot be opened now (EMFILE, EIO): that is
+  // not a miss, and the entry stays.
+  std::shared_ptr<open_blob> lookup(const std::string& digest, boost::system::error_code& ec);
+  // The blob's bytes did not hash to its digest (or its file is not what the index
+  // says): drop it from the index and the disk, count and log it. The next request
+  // fills it again.
+  void damaged(const std::string& digest, const std::string& problem);
+  // A served blob hashed right: remember its file's identity so that later hits
+  // need no hashing while the file stays the same.
+  void proven(const open_blob& blob);
   // The index entry of a published blob (for HEAD), without opening it.
   std::optional<blob_entry> stat(const std::string& digest);
   // Records that the upstream served `digest` to `source` ("<registry>/<repository>").
@@ -184,16 +204,20 @@ class blob_store {
   friend class open_blob;
   std::string new_temp_path(const std::string& digest);
   // Called by a fill that verified its temp file: rename, index, account, evict.
-  bool publish(const std::string& digest, const std::string& temp_path, std::uint64_t size,
+  // `fd` is the temp file's open descriptor (its identity is recorded after the rename).
+  bool publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
                const std::string& media_type, const std::string& source);
   void fill_ended(const std::string& digest);
   void disk_failed();
   void reader_closed(const std::string& digest);
+  // Drops an index entry of `size` bytes and its share of the usage.
+  void forget(const std::string& digest, std::uint64_t size);
 
   store_options options_;
   std::shared_ptr<filesystem> fs_;
   metrics::registry& metrics_;
   std::unique_ptr<index> index_;
+  int dir_lock_ = -1;  // flock on the cache directory: one Berth (or CLI) per cache
 
   mutable std::mutex mu_;  // guards everything below
   std::unordered_map<std::string, std::weak_ptr<fill>> fills_;
@@ -207,11 +231,15 @@ class blob_store {
 // Body sources over the store: a published blob, and a fill under way.
 std::unique_ptr<core::body_source> blob_body(std::shared_ptr<open_blob> blob, std::uint64_t offset, std::uint64_t end);
 // Where a follower continues when its fill fails for lack of disk: a body source for
-// bytes [offset, end) of the blob straight from the upstream, or null.
-using upstream_resume =
-    std::function<boost::asio::awaitable<std::unique_ptr<core::body_source>>(std::uint64_t offset, std::uint64_t end)>;
+// bytes [offset, end) of the blob straight from the upstream (end nullopt: to the
+// end of the blob), or null.
 
-std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset, std::uint64_t end,
-                                             std::chrono::milliseconds stall, upstream_resume on_disk_failure = {});
+// `end` is nullopt for a whole body whose size the fill does not know yet.
+using upstream_resume = std::function<boost::asio::awaitable<std::unique_ptr<core::body_source>>(
+    std::uint64_t offset, std::optional<std::uint64_t> end)>;
+
+std::unique_ptr<core::body_source> fill_body(std::shared_ptr<fill> f, int fd, std::uint64_t offset,
+                                             std::optional<std::uint64_t> end, std::chrono::milliseconds stall,
+                                             upstream_resume on_disk_failure = {});
 
 }  // namespace berth::store

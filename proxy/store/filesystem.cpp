@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -81,6 +82,28 @@ class posix final : public filesystem {
     struct statvfs st {};
     if (::statvfs(dir.c_str(), &st) != 0) return 0;
     return static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize;
+  }
+  file_identity identify(int fd, error_code& ec) override {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      ec = last_error();
+      return {};
+    }
+    return {static_cast<std::uint64_t>(st.st_size), static_cast<std::uint64_t>(st.st_ino),
+            static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec};
+  }
+  int lock_dir(const std::string& dir, error_code& ec) override {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      ec = last_error();
+      return -1;
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      ec = last_error();
+      ::close(fd);
+      return -1;
+    }
+    return fd;
   }
 };
 

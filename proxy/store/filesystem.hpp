@@ -11,6 +11,18 @@
 
 namespace berth::store {
 
+// What identifies a file's bytes cheaply: its size, inode and change time. Any
+// write, truncation, replacement or chmod of the file changes it (the kernel sets
+// ctime; nobody can set it back), so a blob whose identity is the one recorded when
+// its bytes were last hashed still holds those bytes, barring media errors below
+// the filesystem.
+struct file_identity {
+  std::uint64_t size = 0;
+  std::uint64_t inode = 0;
+  std::int64_t ctime_ns = 0;
+  bool same_file_as(const file_identity& o) const { return inode == o.inode && ctime_ns == o.ctime_ns; }
+};
+
 class filesystem {
  public:
   virtual ~filesystem() = default;
@@ -30,6 +42,10 @@ class filesystem {
   virtual void make_dirs(const std::string& path, boost::system::error_code& ec) = 0;
   virtual std::vector<std::string> list(const std::string& dir) = 0;  // names, no . or ..
   virtual std::uint64_t capacity(const std::string& dir) = 0;         // the filesystem's size in bytes
+  virtual file_identity identify(int fd, boost::system::error_code& ec) = 0;
+  // Takes an exclusive advisory lock on a directory, held until close(returned fd).
+  // Fails (EWOULDBLOCK) when another process holds it.
+  virtual int lock_dir(const std::string& dir, boost::system::error_code& ec) = 0;
 };
 
 std::shared_ptr<filesystem> posix_filesystem();

@@ -3,23 +3,21 @@
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 
+#include <boost/json.hpp>
 #include <charconv>
 #include <stdexcept>
 #include <string_view>
+#include <type_traits>
+
+#include "core/media_types.hpp"
 
 namespace berth::store {
 namespace {
 
-// "size created last_access media_type source...": small, readable with ldb. Media
-// types and sources never contain spaces.
-std::string encode(const blob_entry& e) {
-  std::string out = std::to_string(e.size) + ' ' + std::to_string(e.created) + ' ' + std::to_string(e.last_access) +
-                    ' ' + e.media_type;
-  for (const auto& s : e.sources) out += ' ' + s;
-  return out;
-}
+constexpr char k_version = 2;
 
-std::optional<blob_entry> decode(std::string_view v) {
+// Version 1: "size created last_access media_type source...".
+std::optional<blob_entry> decode_v1(std::string_view v) {
   blob_entry e;
   auto take = [&](auto& out) {
     const auto sp = v.find(' ');
@@ -30,15 +28,81 @@ std::optional<blob_entry> decode(std::string_view v) {
     return true;
   };
   if (!take(e.size) || !take(e.created) || !take(e.last_access)) return std::nullopt;
-  auto sp = v.find(' ');
-  e.media_type = std::string(v.substr(0, sp));
-  while (sp != std::string_view::npos) {
-    v.remove_prefix(sp + 1);
-    sp = v.find(' ');
-    if (auto s = v.substr(0, sp); !s.empty()) e.sources.emplace_back(s);
+  const auto type = v.substr(0, v.find(' '));
+  e.media_type = core::media_type::valid(type) ? std::string(type) : "application/octet-stream";
+  // The sources are not kept: a Content-Type with spaces could have planted one.
+  return e;
+}
+
+template <class T>
+bool get_int(const boost::json::object& o, std::string_view key, T& out) {
+  const auto* v = o.if_contains(key);
+  if (v == nullptr) return false;
+  if (const auto* i = v->if_int64()) {
+    if constexpr (std::is_unsigned_v<T>) {
+      if (*i < 0) return false;
+    }
+    out = static_cast<T>(*i);
+    return true;
+  }
+  if (const auto* u = v->if_uint64()) {
+    out = static_cast<T>(*u);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool legacy_entry(std::string_view record) {
+  return !record.empty() && record.front() >= '0' && record.front() <= '9';
+}
+
+std::string encode_entry(const blob_entry& e) {
+  boost::json::object o;
+  o["size"] = e.size;
+  o["created"] = e.created;
+  o["last_access"] = e.last_access;
+  o["media_type"] = e.media_type;
+  boost::json::array sources;
+  for (const auto& s : e.sources) sources.emplace_back(s);
+  o["sources"] = std::move(sources);
+  if (e.verified_as) {
+    o["inode"] = e.verified_as->inode;
+    o["ctime_ns"] = e.verified_as->ctime_ns;
+  }
+  return std::string(1, k_version) + boost::json::serialize(o);
+}
+
+std::optional<blob_entry> decode_entry(std::string_view record) {
+  if (legacy_entry(record)) return decode_v1(record);
+  if (record.empty() || record.front() != k_version) return std::nullopt;
+  boost::system::error_code ec;
+  const auto doc = boost::json::parse(record.substr(1), ec);
+  if (ec || !doc.is_object()) return std::nullopt;
+  const auto& o = doc.get_object();
+  blob_entry e;
+  if (!get_int(o, "size", e.size) || !get_int(o, "created", e.created) || !get_int(o, "last_access", e.last_access))
+    return std::nullopt;
+  const auto* type = o.if_contains("media_type");
+  if (type == nullptr || !type->is_string() || !core::media_type::valid(type->get_string())) return std::nullopt;
+  e.media_type = std::string(type->get_string());
+  if (const auto* sources = o.if_contains("sources")) {
+    if (!sources->is_array()) return std::nullopt;
+    for (const auto& s : sources->get_array()) {
+      if (!s.is_string() || s.get_string().empty()) return std::nullopt;
+      e.sources.emplace_back(s.get_string());
+    }
+  }
+  file_identity id;
+  if (get_int(o, "inode", id.inode) && get_int(o, "ctime_ns", id.ctime_ns)) {
+    id.size = e.size;
+    e.verified_as = id;
   }
   return e;
 }
+
+namespace {
 
 class rocks final : public index {
  public:
@@ -47,17 +111,33 @@ class rocks final : public index {
   std::optional<blob_entry> get(const std::string& digest) override {
     std::string v;
     if (!db_->Get(rocksdb::ReadOptions(), digest, &v).ok()) return std::nullopt;
-    return decode(v);
+    return decode_entry(v);
   }
   bool put(const std::string& digest, const blob_entry& e) override {
-    return db_->Put(rocksdb::WriteOptions(), digest, encode(e)).ok();
+    return db_->Put(rocksdb::WriteOptions(), digest, encode_entry(e)).ok();
   }
   void erase(const std::string& digest) override { db_->Delete(rocksdb::WriteOptions(), digest); }
   void for_each(const std::function<void(const std::string&, const blob_entry&)>& fn) override {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (auto e = decode(it->value().ToStringView())) fn(it->key().ToString(), *e);
+      if (auto e = decode_entry(it->value().ToStringView())) fn(it->key().ToString(), *e);
     }
+  }
+  std::uint64_t migrate() override {
+    std::uint64_t changed = 0;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      const auto v = it->value().ToStringView();
+      auto e = decode_entry(v);
+      if (!e) {
+        db_->Delete(rocksdb::WriteOptions(), it->key());
+        ++changed;
+      } else if (legacy_entry(v)) {
+        db_->Put(rocksdb::WriteOptions(), it->key(), encode_entry(*e));
+        ++changed;
+      }
+    }
+    return changed;
   }
 
  private:

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "store/filesystem.hpp"
+
 namespace berth::store {
 
 struct blob_entry {
@@ -18,8 +20,20 @@ struct blob_entry {
   // "<registry>/<repository>" pairs whose upstream answered 200 for this blob with
   // Berth's identity: a hit is served only to those (others are asked first).
   std::vector<std::string> sources;
+  // The file's identity when its bytes were last hashed (at publish, or a verified
+  // serve). A hit whose file no longer has it is hashed again as it is served.
+  std::optional<file_identity> verified_as;
   bool has_source(const std::string& s) const;
 };
+
+// The index record: a version byte, then JSON. Version 1 (before the version byte)
+// was space-separated text; it is read with its sources dropped (they were open to
+// injection through the media type), so each repository is confirmed again.
+std::string encode_entry(const blob_entry& e);
+// nullopt for a record that is not a valid entry (damaged, or from the future).
+std::optional<blob_entry> decode_entry(std::string_view record);
+// True for a record written before the version byte.
+bool legacy_entry(std::string_view record);
 
 class index {
  public:
@@ -32,6 +46,9 @@ class index {
   virtual bool put(const std::string& digest, const blob_entry& e) = 0;
   virtual void erase(const std::string& digest) = 0;
   virtual void for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn) = 0;
+  // Rewrites legacy (version 1) records in the current format and drops records
+  // that cannot be decoded. Returns how many records it rewrote or dropped.
+  virtual std::uint64_t migrate() = 0;
 };
 
 }  // namespace berth::store

@@ -584,7 +584,8 @@ asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& re
   auto ex = co_await exchange(pool, reg.tls, *realm_origin, req, false, reg.options.id(), "token", ec);
   if (ec) {
     result.error = "token service: " + ec.message();
-    reg.metrics.token_fetch(reg.options.id(), "unreachable");
+    result.timed_out = ec == errc::timeout;
+    reg.metrics.token_fetch(reg.options.id(), result.timed_out ? "timeout" : "unreachable");
     co_return result;
   }
   result.status = ex.status;
@@ -592,6 +593,7 @@ asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& re
   response r;
   r.body = std::move(ex.body);
   co_await r.read_all(body, 1024 * 1024, ec);
+  result.timed_out = ec == errc::timeout;
   if (ex.status != 200 || ec) {
     result.error = "token service answered HTTP " + std::to_string(ex.status);
     reg.metrics.token_fetch(reg.options.id(), "http_" + std::to_string(ex.status));
@@ -705,7 +707,7 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
             denied.status = tok.status;
             co_return denied;
           }
-          ec = errc::token_failed;
+          ec = tok.timed_out ? errc::timeout : errc::token_failed;
           co_return response{};
         }
         sent_token_key = key;

@@ -25,8 +25,12 @@ struct pool_options {
   std::size_t max_connections_per_host = 64;  // per worker thread
   std::size_t max_idle_per_host = 16;         // per worker thread
   std::chrono::milliseconds connect_timeout{5000};
-  std::chrono::milliseconds response_timeout{30000};   // request sent -> response headers
-  std::chrono::milliseconds read_timeout{30000};       // longest gap between body bytes
+  std::chrono::milliseconds response_timeout{30000};  // request sent -> response headers
+  std::chrono::milliseconds read_timeout{30000};      // longest gap between body bytes
+  // A blob body slower than min_rate bytes/s over a whole min_rate_period is given up
+  // (a fill then resumes from a fresh connection). 0: no floor.
+  std::uint64_t min_rate = 32 * 1024;
+  std::chrono::milliseconds min_rate_period{30000};
   std::chrono::milliseconds idle_timeout{50000};       // pooled idle connections are closed after this
   std::chrono::milliseconds pool_wait_timeout{10000};  // waiting for a free connection slot
   std::size_t max_redirects = 5;

@@ -18,6 +18,7 @@ struct token_result {
   std::chrono::seconds expires_in{};  // <= 0: the spec's default of 60 s
   unsigned status = 0;                // the token service's HTTP status (0: no answer)
   std::string error;                  // why it failed, for logs and the client
+  bool timed_out = false;             // the token service did not answer in time (504, not 502)
   bool ok() const { return !token.empty(); }
 };
 

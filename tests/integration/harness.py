@@ -963,3 +963,218 @@ def _resp_read(f):
         n = int(rest)
         return None if n < 0 else [_resp_read(f) for _ in range(n)]
     raise RuntimeError(f"bad RESP line {line!r}")
+
+
+class FaultyUpstream:
+    """A plain-HTTP stand-in for Harbor in front of the real registry (HTTPS): it
+    forwards every request with its headers and relays the answer, except where a
+    rule says to misbehave. A rule matches a method and a path regex, applies
+    `times` times (None: always), and may:
+      status=N         answer N with a JSON error body instead of forwarding
+      framing=...      "length" (as received), "chunked" or "close" (no length, close)
+      flip=OFFSET      flip the byte at OFFSET of the body
+      cut_after=N      close the connection after N body bytes
+      trickle=BPS      send the body at BPS bytes per second
+      length_delta=D   announce Content-Length + D
+      digest=VALUE     replace Docker-Content-Digest
+      realm=URL        replace the realm of a WWW-Authenticate challenge
+    It counts what it saw, so a test waits for a condition instead of sleeping."""
+
+    def __init__(self, registry_port, ca_file):
+        self.registry_port = registry_port
+        self.ca_file = ca_file
+        self.lock = threading.Lock()
+        self.rules = []
+        self.seen = []  # (method, path, range header)
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                upstream._serve(self)
+
+            def do_HEAD(self):  # noqa: N802
+                upstream._serve(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, method, pattern, times=None, **fault):
+        import re
+
+        with self.lock:
+            self.rules.append({"method": method, "pattern": re.compile(pattern), "times": times, "fault": fault,
+                               "hits": 0})
+
+    def clear(self):
+        with self.lock:
+            self.rules = []
+
+    def count(self, method, pattern, status=None):
+        """Requests seen for `method` and a path matching `pattern` (answered with
+        `status`, when given)."""
+        return len(self.requests(method, pattern, status))
+
+    def requests(self, method, pattern, status=None):
+        import re
+
+        rx = re.compile(pattern)
+        with self.lock:
+            return [(m, p, r, st) for m, p, r, st in self.seen
+                    if m == method and rx.search(p) and (status is None or st == status)]
+
+    def _rule_for(self, method, path):
+        with self.lock:
+            for rule in self.rules:
+                if rule["method"] == method and rule["pattern"].search(path) and (
+                        rule["times"] is None or rule["hits"] < rule["times"]):
+                    return rule
+        return None
+
+    def _serve(self, h):
+        # Body faults apply to successful answers only (not to the 401 that starts
+        # the token dance); an injected status replaces the answer altogether.
+        rule = self._rule_for(h.command, h.path)
+        fault = rule["fault"] if rule else {}
+        entry = [h.command, h.path, h.headers.get("Range"), None]
+        if "status" in fault:
+            with self.lock:
+                rule["hits"] += 1
+                entry[3] = fault["status"]
+                self.seen.append(tuple(entry))
+            body = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "injected"}]}).encode()
+            h.send_response(fault["status"])
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(body)
+            return
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        import http.client
+
+        conn = http.client.HTTPSConnection("127.0.0.1", self.registry_port, context=ctx, timeout=60)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(h.command, h.path, headers=headers)
+        resp = conn.getresponse()
+        with self.lock:
+            entry[3] = resp.status
+            self.seen.append(tuple(entry))
+            applies = rule is not None and (resp.status in (200, 206) or set(fault) <= {"realm"})
+            if applies:
+                rule["hits"] += 1
+        if not applies:
+            fault = {}
+        framing = fault.get("framing", "length")
+        h.send_response(resp.status)
+        length = resp.getheader("Content-Length")
+        for k, v in resp.getheaders():
+            kl = k.lower()
+            if kl in ("content-length", "transfer-encoding", "connection"):
+                continue
+            if kl == "docker-content-digest" and "digest" in fault:
+                v = fault["digest"]
+            if kl == "www-authenticate" and "realm" in fault:
+                import re
+
+                v = re.sub(r'realm="[^"]*"', f'realm="{fault["realm"]}"', v)
+            h.send_header(k, v)
+        if h.command == "HEAD" or resp.status in (204, 304):
+            if length is not None:
+                h.send_header("Content-Length", str(int(length) + fault.get("length_delta", 0)))
+            h.end_headers()
+            conn.close()
+            return
+        if framing == "length" and length is not None:
+            h.send_header("Content-Length", str(int(length) + fault.get("length_delta", 0)))
+        elif framing == "chunked":
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Connection", "close")
+            h.close_connection = True
+        h.end_headers()
+        sent = 0
+        started = time.monotonic()
+        cut_after = fault.get("cut_after")
+        try:
+            while True:
+                data = resp.read(16384 if fault.get("trickle") else 65536)
+                if not data:
+                    break
+                flip = fault.get("flip")
+                if flip is not None and sent <= flip < sent + len(data):
+                    data = bytearray(data)
+                    data[flip - sent] ^= 0xFF
+                    data = bytes(data)
+                if cut_after is not None and sent + len(data) > cut_after:
+                    data = data[: cut_after - sent]
+                    self._write(h, data, framing)
+                    h.close_connection = True
+                    h.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault.get("trickle"):
+                    for i in range(0, len(data), 512):
+                        self._write(h, data[i:i + 512], framing)
+                        sent += len(data[i:i + 512])
+                        ahead = sent / fault["trickle"] - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    continue
+                self._write(h, data, framing)
+                sent += len(data)
+            if framing == "chunked":
+                h.wfile.write(b"0\r\n\r\n")
+            elif framing == "close":
+                h.wfile.flush()
+                h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            h.close_connection = True
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _write(h, data, framing):
+        if not data:
+            return
+        if framing == "chunked":
+            h.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            h.wfile.write(data)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def raw_get(port, target, headers=None, timeout=60, method="GET"):
+    """One request over a fresh connection; reads until the server closes or the body
+    is complete. Returns (status, headers dict (lower-case), body bytes, complete),
+    where `complete` says the body arrived whole by its own framing (Content-Length
+    reached, or the last chunk of a chunked body); a cut connection gives False."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request(method, target, headers=headers or {})
+    resp = conn.getresponse()
+    hdrs = {k.lower(): v for k, v in resp.getheaders()}
+    try:
+        body = resp.read()
+        complete = True
+    except http.client.IncompleteRead as e:
+        body = e.partial
+        complete = False
+    except (ConnectionError, OSError):
+        body = b""
+        complete = False
+    conn.close()
+    return resp.status, hdrs, body, complete

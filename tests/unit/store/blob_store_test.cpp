@@ -50,6 +50,8 @@ class faulting_fs final : public store::filesystem {
   void make_dirs(const std::string& p, boost::system::error_code& ec) override { real->make_dirs(p, ec); }
   std::vector<std::string> list(const std::string& d) override { return real->list(d); }
   std::uint64_t capacity(const std::string& d) override { return real->capacity(d); }
+  store::file_identity identify(int fd, boost::system::error_code& ec) override { return real->identify(fd, ec); }
+  int lock_dir(const std::string& d, boost::system::error_code& ec) override { return real->lock_dir(d, ec); }
 };
 
 std::string random_bytes(std::size_t n, unsigned seed) {
@@ -90,8 +92,14 @@ class store_test : public ::testing::Test {
     }
     return f->finish();
   }
+  static std::shared_ptr<store::open_blob> lookup(store::blob_store& s, const std::string& digest) {
+    boost::system::error_code ec;
+    auto hit = s.lookup(digest, ec);
+    EXPECT_FALSE(ec) << ec.message();
+    return hit;
+  }
   std::string read_all(const std::string& digest) {
-    auto hit = store_->lookup(digest);
+    auto hit = lookup(*store_, digest);
     if (!hit) return "<miss>";
     std::string out(hit->entry().size, '\0');
     boost::system::error_code ec;
@@ -112,7 +120,7 @@ TEST_F(store_test, AVerifiedFillIsPublishedIndexedAndServed) {
   auto& s = open();
   const auto data = random_bytes(100000, 1);
   const auto digest = core::digest_of(data);
-  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(lookup(s, digest));
   EXPECT_EQ(fill_with(digest, data), store::fill_failure::none);
   EXPECT_EQ(read_all(digest), data);
   ASSERT_TRUE(s.stat(digest));
@@ -129,7 +137,7 @@ TEST_F(store_test, WrongBytesAreNeverPublished) {
   auto wrong = data;
   wrong[49999] ^= 1;
   EXPECT_EQ(fill_with(digest, wrong), store::fill_failure::digest_mismatch);
-  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(lookup(s, digest));
   EXPECT_FALSE(s.stat(digest));
   EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
   // Nor is a body longer than announced.
@@ -155,7 +163,7 @@ TEST_F(store_test, DiskFullFailsTheFillAndMarksTheStoreUnwritable) {
   const auto data = random_bytes(65536, 4);
   const auto digest = core::digest_of(data);
   EXPECT_EQ(fill_with(digest, data), store::fill_failure::disk);
-  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(lookup(s, digest));
   EXPECT_FALSE(s.writable());
   EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
   EXPECT_NE(metrics_.serialize().find("berth_cache_disk_errors_total 1"), std::string::npos);
@@ -193,7 +201,7 @@ TEST_F(store_test, RestartRemovesTempFilesAndKeepsPublishedBlobs) {
   auto& s = open();
   EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
   EXPECT_EQ(read_all(digest), data);
-  EXPECT_FALSE(s.lookup(core::digest_of("other")));
+  EXPECT_FALSE(lookup(s, core::digest_of("other")));
   EXPECT_EQ(s.current_usage().blobs, 1u);
 }
 
@@ -203,7 +211,7 @@ TEST_F(store_test, AnIndexedBlobWhoseFileVanishedIsAMiss) {
   const auto digest = core::digest_of(data);
   ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
   fs::remove(s.blob_path(digest));
-  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(lookup(s, digest));
   EXPECT_FALSE(s.stat(digest));
   EXPECT_EQ(s.current_usage().bytes, 0u);
 }
@@ -216,7 +224,7 @@ TEST_F(store_test, EvictionIsLeastRecentlyUsedAndSparesOpenBlobs) {
     digests.push_back(core::digest_of(data));
     ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);
   }
-  auto reader = s.lookup(digests[0]);  // held open: must survive eviction
+  auto reader = lookup(s, digests[0]);  // held open: must survive eviction
   const auto data = random_bytes(1000, 20);
   digests.push_back(core::digest_of(data));
   ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);  // 3000 > 2500: evict
@@ -290,7 +298,7 @@ TEST_F(store_test, ReconcileAdoptsPublishedFilesTheIndexLost) {
   // A crash between the rename and the index write: the file is there, the entry not.
   fs::remove_all(dir_ / "index");
   auto& s = open();
-  EXPECT_FALSE(s.lookup(digest));
+  EXPECT_FALSE(lookup(s, digest));
   EXPECT_EQ(s.reconcile(), 1u);
   EXPECT_EQ(read_all(digest), data);
   ASSERT_TRUE(s.stat(digest));
