@@ -15,6 +15,23 @@ ROBOT = "robot$cluster-pull"
 PUSHER = "admin"
 
 
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else ''}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI (CI=true) a skipped test is a failure: every skip reason here is one CI
+    can fix (a package to install, root to run as). BERTH_ALLOW_SKIPS=1 opts out,
+    e.g. for a sanitizer run whose RSS checks cannot mean anything."""
+    if _skipped and os.environ.get("CI") == "true" and os.environ.get("BERTH_ALLOW_SKIPS") != "1":
+        print("\nCI=true and tests were skipped (set BERTH_ALLOW_SKIPS=1 to allow):\n  " + "\n  ".join(_skipped))
+        session.exitstatus = 1
+
+
 def berth_binary():
     path = os.environ.get("BERTH_BIN")
     if not path or not os.path.exists(path):

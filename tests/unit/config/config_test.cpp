@@ -270,3 +270,34 @@ TEST(Size, Parses) {
     EXPECT_FALSE(config::parse_size(bad, b, f)) << bad;
   }
 }
+
+TEST(Config, IntegrityKnobs) {
+  const std::string head = "registries: [{names: [r]}]\n";
+  auto s = config::parse(head, "berth.yaml", no_env);
+  EXPECT_EQ(s.server.watchdog_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(s.upstream.min_rate, 32u * 1024);
+  EXPECT_EQ(s.upstream.min_rate_period, std::chrono::seconds(30));
+  EXPECT_EQ(s.metadata.lock_wait, std::chrono::seconds(2));
+  s = config::parse(
+      head + "watchdog_timeout: 0s\nupstream: {min_rate: 0, min_rate_period: 5s}\nmetadata: {lock_wait: 300ms}\n",
+      "berth.yaml", no_env);
+  EXPECT_EQ(s.server.watchdog_timeout.count(), 0);
+  EXPECT_EQ(s.upstream.min_rate, 0u);
+  EXPECT_EQ(s.upstream.min_rate_period, std::chrono::seconds(5));
+  EXPECT_EQ(s.metadata.lock_wait, std::chrono::milliseconds(300));
+  s = config::parse(head + "upstream: {min_rate: 1MiB}\n", "berth.yaml", no_env);
+  EXPECT_EQ(s.upstream.min_rate, 1u << 20);
+  EXPECT_NE(error_of(head + "watchdog_timeout: 100ms\n")
+                .find("berth.yaml:2:19: watchdog_timeout: must be 0s (off) or at least 500ms"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "upstream: {min_rate: fast}\n").find("upstream.min_rate: must be bytes per second"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "upstream: {min_rate: 10%}\n").find("upstream.min_rate: must be bytes per second"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "metadata: {lock_wait: soon}\n").find("metadata.lock_wait: must be a duration"),
+            std::string::npos);
+  const auto shown = config::render(config::parse(head, "berth.yaml", no_env));
+  for (const char* key : {"watchdog_timeout: 10s", "min_rate: 32768", "min_rate_period: 30s"}) {
+    EXPECT_NE(shown.find(key), std::string::npos) << key << " in\n" << shown;
+  }
+}

@@ -379,6 +379,42 @@ TEST(MetaCacheShared, ALockHolderThatDiesIsReplacedAfterTheLockExpires) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, 3s);
 }
 
+TEST(MetaCacheShared, AnAbandonedLockCostsAtMostLockWait) {
+  // What a paused Dragonfly leaves behind: a SET NX that Berth gave up on was applied
+  // when the server resumed, and its lock lives for the whole lock_timeout with
+  // nobody working under it. A request waits lock_wait for it, then asks itself.
+  const int port = free_port();
+  redis_server server(port);
+  metrics::registry m;
+  auto o = options();
+  o.lock_timeout = 30s;
+  o.lock_wait = 500ms;
+  meta::cache c(o, m, backend(port, m), nullptr);
+  auto raw = backend(port, m);
+  run<bool>([&]() -> asio::awaitable<bool> {
+    std::vector<std::string> set{"SET", o.key_prefix + "lock:" + k_tag.flat(), "abandoned", "PX", "30000"};
+    co_return static_cast<bool>(co_await raw->command(std::move(set)));
+  });
+  upstream_script up;
+  auto f = up.fn();
+  const auto started = std::chrono::steady_clock::now();
+  auto l = resolve(c, f);
+  const auto took = std::chrono::steady_clock::now() - started;
+  ASSERT_TRUE(l.answer);
+  EXPECT_EQ(l.answer->digest, k_digest);
+  EXPECT_EQ(up.calls, 1);
+  EXPECT_GE(took, 450ms);
+  EXPECT_LT(took, 2s) << "waited on a lock nobody works under";
+  // Its answer is in the backend now: a second node needs neither the lock nor the upstream.
+  metrics::registry m2;
+  meta::cache other(o, m2, backend(port, m2), nullptr);
+  const auto again = std::chrono::steady_clock::now();
+  auto l2 = resolve(other, f);
+  ASSERT_TRUE(l2.answer);
+  EXPECT_EQ(up.calls, 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - again, 400ms);
+}
+
 TEST(MetaCacheShared, CorruptSharedManifestIsDroppedNotServed) {
   const int port = free_port();
   redis_server server(port);

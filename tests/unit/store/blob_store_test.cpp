@@ -7,9 +7,13 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "core/hasher.hpp"
+#include "store/index.hpp"
+
+#include <rocksdb/db.h>
 #include "metrics/metrics.hpp"
 
 using namespace berth;
@@ -24,10 +28,17 @@ class faulting_fs final : public store::filesystem {
  public:
   std::shared_ptr<store::filesystem> real = store::posix_filesystem();
   std::atomic<std::int64_t> space_left{std::numeric_limits<std::int64_t>::max()};
-  std::size_t max_write = 0;  // 0: no limit
+  std::size_t max_write = 0;       // 0: no limit
+  std::atomic<int> open_error{0};  // errno for every open_read (0: none)
 
   int create(const std::string& p, boost::system::error_code& ec) override { return real->create(p, ec); }
-  int open_read(const std::string& p, boost::system::error_code& ec) override { return real->open_read(p, ec); }
+  int open_read(const std::string& p, boost::system::error_code& ec) override {
+    if (const int e = open_error.load()) {
+      ec = {e, boost::system::system_category()};
+      return -1;
+    }
+    return real->open_read(p, ec);
+  }
   std::size_t pwrite(int fd, const void* d, std::size_t n, std::uint64_t off, boost::system::error_code& ec) override {
     if (max_write > 0) n = std::min(n, max_write);
     if (space_left.load() < static_cast<std::int64_t>(n)) {
@@ -305,4 +316,205 @@ TEST_F(store_test, ReconcileAdoptsPublishedFilesTheIndexLost) {
   EXPECT_TRUE(s.stat(digest)->sources.empty());  // the upstream re-authorizes repositories
   EXPECT_EQ(s.current_usage().bytes, data.size());
   EXPECT_EQ(s.reconcile(), 0u);
+}
+
+namespace {
+
+// Reads a whole body on a fresh io_context: the bytes, and whether it ended cleanly.
+std::pair<std::string, bool> drain(core::body_source& body) {
+  asio::io_context ctx;
+  std::string got;
+  bool ended = false;
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        std::vector<char> buf(64 * 1024);
+        while (true) {
+          boost::system::error_code ec;
+          const auto n = co_await body.read(asio::buffer(buf), ec);
+          if (ec) co_return;
+          if (n == 0) {
+            ended = true;
+            co_return;
+          }
+          got.append(buf.data(), n);
+        }
+      },
+      asio::detached);
+  ctx.run();
+  return {got, ended};
+}
+
+void flip_byte(const std::string& path, std::uint64_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.get(c);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.put(static_cast<char>(c ^ 0x5a));
+}
+
+}  // namespace
+
+TEST_F(store_test, OnlyAMissingFileDropsAnIndexEntry) {
+  auto& s = open();
+  const auto data = random_bytes(20000, 31);
+  const auto digest = core::digest_of(data);
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  fault_->open_error = EMFILE;
+  boost::system::error_code ec;
+  EXPECT_FALSE(s.lookup(digest, ec));
+  EXPECT_EQ(ec, boost::system::errc::too_many_files_open) << "out of descriptors is not a miss";
+  EXPECT_TRUE(s.stat(digest)) << "the entry must stay";
+  EXPECT_TRUE(fs::exists(s.blob_path(digest)));
+  fault_->open_error = 0;
+  EXPECT_EQ(read_all(digest), data);
+  fs::remove(s.blob_path(digest));
+  EXPECT_FALSE(s.lookup(digest, ec));
+  EXPECT_FALSE(ec);
+  EXPECT_FALSE(s.stat(digest)) << "a missing file is a miss and forgotten";
+  EXPECT_EQ(s.current_usage().blobs, 0u);
+}
+
+TEST_F(store_test, AFileOfTheWrongSizeIsDroppedOnOpen) {
+  auto& s = open();
+  const auto data = random_bytes(30000, 32);
+  const auto digest = core::digest_of(data);
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  fs::resize_file(s.blob_path(digest), data.size() / 2);
+  EXPECT_FALSE(lookup(s, digest));
+  EXPECT_FALSE(s.stat(digest));
+  EXPECT_FALSE(fs::exists(s.blob_path(digest)));
+  EXPECT_EQ(s.current_usage().bytes, 0u);
+}
+
+TEST_F(store_test, AChangedFileIsHashedWhileServedAndDroppedWhenWrong) {
+  auto& s = open();
+  const auto data = random_bytes(300000, 33);
+  const auto digest = core::digest_of(data);
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  {
+    auto hit = lookup(s, digest);
+    ASSERT_TRUE(hit);
+    EXPECT_FALSE(hit->unproven()) << "a fresh fill was hashed as it was written";
+    EXPECT_TRUE(store::blob_body(hit, 0, data.size())->file()) << "proven hits may use sendfile";
+  }
+  flip_byte(s.blob_path(digest), 1234);
+  for (auto [first, end] : {std::pair<std::uint64_t, std::uint64_t>{0, data.size()}, {1000, 2000}}) {
+    ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);  // good bytes again
+    flip_byte(s.blob_path(digest), 250000);                         // damage past the range, too
+    auto hit = lookup(s, digest);
+    ASSERT_TRUE(hit);
+    EXPECT_TRUE(hit->unproven());
+    auto body = store::blob_body(hit, first, end);
+    EXPECT_FALSE(body->file()) << "an unproven file is read and hashed, not sent blind";
+    const auto [got, ended] = drain(*body);
+    EXPECT_FALSE(ended);
+    EXPECT_LT(got.size(), end - first);
+    EXPECT_FALSE(s.stat(digest)) << "dropped from the index";
+    EXPECT_FALSE(fs::exists(s.blob_path(digest)));
+  }
+}
+
+TEST_F(store_test, AChangedButRightFileIsProvenOnceThenTrusted) {
+  auto& s = open();
+  const auto data = random_bytes(100000, 34);
+  const auto digest = core::digest_of(data);
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  fs::permissions(s.blob_path(digest), fs::perms::owner_read);  // a new ctime, the same bytes
+  auto hit = lookup(s, digest);
+  ASSERT_TRUE(hit && hit->unproven());
+  const auto [got, ended] = drain(*store::blob_body(hit, 10, 20));
+  EXPECT_TRUE(ended);
+  EXPECT_EQ(got, data.substr(10, 10));
+  hit.reset();
+  auto again = lookup(s, digest);
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->unproven());
+}
+
+TEST_F(store_test, ASecondStoreCannotOpenALockedCacheEvenWithoutItsIndex) {
+  open();
+  fs::remove_all(dir_ / "index");
+  store::store_options o;
+  o.dir = dir_.string();
+  store::blob_store second(o, store::posix_filesystem(), metrics_);
+  try {
+    second.open();
+    FAIL() << "a second store opened a cache in use";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("in use by another Berth"), std::string::npos) << e.what();
+  }
+}
+
+TEST(StoreIndexRecord, RoundTripsAndRejectsGarbage) {
+  store::blob_entry e{1234,
+                      "application/vnd.oci.image.layer.v1.tar+gzip",
+                      10,
+                      20,
+                      {"reg/lib/a", "reg/lib/b"},
+                      store::file_identity{1234, 99, 123456789}};
+  const auto rec = store::encode_entry(e);
+  EXPECT_EQ(rec.front(), '\x02');
+  auto back = store::decode_entry(rec);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->size, 1234u);
+  EXPECT_EQ(back->media_type, e.media_type);
+  EXPECT_EQ(back->sources, e.sources);
+  ASSERT_TRUE(back->verified_as);
+  EXPECT_EQ(back->verified_as->inode, 99u);
+  EXPECT_EQ(back->verified_as->ctime_ns, 123456789);
+  for (std::string bad : {std::string(""), std::string("\x02"), std::string("\x02{}"), std::string("\x02[1]"),
+                          std::string("\x03{\"size\":1}"), std::string("x 1 2 a/b"),
+                          std::string("\x02{\"size\":-1,\"created\":1,\"last_access\":1,\"media_type\":\"a/b\"}"),
+                          std::string("\x02{\"size\":1,\"created\":1,\"last_access\":1,\"media_type\":\"a b/c\"}"),
+                          std::string("\x02{\"size\":1,\"created\":1,\"last_access\":1,\"media_type\":\"a/b\","
+                                      "\"sources\":[7]}")}) {
+    EXPECT_FALSE(store::decode_entry(bad)) << bad;
+  }
+}
+
+TEST(StoreIndexRecord, LegacyRecordsLoseTheirSourcesAndAnInjectedMediaType) {
+  // Version 1 of the record was space-separated: a Content-Type with a space in it
+  // planted a repository as an authorized source.
+  auto e = store::decode_entry("100 1 2 application/octet-stream registry.example.internal/lib/b");
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(store::legacy_entry("100 1 2 a/b"));
+  EXPECT_EQ(e->size, 100u);
+  EXPECT_EQ(e->media_type, "application/octet-stream");
+  EXPECT_TRUE(e->sources.empty()) << "sources from the old format are confirmed again";
+  EXPECT_FALSE(e->verified_as) << "and the file is hashed again";
+  auto odd = store::decode_entry("100 1 2 text/html;x=y");
+  ASSERT_TRUE(odd);
+  EXPECT_EQ(odd->media_type, "application/octet-stream");
+}
+
+TEST_F(store_test, OpeningMigratesLegacyRecordsAndDropsUndecodableOnes) {
+  const auto legacy = "sha256:" + std::string(64, 'a');
+  const auto garbage = "sha256:" + std::string(64, 'b');
+  {
+    // Records as an older Berth wrote them, straight into RocksDB.
+    fs::create_directories(dir_ / "index");
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(o, (dir_ / "index").string(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    ASSERT_TRUE(db->Put({}, legacy, "5 1 2 application/octet-stream reg/planted/repo").ok());
+    ASSERT_TRUE(db->Put({}, garbage, "\x09not a record").ok());
+  }
+  auto& s = open();
+  auto e = s.stat(legacy);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->size, 5u);
+  EXPECT_TRUE(e->sources.empty());
+  EXPECT_FALSE(s.stat(garbage));
+  store_.reset();
+  auto idx = store::index::open((dir_ / "index").string(), true);
+  std::size_t records = 0;
+  idx->for_each([&](const std::string& d, const store::blob_entry&) {
+    ++records;
+    EXPECT_EQ(d, legacy);
+  });
+  EXPECT_EQ(records, 1u) << "the undecodable record is gone";
 }
