@@ -642,11 +642,17 @@ std::optional<byte_range> parse_range(const std::string& header) {
 
 // Status, headers and body span for a blob of `size` bytes and the client's Range.
 // Returns false when the range cannot be satisfied (the reply is then a 416).
-bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t size, const std::string& media_type,
-                      std::uint64_t& first, std::uint64_t& end) {
+// The headers of every blob answer from the cache. Alone: a whole blob of a size
+// not known yet (200, no Content-Length, so chunked).
+void shape_unsized_reply(core::reply& r, const pull_request& req, const std::string& media_type) {
   r.headers.set("Content-Type", media_type.empty() ? std::string("application/octet-stream") : media_type);
   r.headers.set("Docker-Content-Digest", req.reference);
   r.headers.set("Accept-Ranges", "bytes");
+}
+
+bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t size, const std::string& media_type,
+                      std::uint64_t& first, std::uint64_t& end) {
+  shape_unsized_reply(r, req, media_type);
   first = 0;
   end = size;
   if (auto range = req.head ? std::nullopt : parse_range(req.range)) {
@@ -663,13 +669,6 @@ bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t siz
   }
   r.head_length = end - first;
   return true;
-}
-
-// A whole blob of a size not known yet: 200, no Content-Length (chunked).
-void shape_unsized_reply(core::reply& r, const pull_request& req, const std::string& media_type) {
-  r.headers.set("Content-Type", media_type.empty() ? std::string("application/octet-stream") : media_type);
-  r.headers.set("Docker-Content-Digest", req.reference);
-  r.headers.set("Accept-Ranges", "bytes");
 }
 
 store::upstream_answer answer_of(core::reply& r) {

@@ -1,7 +1,9 @@
 #include "store/blob_store.hpp"
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/system/errc.hpp>
 #include <chrono>
 #include <stdexcept>
@@ -670,7 +672,7 @@ class proving_body final : public core::body_source {
     ec = {};
     if (done_) co_return 0;
     // The bytes before the range: hashed, not sent.
-    if (pos_ < first_ && !hash_through(first_, ec)) co_return 0;
+    if (pos_ < first_ && !co_await hash_through(first_, ec)) co_return 0;
     std::size_t n = 0;
     if (pos_ < end_) {
       const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - pos_));
@@ -682,7 +684,7 @@ class proving_body final : public core::body_source {
     if (pos_ == end_) {
       // These bytes complete the client's body: prove the whole file first.
       done_ = true;
-      if (!hash_through(blob_->entry().size, ec)) co_return 0;
+      if (!co_await hash_through(blob_->entry().size, ec)) co_return 0;
       if (const auto got = hasher_.finish(); got != blob_->digest()) {
         blob_->store().damaged(blob_->digest(), "content hashes to " + got);
         ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
@@ -705,16 +707,24 @@ class proving_body final : public core::body_source {
     return ec ? 0 : n;
   }
 
-  bool hash_through(std::uint64_t to, error_code& ec) {
+  // Hashes the file up to `to` without sending it. A long stretch (a range near the
+  // end of a large blob) yields to the event loop every few MiB, so the worker's
+  // other connections, and the watchdog's heartbeat, are not held up behind it.
+  asio::awaitable<bool> hash_through(std::uint64_t to, error_code& ec) {
     if (scratch_.empty()) scratch_.resize(256 * 1024);
+    std::uint64_t since_yield = 0;
     while (pos_ < to) {
       const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(scratch_.size(), to - pos_));
       const auto n = pread(scratch_.data(), want, ec);
-      if (ec) return false;
+      if (ec) co_return false;
       hasher_.update(scratch_.data(), n);
       pos_ += n;
+      if ((since_yield += n) >= (8U << 20)) {
+        since_yield = 0;
+        co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+      }
     }
-    return true;
+    co_return true;
   }
 
   std::shared_ptr<open_blob> blob_;
