@@ -1,5 +1,8 @@
 #include "core/media_types.hpp"
 
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+
 #include "core/headers.hpp"
 
 namespace berth::core::media_type {
@@ -90,6 +93,17 @@ bool valid(std::string_view type) {
   const auto slash = type.find('/');
   if (slash == std::string_view::npos) return false;
   return restricted_name(type.substr(0, slash)) && restricted_name(type.substr(slash + 1));
+}
+
+std::string of_manifest(std::string_view content_type, std::string_view body) {
+  if (valid(content_type) && content_type != "application/octet-stream") return std::string(content_type);
+  boost::system::error_code ec;
+  const auto doc = boost::json::parse(body, ec);
+  if (!ec && doc.is_object()) {
+    if (const auto* mt = doc.get_object().if_contains("mediaType"); mt && mt->is_string() && valid(mt->get_string()))
+      return std::string(mt->get_string());
+  }
+  return std::string(oci_manifest);
 }
 
 }  // namespace berth::core::media_type

@@ -34,6 +34,11 @@ inline constexpr accept_class accepts_all = 31;       // containerd's line
 // parameters, no spaces.
 bool valid(std::string_view type);
 
+// The media type of manifest bytes: the upstream's bare Content-Type when it is a
+// valid one other than application/octet-stream, else the document's own mediaType
+// field when valid, else an OCI manifest. Never anything outside the grammar above.
+std::string of_manifest(std::string_view content_type, std::string_view body);
+
 // The class of an Accept header (all lines joined with ", "); q=0 entries are ignored.
 accept_class classify_accept(std::string_view accept);
 // An Accept header naming exactly the class's types, in containerd's order.

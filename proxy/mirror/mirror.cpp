@@ -15,6 +15,7 @@
 #include "core/log.hpp"
 #include "core/media_types.hpp"
 #include "core/min_rate_body.hpp"
+#include "core/range.hpp"
 #include "core/verifying_body.hpp"
 #include "meta/cache.hpp"
 #include "metrics/metrics.hpp"
@@ -203,19 +204,6 @@ std::string bare_media_type(const core::headers& h) {
   return std::string(t);
 }
 
-// The media type of manifest bytes: the upstream's Content-Type, else the
-// document's own mediaType field, else an OCI manifest.
-std::string manifest_media_type(const core::headers& h, const std::string& body) {
-  if (auto t = bare_media_type(h); !t.empty() && t != "application/octet-stream") return t;
-  error_code ec;
-  auto doc = boost::json::parse(body, ec);
-  if (!ec && doc.is_object()) {
-    if (const auto* mt = doc.get_object().if_contains("mediaType"); mt && mt->is_string())
-      return std::string(mt->get_string());
-  }
-  return std::string(core::media_type::oci_manifest);
-}
-
 meta::fetched::result classify_status(unsigned status) {
   if (status == 404) return meta::fetched::result::not_found;
   if (status >= 500 || status == 429) return meta::fetched::result::unavailable;
@@ -383,7 +371,7 @@ asio::awaitable<std::optional<meta::manifest>> mirror::download_manifest(upstrea
     fail.status = too_large ? meta::fetched::result::refused : meta::fetched::result::unavailable;
     co_return std::nullopt;
   }
-  meta::manifest m{manifest_media_type(res.headers, body->bytes), std::move(body->bytes)};
+  meta::manifest m{core::media_type::of_manifest(bare_media_type(res.headers), body->bytes), std::move(body->bytes)};
   co_await meta_->put_manifest(digest, m);
   co_return m;
 }
@@ -451,7 +439,7 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
     }
     e.digest = body->digest;
     e.size = body->bytes.size();
-    e.media_type = manifest_media_type(res.headers, body->bytes);
+    e.media_type = core::media_type::of_manifest(bare_media_type(res.headers), body->bytes);
     const meta::manifest m{e.media_type, std::move(body->bytes)};
     co_await meta_->put_manifest(e.digest, m);
   }
@@ -608,38 +596,6 @@ asio::awaitable<core::reply> mirror::listing(upstream::registry& reg, const pull
 
 namespace {
 
-// A single byte range, as containerd sends for resumes: bytes=N- or bytes=N-M.
-struct byte_range {
-  std::uint64_t first = 0;
-  std::optional<std::uint64_t> last;
-};
-
-std::optional<byte_range> parse_range(const std::string& header) {
-  constexpr std::string_view prefix = "bytes=";
-  if (header.rfind(prefix, 0) != 0) return std::nullopt;
-  const std::string_view spec = std::string_view(header).substr(prefix.size());
-  if (spec.find(',') != std::string_view::npos) return std::nullopt;  // several ranges: serve the whole blob
-  const auto dash = spec.find('-');
-  if (dash == std::string_view::npos || dash == 0) return std::nullopt;  // suffix ranges are not used by clients here
-  auto number = [](std::string_view v, std::uint64_t& out) {
-    if (v.empty() || v.size() > 19) return false;
-    out = 0;
-    for (char c : v) {
-      if (c < '0' || c > '9') return false;
-      out = out * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-    return true;
-  };
-  byte_range r;
-  if (!number(spec.substr(0, dash), r.first)) return std::nullopt;
-  if (dash + 1 < spec.size()) {
-    std::uint64_t last = 0;
-    if (!number(spec.substr(dash + 1), last) || last < r.first) return std::nullopt;
-    r.last = last;
-  }
-  return r;
-}
-
 // Status, headers and body span for a blob of `size` bytes and the client's Range.
 // Returns false when the range cannot be satisfied (the reply is then a 416).
 // The headers of every blob answer from the cache. Alone: a whole blob of a size
@@ -655,7 +611,7 @@ bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t siz
   shape_unsized_reply(r, req, media_type);
   first = 0;
   end = size;
-  if (auto range = req.head ? std::nullopt : parse_range(req.range)) {
+  if (auto range = req.head ? std::nullopt : core::parse_byte_range(req.range)) {
     if (range->first >= size) {
       r.status = 416;
       r.headers.set("Content-Range", "bytes */" + std::to_string(size));
@@ -735,7 +691,7 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   }
   // Wait for the upstream's answer: the blob's size, or an error. A ranged request
   // for a blob whose upstream sent no length waits until the fill knows the size.
-  const bool ranged = parse_range(req.range).has_value();
+  const bool ranged = core::parse_byte_range(req.range).has_value();
   auto answered = [ranged](const store::fill::progress& p) {
     return p.failure != store::fill_failure::none || (p.started && (p.sized || !ranged));
   };

@@ -599,21 +599,10 @@ asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& re
     reg.metrics.token_fetch(reg.options.id(), "http_" + std::to_string(ex.status));
     co_return result;
   }
-  auto doc = boost::json::parse(body, ec);
-  const auto* obj = ec ? nullptr : doc.if_object();
-  if (obj) {
-    for (const char* k : {"token", "access_token"}) {
-      if (const auto* v = obj->if_contains(k); v && v->is_string() && !v->get_string().empty()) {
-        result.token = std::string(v->get_string());
-        break;
-      }
-    }
-    if (const auto* v = obj->if_contains("expires_in"); v && v->is_number()) {
-      result.expires_in = std::chrono::seconds(static_cast<long long>(v->to_number<double>()));
-    }
-  }
-  if (result.token.empty()) {
-    result.error = "token service sent no token";
+  auto parsed = parse_token_response(body);
+  parsed.status = result.status;
+  result = std::move(parsed);
+  if (!result.ok()) {
     reg.metrics.token_fetch(reg.options.id(), "invalid");
     co_return result;
   }

@@ -7,11 +7,39 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
 #include <vector>
 
 namespace berth::upstream {
 
 namespace asio = boost::asio;
+
+token_result parse_token_response(std::string_view body) {
+  token_result result;
+  boost::system::error_code ec;
+  const auto doc = boost::json::parse(body, ec);
+  const auto* obj = ec ? nullptr : doc.if_object();
+  if (obj == nullptr) {
+    result.error = "token service sent no JSON object";
+    return result;
+  }
+  for (const char* k : {"token", "access_token"}) {
+    if (const auto* v = obj->if_contains(k); v && v->is_string() && !v->get_string().empty()) {
+      result.token = std::string(v->get_string());
+      break;
+    }
+  }
+  if (const auto* v = obj->if_contains("expires_in"); v && v->is_number()) {
+    // A double from the wire: compare before converting (a cast of 1e300 is UB).
+    const double seconds = v->to_number<double>();
+    constexpr double k_day = 24 * 3600;
+    if (seconds >= 1)
+      result.expires_in = std::chrono::seconds(static_cast<long long>(seconds < k_day ? seconds : k_day));
+  }
+  if (result.token.empty()) result.error = "token service sent no token";
+  return result;
+}
 
 struct token_cache::flight {
   bool done = false;

@@ -22,6 +22,12 @@ struct token_result {
   bool ok() const { return !token.empty(); }
 };
 
+// Reads a token service's 200 body (`{"token"|"access_token", "expires_in"}`,
+// Docker token auth spec): `token` set on success, else `error` says why. An
+// `expires_in` that is not a positive number is left at 0 (the default); one over a
+// day is cut to a day.
+token_result parse_token_response(std::string_view body);
+
 class token_cache {
  public:
   using clock = std::chrono::steady_clock;

@@ -41,3 +41,18 @@ TEST(AcceptClass, WhatAClassMayBeGiven) {
   EXPECT_FALSE(class_accepts(accepts_oci_index, "application/vnd.example.thing+json"));
   EXPECT_EQ(accept_for(accepts_docker_manifest | accepts_wildcard), std::string(docker_manifest) + ", */*");
 }
+
+TEST(MediaType, GrammarAndManifestTypes) {
+  EXPECT_TRUE(valid("application/vnd.oci.image.manifest.v1+json"));
+  EXPECT_FALSE(valid("application/octet-stream registry.example.internal/lib/b"));
+  EXPECT_FALSE(valid("text/html; charset=utf-8"));
+  EXPECT_FALSE(valid("/json"));
+  EXPECT_FALSE(valid("application/"));
+  EXPECT_FALSE(valid(std::string(128, 'a') + "/b"));
+  EXPECT_EQ(of_manifest("application/vnd.docker.distribution.manifest.v2+json", "{}"),
+            "application/vnd.docker.distribution.manifest.v2+json");
+  EXPECT_EQ(of_manifest("application/octet-stream", R"({"mediaType":"application/vnd.oci.image.index.v1+json"})"),
+            "application/vnd.oci.image.index.v1+json");
+  EXPECT_EQ(of_manifest("", R"({"mediaType":"x y/z"})"), std::string(oci_manifest)) << "never outside the grammar";
+  EXPECT_EQ(of_manifest("bad type", "not json"), std::string(oci_manifest));
+}

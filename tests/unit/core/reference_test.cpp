@@ -1,4 +1,5 @@
 #include "core/reference.hpp"
+#include "core/range.hpp"
 
 #include <gtest/gtest.h>
 
@@ -67,4 +68,21 @@ TEST(Digest, SaysWhyItRejects) {
   EXPECT_EQ(p, digest_problem::malformed);
   EXPECT_FALSE(parse_digest("sha256+:" + std::string(64, 'a'), &p));
   EXPECT_EQ(p, digest_problem::malformed);
+}
+
+TEST(ByteRange, ParsesWhatContainerdSendsAndNothingElse) {
+  using berth::core::parse_byte_range;
+  auto r = parse_byte_range("bytes=100-");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->first, 100u);
+  EXPECT_FALSE(r->last);
+  r = parse_byte_range("bytes=0-9");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r->last, 9u);
+  r = parse_byte_range("bytes=9999999999999999999-");
+  ASSERT_TRUE(r) << "19 digits fit in 64 bits";
+  for (const char* bad : {"", "bytes=", "bytes=-5", "bytes=5-4", "bytes=1-2,3-4", "items=1-", "bytes=a-", "bytes=1-b",
+                          "bytes=99999999999999999999-", "bytes= 1-"}) {
+    EXPECT_FALSE(parse_byte_range(bad)) << bad;
+  }
 }

@@ -144,3 +144,25 @@ TEST(TokenCache, MissingExpiresInMeansSixtySeconds) {
   run([&]() -> asio::awaitable<void> { co_await cache.get("a", slow_fetcher(calls, "t1", std::chrono::seconds(0))); });
   EXPECT_EQ(cache.peek("a"), "t1");  // not expired at once: default 60 s
 }
+
+TEST(TokenResponse, ReadsTheSpecsFieldsAndSurvivesHostileNumbers) {
+  auto t = parse_token_response(R"({"token":"abc","expires_in":300})");
+  EXPECT_TRUE(t.ok());
+  EXPECT_EQ(t.expires_in, std::chrono::seconds(300));
+  t = parse_token_response(R"({"access_token":"xyz"})");
+  EXPECT_EQ(t.token, "xyz");
+  EXPECT_EQ(t.expires_in.count(), 0) << "absent: the default";
+  for (const char* odd : {R"({"token":"a","expires_in":1e300})", R"({"token":"a","expires_in":-1e300})",
+                          R"({"token":"a","expires_in":-5})", R"({"token":"a","expires_in":0.5})",
+                          R"({"token":"a","expires_in":18446744073709551615})"}) {
+    t = parse_token_response(odd);
+    EXPECT_TRUE(t.ok()) << odd;
+    EXPECT_GE(t.expires_in.count(), 0) << odd;
+    EXPECT_LE(t.expires_in.count(), 24 * 3600) << odd;
+  }
+  for (const char* bad : {"", "[]", "null", R"({"token":""})", R"({"token":7})", "<html>"}) {
+    t = parse_token_response(bad);
+    EXPECT_FALSE(t.ok()) << bad;
+    EXPECT_FALSE(t.error.empty()) << bad;
+  }
+}
