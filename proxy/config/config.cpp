@@ -24,7 +24,7 @@ struct context {
     std::ostringstream out;
     out << source;
     if (node.IsDefined() && node.Mark().line >= 0) out << ':' << node.Mark().line + 1 << ':' << node.Mark().column + 1;
-    out << ": " << key << ": " << what;
+    out << ": " << (key.empty() ? "" : key + ": ") << what;
     throw config_error(out.str());
   }
   context child(const std::string& name) const { return {source, key.empty() ? name : key + "." + name}; }
@@ -34,6 +34,7 @@ struct context {
 void check_keys(const YAML::Node& map, const context& ctx, std::initializer_list<const char*> allowed) {
   if (!map.IsMap()) ctx.fail(map, "must be a mapping");
   for (const auto& kv : map) {
+    if (!kv.first.IsScalar()) ctx.fail(kv.first, "keys must be plain names, not a list or a mapping");
     const auto name = kv.first.as<std::string>();
     bool ok = false;
     for (const char* a : allowed) ok = ok || name == a;
@@ -74,7 +75,8 @@ unsigned long as_count(const YAML::Node& n, const context& ctx, unsigned long mi
 std::chrono::milliseconds as_duration(const YAML::Node& n, const context& ctx, bool zero_ok = false) {
   const auto s = as_string(n, ctx);
   std::chrono::milliseconds d{};
-  if (!parse_duration(s, d)) ctx.fail(n, "must be a duration such as 30s, 500ms, 5m or 1h, not \"" + s + "\"");
+  if (!parse_duration(s, d))
+    ctx.fail(n, "must be a duration such as 30s, 500ms, 5m or 1h (at most 87600h), not \"" + s + "\"");
   if (d.count() < 0 || (d.count() == 0 && !zero_ok)) ctx.fail(n, "must be longer than zero");
   return d;
 }
@@ -334,11 +336,31 @@ bool parse_duration(std::string_view text, std::chrono::milliseconds& out) {
     }
     any = true;
   }
+  // Ten years at most: every duration ends up added to a clock, and a double past
+  // the integer range cannot even be converted.
+  constexpr double k_max_ms = 87600.0 * 3600 * 1000;
+  if (!(total_ms <= k_max_ms)) return false;
   out = std::chrono::milliseconds(static_cast<long long>(total_ms));
   return true;
 }
 
+namespace {
+settings parse_document(std::string_view yaml, const std::string& source, const env_lookup& env);
+}
+
 settings parse(std::string_view yaml, const std::string& source, const env_lookup& env) {
+  // Every check names its key; this is the net under them: a yaml-cpp conversion
+  // that slipped through still becomes an error naming the file and position.
+  try {
+    return parse_document(yaml, source, env);
+  } catch (const YAML::Exception& ex) {
+    throw config_error(source + ":" + std::to_string(ex.mark.line + 1) + ":" + std::to_string(ex.mark.column + 1) +
+                       ": " + ex.msg);
+  }
+}
+
+namespace {
+settings parse_document(std::string_view yaml, const std::string& source, const env_lookup& env) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -478,6 +500,7 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
   }
   return s;
 }
+}  // namespace
 
 bool parse_size(std::string_view text, std::uint64_t& bytes, double& fraction) {
   bytes = 0;
@@ -522,6 +545,7 @@ bool parse_size(std::string_view text, std::uint64_t& bytes, double& fraction) {
     mult = 1ULL << 40;
   else
     return false;
+  if (n > UINT64_MAX / mult) return false;  // would wrap around
   bytes = n * mult;
   return bytes > 0;
 }

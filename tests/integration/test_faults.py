@@ -426,3 +426,25 @@ cache:
     finally:
         b.stop()
     assert world["robot_password"] not in b.log()
+
+
+def test_a_client_of_a_denied_repository_joining_a_fill_gets_no_byte(world, start_berth, faulty, image):
+    """A fill for library/faults is under way (trickled); a client asks for the same
+    digest under private/faults, which the upstream denies the robot. It joins the
+    fill by digest, so the join must ask the upstream first: not one byte for it."""
+    b = start_berth(upstream={"min_rate": "0"})
+    faulty.add("GET", f"/v2/{REPO}/blobs/{image['layer']}$", times=1, trickle=64 * 1024)
+    first = {}
+    t = threading.Thread(target=lambda: first.update(r=harness.raw_get(b.port, blob_target(image["layer"]))))
+    t.start()
+    harness.wait_for(lambda: os.listdir(os.path.join(b.cache_dir, "tmp")), what="the fill to be under way")
+    status, _, body, complete = harness.raw_get(b.port, blob_target(image["layer"], repo="private/faults"))
+    assert status in (401, 403, 404), (status, body[:200])
+    assert body.startswith(b'{"errors":') and len(body) < 1024, "an OCI error, no blob bytes"
+    assert b.metric("berth_cache_requests_total", result="coalesced") == 1, "it joined the fill under way"
+    assert b.metric("berth_cache_requests_total", result="denied") == 1
+    assert faulty.count("HEAD", f"/v2/private/faults/blobs/{image['layer']}$") >= 1, "the upstream was asked"
+    assert os.listdir(os.path.join(b.cache_dir, "tmp")), "the fill was still under way when it was refused"
+    t.join(timeout=60)
+    status, _, body, complete = first["r"]
+    assert (status, complete, sha(body)) == (200, True, image["layer"])

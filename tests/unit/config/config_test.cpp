@@ -301,3 +301,19 @@ TEST(Config, IntegrityKnobs) {
     EXPECT_NE(shown.find(key), std::string::npos) << key << " in\n" << shown;
   }
 }
+
+// Inputs the config fuzzer (tests/fuzz/config.cpp) found or aims at: each must be a
+// config_error naming the file and position, never another exception.
+TEST(Config, FuzzFindingsAreCleanErrors) {
+  const std::string head = "registries: [{names: [r]}]\n";
+  EXPECT_NE(error_of(head + "? [a, b]\n: c\n").find("berth.yaml:2:3: keys must be plain names"), std::string::npos)
+      << error_of(head + "? [a, b]\n: c\n");
+  EXPECT_NE(error_of(head + "upstream: {{x: 1}: 2}\n").find("upstream: keys must be plain names"), std::string::npos);
+  EXPECT_NE(error_of(head + "shutdown_timeout: " + std::string(320, '9') + "h\n").find("at most 87600h"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "shutdown_timeout: 87601h\n").find("at most 87600h"), std::string::npos);
+  EXPECT_EQ(error_of(head + "shutdown_timeout: 87600h\n"), "");
+  EXPECT_NE(error_of(head + "cache: {dir: /x, max_size: 999999999999999TiB}\n").find("cache.max_size"),
+            std::string::npos)
+      << "a size that would wrap around 64 bits";
+}

@@ -521,3 +521,35 @@ TEST(MetaCacheShared, AStalledBackendCostsOneTimeoutThenFailsFast) {
   EXPECT_LT(std::chrono::steady_clock::now() - t1, 300ms);  // backing off: no more waiting on it
   server.resume();
 }
+
+TEST(MetaCache, ATtlRunsOutWhenItSaysAndNotBefore) {
+  // A TTL of a few hundred milliseconds, so that a unit mix-up (ms read as s, or the
+  // reverse) shows: fresh well inside it, asked again just after it.
+  metrics::registry m;
+  meta::cache c(options(), m, nullptr, nullptr);
+  upstream_script up;
+  auto f = up.fn();
+  resolve(c, f, 400ms);
+  EXPECT_EQ(resolve(c, f, 400ms).how, meta::outcome::fresh_hit);
+  EXPECT_EQ(up.calls, 1);
+  std::this_thread::sleep_for(450ms);
+  EXPECT_EQ(resolve(c, f, 400ms).how, meta::outcome::upstream) << "the TTL ran out";
+  EXPECT_EQ(up.calls, 2);
+}
+
+TEST(MetaCache, StaleAnswersEndAtMaxStale) {
+  metrics::registry m;
+  auto o = options();
+  o.max_stale = 400ms;
+  meta::cache c(o, m, nullptr, nullptr);
+  upstream_script up;
+  auto f = up.fn();
+  resolve(c, f, 0ms);
+  up.result = meta::fetched::result::unavailable;
+  auto within = resolve(c, f, 0ms);
+  EXPECT_EQ(within.how, meta::outcome::stale) << "inside max_stale: the last answer";
+  std::this_thread::sleep_for(450ms);
+  auto past = resolve(c, f, 0ms);
+  EXPECT_FALSE(past.answer) << "past max_stale: the upstream's error";
+  EXPECT_EQ(past.reply.status, 503u);
+}
