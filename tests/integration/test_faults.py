@@ -448,3 +448,39 @@ def test_a_client_of_a_denied_repository_joining_a_fill_gets_no_byte(world, star
     t.join(timeout=60)
     status, _, body, complete = first["r"]
     assert (status, complete, sha(body)) == (200, True, image["layer"])
+
+
+def test_a_very_slow_reader_does_not_hold_back_a_fast_one(start_berth, faulty, image):
+    """Two clients follow one fill (the upstream sends 128 KiB/s): one reads at 16 KiB/s,
+    one as fast as it can. The fast one finishes with the fill; the slow one gets the
+    whole right blob later, from a file already published."""
+    b = start_berth(upstream={"min_rate": "0"})
+    faulty.add("GET", f"/blobs/{image['layer']}$", times=1, trickle=128 * 1024)
+    slow = {}
+
+    def slow_client():
+        with socket.create_connection(("127.0.0.1", b.port), timeout=60) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET {blob_target(image['layer'])} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(2048):
+                data += chunk
+                time.sleep(2048 / (16 * 1024))
+        head, _, body = data.partition(b"\r\n\r\n")
+        slow.update(head=head, body=body, done=time.monotonic())
+
+    t = threading.Thread(target=slow_client)
+    t.start()
+    harness.wait_for(lambda: os.listdir(os.path.join(b.cache_dir, "tmp")), what="the fill to start")
+    started = time.monotonic()
+    status, _, body, complete = harness.raw_get(b.port, blob_target(image["layer"]))
+    fast_done = time.monotonic()
+    assert (status, complete, sha(body)) == (200, True, image["layer"])
+    assert fast_done - started < 6, "the fast client kept pace with the fill, not with the slow reader"
+    harness.wait_for(lambda: os.path.exists(cached_file(b, image["layer"])), what="the blob to be published")
+    assert t.is_alive(), "the slow reader is still reading after the blob was published"
+    t.join(timeout=60)
+    assert slow["head"].startswith(b"HTTP/1.1 200")
+    assert sha(slow["body"]) == image["layer"], "the slow reader got the whole right blob"
+    assert b.metric("berth_cache_requests_total", result="coalesced") + b.metric(
+        "berth_cache_requests_total", result="miss") == 2

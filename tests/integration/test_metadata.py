@@ -5,6 +5,7 @@ registry. The registry's access log counts what reached the upstream."""
 import concurrent.futures
 import json
 import os
+import signal
 import threading
 import time
 
@@ -235,3 +236,42 @@ def test_accept_classes_never_mix(world, redis, nodes):
     # Two classes, two shared answers for the tag.
     fields = redis.command("HKEYS", f"berth:tag:{REGISTRY_NAME}/library/app-docker:v1")
     assert len(fields) == 2
+
+
+def test_a_paused_redis_never_stalls_pulls_past_the_bounds(world, redis, nodes):
+    """redis-server SIGSTOPped mid-run, then resumed: the commands Berth gave up on
+    (SET NX of the cluster lock among them) are applied when it resumes, leaving locks
+    nobody works under. No pull may wait longer than one command timeout plus
+    metadata.lock_wait for any of it."""
+    a, b = nodes(2, f"  redis: {redis.url}\n  tag_ttl: 100ms\n  timeout: 300ms\n  lock_wait: 1s\n")
+    failures, durations, done = [], [], threading.Event()
+
+    def loop(node):
+        while not done.is_set():
+            started = time.monotonic()
+            try:
+                containerd_pull(node, "library/app", "v1")
+            except Exception as e:  # noqa: BLE001 - any failure fails the test below
+                failures.append(repr(e))
+            durations.append(time.monotonic() - started)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=loop, args=(n,)) for n in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    try:
+        harness.wait_for(lambda: len(durations) >= 8, what="warm-up")
+        redis.proc.send_signal(signal.SIGSTOP)
+        time.sleep(3)
+        redis.proc.send_signal(signal.SIGCONT)
+        resumed = len(durations)
+        time.sleep(4)
+        assert len(durations) > resumed + 8, "pulls went on after the resume"
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+        done.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:5]
+    # Each pull is three requests; each may pay one command timeout and one lock wait.
+    assert max(durations) < 3 * (0.3 + 1.0) + 1.0, f"slowest pull {max(durations):.1f}s"

@@ -104,4 +104,12 @@ MUTATIONS = [
         "replace": "holding_ = false;",
         "unit": "VerifyingBody.UnsizedWrongBytesNeverArriveWhole",
     },
+    {
+        "name": "a lock nobody works under blocks until it expires",
+        "file": "proxy/meta/cache.cpp",
+        "find": "std::min(options.lock_timeout, options.lock_wait)",
+        "replace": "options.lock_timeout",
+        "unit": "MetaCacheShared.AnAbandonedLockCostsAtMostLockWait",
+        "integration": ["test_metadata.py::test_a_paused_redis_never_stalls_pulls_past_the_bounds"],
+    },
 ]
