@@ -119,8 +119,8 @@ def main():
         size = os.path.getsize(blob_file)
         secret = harbor.robot_secret(os.path.join(work, "robot.json"), NAME)
 
-        def berth(tag, extra="", endpoint=None):
-            b = harness.Berth(binary, os.path.join(work, tag), f"""listen: 127.0.0.1:0
+        def berth(tag, extra="", endpoint=None, exe=None):
+            b = harness.Berth(exe or binary, os.path.join(work, tag), f"""listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 access_log: false
 registries:
@@ -140,6 +140,14 @@ cache:
         b_cp = berth("berth-copy", "  zero_copy: false\n")
         servers["berth hit (sendfile)"] = (b_sf.proc.pid, f"{b_sf.url}/v2/library/app/blobs/{blob}?ns={NAME}")
         servers["berth hit (read+write)"] = (b_cp.proc.pid, f"{b_cp.url}/v2/library/app/blobs/{blob}?ns={NAME}")
+        # Another build of Berth in the same run (a regression check): BERTH_BASELINE_BIN.
+        if os.environ.get("BERTH_BASELINE_BIN"):
+            base = os.environ["BERTH_BASELINE_BIN"]
+            o_sf = berth("baseline-sendfile", exe=base)
+            o_cp = berth("baseline-copy", "  zero_copy: false\n", exe=base)
+            servers["baseline berth hit (sendfile)"] = (o_sf.proc.pid, f"{o_sf.url}/v2/library/app/blobs/{blob}?ns={NAME}")
+            servers["baseline berth hit (read+write)"] = (o_cp.proc.pid,
+                                                          f"{o_cp.url}/v2/library/app/blobs/{blob}?ns={NAME}")
         rel = os.path.relpath(blob_file, storage)
         for label, conf in (("nginx sendfile on", "sendfile on;"),
                             ("nginx sendfile off, 2x1m buffers", "sendfile off; output_buffers 2 1m;")):
