@@ -473,6 +473,17 @@ asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls,
     auto& res = parser->get();
     out.status = res.result_int();
     pool.metrics.upstream_request(registry_id, kind, out.status, clock_type::now() - started);
+    if (log::enabled(log::level::debug)) {
+      // The path only: a redirect's query may be a presigned storage URL's signature.
+      const std::string_view target = req.target();
+      log::debug("upstream_response", {{"registry", registry_id},
+                                       {"kind", kind},
+                                       {"method", std::string_view(req.method_string())},
+                                       {"host", o.host},
+                                       {"path", target.substr(0, target.find('?'))},
+                                       {"status", out.status},
+                                       {"reused", reused}});
+    }
     for (const auto& f : res) out.headers.add(std::string(f.name_string()), std::string(f.value()));
     if (head || parser->is_done()) {
       conn->t.clear_deadline();

@@ -182,6 +182,7 @@ class TokenIssuer:
             f.write(cert.public_bytes(serialization.Encoding.PEM))
         self.kid = libtrust_kid(self.key.public_key())
         self.requests = []  # (method, username or None, [scopes])
+        self.issued = []  # (subject, token) of every token handed out
         self.lock = threading.Lock()
         self.port = free_port()
         self.realm = f"https://127.0.0.1:{self.port}/service/token"
@@ -222,7 +223,10 @@ class TokenIssuer:
         }
         signing_input = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
         sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return signing_input + "." + _b64url(sig)
+        token = signing_input + "." + _b64url(sig)
+        with self.lock:
+            self.issued.append((subject, token))
+        return token
 
     def start(self):
         issuer = self
@@ -473,15 +477,29 @@ auth:
         return self
 
     def requests_seen(self):
-        """(method, uri, status) of every request, from the registry's access log."""
+        """(method, uri, status) of every request in the registry's access log so far.
+        The registry writes a line after its response, so a request just answered may
+        not be there yet: see settled_requests()."""
         import re
 
         out = []
         for line in self.log().splitlines():
             m = re.search(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ', line)
-            if m and not line.startswith("{"):
+            if m and not line.startswith("{") and "/__berth_marker_" not in m.group(2):
                 out.append((m.group(1), m.group(2), int(m.group(3))))
         return out
+
+    def settled_requests(self):
+        """requests_seen() once every request answered before this call is logged: a
+        marker request is sent, and the log is read once the marker is in it."""
+        marker = f"/v2/__berth_marker_{uuid.uuid4().hex}/tags/list"
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            urllib.request.urlopen(self.endpoint + marker, context=ctx, timeout=5)
+        except urllib.error.HTTPError:
+            pass
+        wait_for(lambda: marker in self.log(), timeout=10, what="the registry to log the marker request")
+        return self.requests_seen()
 
 
 class Berth(Process):
@@ -914,11 +932,13 @@ class StandInHarbor:
 class RedisServer(Process):
     """A real redis-server on a loopback port chosen at run time (Dragonfly's stand-in)."""
 
-    def __init__(self, directory, port=None):
+    def __init__(self, directory, port=None, password=None):
         os.makedirs(directory, exist_ok=True)
         self.port = port or free_port()
+        self.password = password
+        extra = ["--requirepass", password] if password else []
         super().__init__("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", directory, "--loglevel", "warning"],
+                                   "--appendonly", "no", "--dir", directory, "--loglevel", "warning", *extra],
                          os.path.join(directory, "redis.log"))
 
     @property
@@ -938,6 +958,13 @@ class RedisServer(Process):
                 for a in args:
                     a = a if isinstance(a, bytes) else str(a).encode()
                     out += b"$%d\r\n%s\r\n" % (len(a), a)
+                if self.password:
+                    auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(self.password), self.password.encode())
+                    s.sendall(auth)
+                    f = s.makefile("rb")
+                    _resp_read(f)
+                    s.sendall(out)
+                    return _resp_read(f)
                 s.sendall(out)
                 return _resp_read(s.makefile("rb"))
         except ConnectionRefusedError:
@@ -985,7 +1012,8 @@ class FaultyUpstream:
         self.ca_file = ca_file
         self.lock = threading.Lock()
         self.rules = []
-        self.seen = []  # (method, path, range header)
+        self.seen = []  # (method, path, range header, status)
+        self.authorizations = []  # the Authorization header of every request (None: none)
         upstream = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -1047,6 +1075,8 @@ class FaultyUpstream:
         rule = self._rule_for(h.command, h.path)
         fault = rule["fault"] if rule else {}
         entry = [h.command, h.path, h.headers.get("Range"), None]
+        with self.lock:
+            self.authorizations.append(h.headers.get("Authorization"))
         if "status" in fault:
             with self.lock:
                 rule["hits"] += 1

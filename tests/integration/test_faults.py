@@ -3,6 +3,7 @@ worker. A FaultyUpstream stands between Berth and the real registry; every test
 asserts the bytes each client received (hash and whether the body arrived whole)
 and what the cache holds afterwards."""
 
+import base64
 import hashlib
 import os
 import signal
@@ -484,3 +485,19 @@ def test_a_very_slow_reader_does_not_hold_back_a_fast_one(start_berth, faulty, i
     assert sha(slow["body"]) == image["layer"], "the slow reader got the whole right blob"
     assert b.metric("berth_cache_requests_total", result="coalesced") + b.metric(
         "berth_cache_requests_total", result="miss") == 2
+
+
+def test_a_clients_authorization_never_reaches_the_upstream(world, start_berth, faulty, image):
+    """The FaultyUpstream records every Authorization header it receives: the client's
+    never arrives, Berth's own tokens do (so the check can fail)."""
+    b = start_berth()
+    client_token = "client-" + harness.generate_password()
+    client_basic = base64.b64encode(f"someone:{harness.generate_password()}".encode()).decode()
+    for auth in (f"Bearer {client_token}", f"Basic {client_basic}"):
+        for target in (f"/v2/{REPO}/manifests/v1?ns={REGISTRY_NAME}", blob_target(image["layer"]),
+                       f"/v2/{REPO}/tags/list?ns={REGISTRY_NAME}"):
+            status, _, _, _ = harness.raw_get(b.port, target, {"Authorization": auth})
+            assert status == 200, target
+    seen = [a for a in faulty.authorizations if a]
+    assert any(a.startswith("Bearer ") for a in seen), "Berth's own token reached the upstream"
+    assert not any(client_token in a or client_basic in a for a in seen), "a client's Authorization was forwarded"

@@ -65,7 +65,7 @@ def containerd_pull(node, repo, tag):
 def manifest_requests(registry, repo):
     """Manifest requests the registry answered (not the 401 challenges), by reference."""
     out = {}
-    for method, uri, status in registry.requests_seen():
+    for method, uri, status in registry.settled_requests():
         prefix = f"/v2/{repo}/manifests/"
         if uri.startswith(prefix) and status != 401:
             ref = uri[len(prefix):].split("?")[0]

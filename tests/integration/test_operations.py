@@ -1,5 +1,6 @@
 """Operating Berth: its CLI, credential rotation, a dead upstream, shutdown."""
 
+import json
 import os
 import signal
 import socket
@@ -224,3 +225,39 @@ registries:
     finally:
         b.stop()
         srv.shutdown()
+
+
+def test_sigterm_drain_readyz_idle_connections_and_the_deadline(world, tmp_path):
+    """During the drain /readyz says 503 (so the Service stops sending), idle
+    keep-alive connections are closed at once, and a client that never reads does not
+    hold Berth past shutdown_timeout."""
+    secret = tmp_path / "dockerconfigjson"
+    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+    b = harness.Berth(berth_binary(), str(tmp_path / "berth"),
+                      berth_config(world, str(secret), extra_top="shutdown_timeout: 2s\n")).start()
+    admin = f"http://127.0.0.1:{b.admin_port}"
+    assert harness.http_request(admin + "/readyz")[0] == 200
+    # An idle keep-alive connection: one request answered, then nothing.
+    idle = socket.create_connection(("127.0.0.1", b.port), timeout=10)
+    idle.sendall(f"GET /v2/?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    # A download whose client stops reading after the first bytes.
+    big = world["image"]["big_layer"]
+    stuck = socket.create_connection(("127.0.0.1", b.port), timeout=30)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(f"GET /v2/library/app/blobs/{big}?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert stuck.recv(4096).startswith(b"HTTP/1.1 200")
+    signalled = time.monotonic()
+    b.proc.send_signal(signal.SIGTERM)
+    harness.wait_for(lambda: harness.http_request(admin + "/readyz", timeout=2)[0] == 503, timeout=2,
+                     what="/readyz to turn 503 while draining")
+    idle.settimeout(2)
+    assert idle.recv(1) == b"", "the idle connection is closed at the start of the drain"
+    code = b.proc.wait(timeout=10)
+    took = time.monotonic() - signalled
+    assert code == 0
+    assert 1.5 < took < 4.5, f"the drain lasted {took:.1f}s for a 2s shutdown_timeout"
+    stopped = [json.loads(l) for l in b.log().splitlines() if '"event":"stopped"' in l]
+    assert stopped and stopped[0]["open_connections"] == 1, "stopped by the deadline, the stuck download still open"
+    idle.close()
+    stuck.close()

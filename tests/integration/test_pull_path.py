@@ -29,8 +29,7 @@ def get(berth, path, ns=REGISTRY_NAME, method="GET", headers=None):
 
 def upstream_count(world):
     """Requests the upstream side has seen: both registries and the token issuer."""
-    time.sleep(0.3)  # the registry writes its access log after the response
-    return (len(world["registry"].requests_seen()) + len(world["redirecting"].requests_seen())
+    return (len(world["registry"].settled_requests()) + len(world["redirecting"].settled_requests())
             + len(world["issuer"].token_requests()))
 
 
@@ -169,8 +168,7 @@ def test_tags_list_forwards_pagination(world, berth):
     s, h, body = get(berth, "/v2/library/app/tags/list?n=1&last=a")
     assert s == 200, body
     assert "v1" in json.loads(body)["tags"]
-    time.sleep(0.3)
-    uris = [u for _, u, _ in world["registry"].requests_seen() if "/tags/list" in u]
+    uris = [u for _, u, _ in world["registry"].settled_requests() if "/tags/list" in u]
     assert any("n=1" in u and "last=a" in u for u in uris), uris
 
 
@@ -225,10 +223,8 @@ def test_upstream_404_is_manifest_unknown(world, berth):
     assert s == 404 and oci_error_code(body) == "BLOB_UNKNOWN"
 
 
-def test_client_authorization_is_never_forwarded(world, berth):
-    s, _, _ = get(berth, "/v2/library/app/manifests/v1", headers={"Accept": INDEX, "Authorization": "Bearer client-token"})
-    assert s == 200
-    assert "client-token" not in world["registry"].log()
+# A client's Authorization never reaching the upstream is tested where the upstream's
+# request headers can be seen: test_faults.py::test_a_clients_authorization_never_reaches_the_upstream.
 
 
 # ---------------------------------------------------------------------------

@@ -112,4 +112,11 @@ MUTATIONS = [
         "unit": "MetaCacheShared.AnAbandonedLockCostsAtMostLockWait",
         "integration": ["test_metadata.py::test_a_paused_redis_never_stalls_pulls_past_the_bounds"],
     },
+    {
+        "name": "an issued token is written to the log",
+        "file": "proxy/upstream/client.cpp",
+        "find": "reg.metrics.token_fetch(reg.options.id(), \"ok\");",
+        "replace": "log::debug(\"token\", {{\"value\", result.token}}); reg.metrics.token_fetch(reg.options.id(), \"ok\");",
+        "integration": ["test_secrets.py::test_no_secret_in_any_output"],
+    },
 ]
