@@ -10,9 +10,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -255,14 +257,26 @@ struct containerd_args {
   std::string mirror;
   std::string certs_dir = "/etc/containerd/certs.d";
   std::string server;
+  std::string ca;
   std::string dial_timeout = "1s";
   std::string config;
 };
 
-// Registries and mirror URL from the flags, or from a Berth config file.
-void resolve_containerd_args(containerd_args& a) {
+// With --config, each registry name's fallback is that registry's endpoint and CA.
+struct fallback {
+  std::string server;
+  std::string ca;
+};
+
+// Registries and mirror URL from the flags, or from a Berth config file; for each
+// registry from the config, its endpoint and ca_file as containerd's fallback.
+std::map<std::string, fallback> resolve_containerd_args(containerd_args& a) {
+  std::map<std::string, fallback> fallbacks;
   if (!a.config.empty()) {
     const auto s = config::load_file(a.config);
+    for (const auto& r : s.registries) {
+      for (const auto& n : r.names) fallbacks[n] = {r.endpoint, r.ca_file};
+    }
     if (a.registries.empty()) {
       for (const auto& r : s.registries) a.registries.insert(a.registries.end(), r.names.begin(), r.names.end());
     }
@@ -276,12 +290,17 @@ void resolve_containerd_args(containerd_args& a) {
   }
   if (a.registries.empty()) throw std::runtime_error("name at least one --registry (or give --config)");
   if (a.mirror.empty()) throw std::runtime_error("give --mirror (or --config)");
+  return fallbacks;
 }
 
 int containerd_command(const std::string& verb, containerd_args a) {
-  resolve_containerd_args(a);
+  const auto fallbacks = resolve_containerd_args(a);
   for (const auto& registry : a.registries) {
-    containerd::hosts_options o{registry, a.mirror, a.server, a.dial_timeout};
+    containerd::hosts_options o{registry, a.mirror, a.server, a.dial_timeout, a.ca};
+    if (auto it = fallbacks.find(registry); it != fallbacks.end()) {
+      if (o.server.empty()) o.server = it->second.server;
+      if (o.ca.empty()) o.ca = it->second.ca;
+    }
     if (verb == "print") {
       std::optional<std::string> existing;
       const auto path = containerd::hosts_file(a.certs_dir, registry);
@@ -427,7 +446,11 @@ int main(int argc, char** argv) {
     sub->add_option("--certs-dir", ctd.certs_dir, "containerd's config_path")->capture_default_str();
     sub->add_option("--config", ctd.config, "Take registries and mirror from this Berth config");
     if (std::string(name) != "uninstall") {
-      sub->add_option("--server", ctd.server, "Fallback server for a new file (default https://<registry>)");
+      sub->add_option("--server", ctd.server,
+                      "Fallback server for a new file (default: the registry's endpoint with --config, else "
+                      "https://<registry>; https://registry-1.docker.io for docker.io)");
+      sub->add_option("--ca", ctd.ca,
+                      "CA file for the fallback server in a new file (default: the registry's ca_file with --config)");
       sub->add_option("--dial-timeout", ctd.dial_timeout, "containerd 2.1+ dial timeout for Berth; '' to omit")
           ->capture_default_str();
     }

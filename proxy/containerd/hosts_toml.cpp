@@ -128,7 +128,9 @@ std::string strip(std::string_view existing, std::string_view mirror) {
 std::string render(const hosts_options& o, const std::optional<std::string>& existing) {
   if (!safe_registry(o.registry)) throw std::invalid_argument("not a registry host name: " + o.registry);
   if (!safe_url(o.mirror)) throw std::invalid_argument("mirror must be an http:// or https:// URL: " + o.mirror);
-  const std::string server = o.server.empty() ? "https://" + o.registry : o.server;
+  const std::string server = !o.server.empty()           ? o.server
+                             : o.registry == "docker.io" ? std::string("https://registry-1.docker.io")
+                                                         : "https://" + o.registry;
   if (!safe_url(server)) throw std::invalid_argument("server must be an http:// or https:// URL: " + server);
 
   std::string block;
@@ -140,7 +142,11 @@ std::string render(const hosts_options& o, const std::optional<std::string>& exi
   block += "\n";
 
   if (!existing) {
-    return std::string(k_created_marker) + "\nserver = \"" + server + "\"\n\n" + block;
+    // `ca` at the top level is the fallback server's CA: without it a node that does
+    // not trust Harbor's CA system-wide fails TLS exactly when Berth is down.
+    std::string top = std::string(k_created_marker) + "\nserver = \"" + server + "\"\n";
+    if (!o.ca.empty()) top += "ca = \"" + std::string(k_ca_file) + "\"\n";
+    return top + "\n" + block;
   }
   // Top-level keys (server, ca, ...) must stay before the first table; Berth's
   // table goes right after them, so containerd tries it before any other host.
@@ -168,6 +174,9 @@ outcome install(const std::string& certs_dir, const hosts_options& o) {
   const auto next = render(o, existing);
   if (existing && *existing == next) return {path, "unchanged"};
   fs::create_directories(hosts_dir(certs_dir, o.registry));
+  if (!existing && !o.ca.empty()) {
+    write_atomically((fs::path(hosts_dir(certs_dir, o.registry)) / k_ca_file).string(), read_file(o.ca));
+  }
   const bool ours = existing && (existing->find(k_block_begin) != std::string::npos);
   if (existing && !ours && !fs::exists(backup)) write_atomically(backup, *existing);
   write_atomically(path, next);
@@ -178,6 +187,8 @@ outcome uninstall(const std::string& certs_dir, const std::string& registry, con
   if (!safe_registry(registry)) throw std::invalid_argument("not a registry host name: " + registry);
   const auto path = hosts_file(certs_dir, registry);
   const auto backup = backup_file(certs_dir, registry);
+  std::error_code ignored;
+  fs::remove(fs::path(hosts_dir(certs_dir, registry)) / k_ca_file, ignored);  // the CA copy install made, if any
   if (fs::exists(backup)) {
     fs::rename(backup, path);
     return {path, "restored"};
@@ -186,7 +197,6 @@ outcome uninstall(const std::string& certs_dir, const std::string& registry, con
   const auto text = read_file(path);
   if (text.rfind(k_created_marker, 0) == 0) {
     fs::remove(path);
-    std::error_code ignored;
     fs::remove(hosts_dir(certs_dir, registry), ignored);  // only if empty
     return {path, "removed"};
   }

@@ -15,11 +15,17 @@ struct hosts_options {
   std::string registry;      // the registry host containerd resolves, e.g. registry.example.ts.net
   std::string mirror;        // Berth's URL, e.g. http://127.0.0.1:5050
   std::string server;        // fallback when the file is new; default https://<registry>
+                             // (https://registry-1.docker.io for docker.io, as containerd documents)
   std::string dial_timeout;  // containerd 2.1+: how fast to give up on a dead Berth; empty = omit
+  std::string ca;            // CA file for `server` when the file is new (Harbor's private CA); empty = omit.
+                             // install copies it beside hosts.toml as k_ca_file: containerd resolves a
+                             // relative `ca` against that directory, so the path holds on the host even
+                             // when install runs in a container that sees the host's files elsewhere.
 };
 
 inline constexpr std::string_view k_block_begin = "# >>> berth mirror (managed by berth containerd install)";
 inline constexpr std::string_view k_block_end = "# <<< berth mirror";
+inline constexpr std::string_view k_ca_file = "berth-ca.crt";
 inline constexpr std::string_view k_created_marker =
     "# Created by berth containerd install; berth containerd uninstall removes this file.";
 

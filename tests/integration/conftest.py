@@ -63,6 +63,7 @@ def world(workdir):
             {
                 ROBOT: (robot_password, {"library/": ["pull"], "platform/": ["pull"]}),
                 PUSHER: (pusher_password, {"": ["pull", "push", "delete"]}),
+                "": (None, {"public/": ["pull"]}),  # anonymous: Harbor's public projects
             },
         ).start()
         stop.append(issuer.stop)
@@ -83,6 +84,8 @@ def world(workdir):
         harness.skopeo_push(os.path.join(cache, "layout"), f"docker://{host}/library/app:v1", creds)
         harness.skopeo_push(os.path.join(cache, "layout"), f"docker://{host}/library/app-docker:v1", creds, fmt="v2s2")
         harness.skopeo_push(os.path.join(cache, "layout"), f"docker://{host}/private/secret:v1", creds)
+        public = harness.make_small_image(os.path.join(cache, "public"), seed=9090)
+        harness.skopeo_push(os.path.join(cache, "public"), f"docker://{host}/public/app:v1", creds)
         docker_list = harness.skopeo_inspect_raw(f"docker://{host}/library/app-docker:v1", creds=creds)
 
         yield {
@@ -92,6 +95,7 @@ def world(workdir):
             "redirecting": redirecting,
             "storage": storage,
             "image": image,
+            "public_image": public,
             "docker_list": docker_list,
             "robot_password": robot_password,
             "pusher_creds": creds,

@@ -191,8 +191,10 @@ class TokenIssuer:
 
     def grants(self, username, password, scopes):
         access = []
-        account = self.accounts.get(username) if username is not None else None
-        if account is not None and account[0] != password:
+        # An anonymous request gets what the "" account allows (Harbor's public
+        # projects), or nothing.
+        account = self.accounts.get(username if username is not None else "")
+        if username is not None and account is not None and account[0] != password:
             return None  # wrong password: 401
         for scope in scopes:
             parts = scope.split(":")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import harness
-from conftest import REGISTRY_NAME, berth_binary
+from conftest import REGISTRY_NAME, ROBOT, berth_binary, berth_config, write_docker_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -180,3 +180,31 @@ def test_image_builds_from_scratch_and_runs(tmp_path):
     finally:
         subprocess.run(b + ["rm", ctr], capture_output=True)
         subprocess.run(b + ["rmi", "--all", "--force"], capture_output=True)
+
+
+def test_containerd_falls_back_to_the_registry_with_its_ca_when_berth_is_down(world, tmp_path):
+    """`berth containerd install --config` writes the registry's endpoint as `server`
+    and its CA as `ca`; with Berth not running (connection refused) containerd falls
+    back to the registry over TLS with that CA only (it is not in the system store) and
+    pulls a public image anonymously. Without the `ca` line the same pull fails."""
+    secret = tmp_path / "dockerconfigjson"
+    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+    port = harness.dead_port()  # Berth's address, with no Berth listening
+    cfg = tmp_path / "berth.yaml"
+    cfg.write_text(berth_config(world, str(secret)).replace("listen: 127.0.0.1:0\n", f"listen: 127.0.0.1:{port}\n", 1))
+    certs = tmp_path / "certs.d"
+    r = subprocess.run([berth_binary(), "containerd", "install", "--config", str(cfg), "--certs-dir", str(certs)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = (certs / REGISTRY_NAME / "hosts.toml").read_text()
+    assert f'server = "{world["registry"].endpoint}"' in text, text
+    assert 'ca = "berth-ca.crt"' in text, text
+    assert (certs / REGISTRY_NAME / "berth-ca.crt").read_bytes() == open(world["pki"].ca_file, "rb").read()
+    ref = f"{REGISTRY_NAME}/public/app:v1"
+    r = harness.pull_with_fresh_containerd(tmp_path / "containerd", certs, ref)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The control: the same file without `ca` cannot reach the registry.
+    (certs / REGISTRY_NAME / "hosts.toml").write_text(text.replace('ca = "berth-ca.crt"\n', ""))
+    r = harness.pull_with_fresh_containerd(tmp_path / "containerd-no-ca", certs, ref)
+    assert r.returncode != 0
+    assert "certificate" in (r.stdout + r.stderr).lower()

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <unistd.h>
+
 using namespace berth::containerd;
 namespace fs = std::filesystem;
 
@@ -92,4 +94,34 @@ TEST(HostsToml, InstallBacksUpOnceAndUninstallRestoresByteForByte) {
   EXPECT_FALSE(fs::exists(dir / "new.example"));
   EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "nothing to do");
   fs::remove_all(dir);
+}
+
+TEST(HostsToml, ANewFileCarriesTheFallbacksCaBesideIt) {
+  const auto dir = fs::temp_directory_path() / ("berth-hosts-ca-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto ca = dir / "harbor-ca.pem";
+  std::ofstream(ca) << "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n";
+  hosts_options o = k_opts;
+  o.server = "https://harbor.internal:8443";
+  o.ca = ca.string();
+  const auto certs = dir / "certs.d";
+  ASSERT_EQ(install(certs.string(), o).action, "created");
+  const auto text = slurp(certs / o.registry / "hosts.toml");
+  // Relative: containerd resolves it against the hosts.toml directory, on the host.
+  const auto server = text.find("server = \"https://harbor.internal:8443\"\nca = \"berth-ca.crt\"\n");
+  ASSERT_NE(server, std::string::npos) << text;
+  EXPECT_LT(server, text.find("[host.")) << "top-level keys come before every table";
+  EXPECT_EQ(slurp(certs / o.registry / "berth-ca.crt"), slurp(ca));
+  EXPECT_EQ(uninstall(certs.string(), o.registry, o.mirror).action, "removed");
+  EXPECT_FALSE(fs::exists(certs / o.registry)) << "the CA copy goes with the file";
+  o.ca = (dir / "missing.pem").string();
+  EXPECT_THROW(install(certs.string(), o), std::runtime_error);
+  fs::remove_all(dir);
+}
+
+TEST(HostsToml, DockerHubFallsBackToContainerdsDocumentedServer) {
+  hosts_options o = k_opts;
+  o.registry = "docker.io";
+  EXPECT_NE(render(o, std::nullopt).find("server = \"https://registry-1.docker.io\""), std::string::npos);
 }
