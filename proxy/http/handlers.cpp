@@ -27,6 +27,7 @@ asio::awaitable<handled> serve_pull(mirror::mirror& m, incoming in) {
     auto req = routed.request();
     req.accept = std::move(in.accept);
     req.range = std::move(in.range);
+    req.if_none_match = std::move(in.if_none_match);
     h.reply = co_await m.serve(req);
   }
   // OCI distribution spec (proxying): a proxy scoping by ns echoes it.

@@ -144,6 +144,11 @@ routed route(std::string_view method, std::string_view target) {
   if (req.kind != mirror::endpoint::tags_list) {
     req.reference = segs[n - 1];
     const bool digest_only = req.kind != mirror::endpoint::manifest;
+    if (!digest_only && !core::is_valid_tag(req.reference) && !core::parse_digest(req.reference)) {
+      // Neither a tag nor a digest names no manifest: 404, as the registry answers
+      // (the OCI conformance suite's .INVALID_MANIFEST_NAME), without asking upstream.
+      return fail(route_name, {404, "MANIFEST_UNKNOWN", "no manifest can have this reference: " + req.reference}, ns);
+    }
     if (digest_only || core::looks_like_digest(req.reference)) {
       core::digest_problem problem{};
       req.digest = core::parse_digest(req.reference, &problem);
@@ -158,12 +163,10 @@ routed route(std::string_view method, std::string_view target) {
       return fail(route_name, core::manifest_invalid("invalid tag"), ns);
     }
   } else {
-    if (req.n && !is_decimal(*req.n)) {
-      return fail(route_name, {400, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer"}, ns);
-    }
-    if (req.last && !req.last->empty() && !core::is_valid_tag(*req.last)) {
-      return fail(route_name, core::manifest_invalid("last is not a valid tag"), ns);
-    }
+    // The registry ignores an n or last it cannot use; so does Berth (they are not
+    // passed on).
+    if (req.n && !is_decimal(*req.n)) req.n.reset();
+    if (req.last && !req.last->empty() && !core::is_valid_tag(*req.last)) req.last.reset();
   }
   if (req.artifact_type && req.artifact_type->size() > 255) {
     return fail(route_name, core::manifest_invalid("artifactType is too long"), ns);

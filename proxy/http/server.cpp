@@ -1,6 +1,7 @@
 #include "http/server.hpp"
 
 #include <sys/sendfile.h>
+#include <array>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -101,6 +102,11 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   asio::awaitable<bool> write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
                                     bool keep_alive, std::uint64_t& bytes);
   asio::awaitable<bool> send_file(connection_state& conn, const core::file_span& span, std::uint64_t& bytes);
+  // After answering a request whose body (or rest) was not read: close the sending
+  // side, then read and drop what the client still sends, for a short while. Closing
+  // with unread bytes would reset the connection, and the client would lose the
+  // answer it has not read yet (nginx's lingering_close).
+  asio::awaitable<void> linger(connection_state& conn);
 };
 
 server::server(std::vector<asio::io_context*> workers, server_options options, metrics::registry& metrics)
@@ -305,6 +311,21 @@ asio::awaitable<bool> server::impl::send_file(connection_state& conn, const core
   co_return true;
 }
 
+asio::awaitable<void> server::impl::linger(connection_state& conn) {
+  error_code ec;
+  conn.stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) co_return;
+  std::array<char, 16 * 1024> sink;
+  std::size_t drained = 0;
+  conn.stream.expires_after(std::chrono::seconds(2));
+  while (drained < (16U << 20)) {
+    const auto n =
+        co_await conn.stream.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) break;
+    drained += n;
+  }
+}
+
 asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker) {
   auto self = shared_from_this();
   beast::flat_buffer buffer;
@@ -321,7 +342,8 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
       // A closed, timed-out or reset connection between requests is normal.
       if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
           ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
-          ec == asio::error::bad_descriptor || (buffer.size() == 0 && ec != bhttp::error::header_limit))
+          ec == asio::error::bad_descriptor ||
+          (!parser.got_some() && buffer.size() == 0 && ec != bhttp::error::header_limit))
         break;
       // A malformed request gets an answer before the connection closes.
       core::reply r;
@@ -329,6 +351,13 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
         r = core::error_reply(
             {431, "UNSUPPORTED",
              "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
+      } else if ((ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) && l.max_body_bytes == 0 &&
+                 parser.get().method() != bhttp::verb::unknown && parser.get().method() != bhttp::verb::get &&
+                 parser.get().method() != bhttp::verb::head) {
+        // (The request line is parsed before the Content-Length is refused.)
+        // A push (PUT, POST, PATCH with its body): the method is what is refused.
+        r = core::error_reply(core::unsupported(
+            "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported"));
       } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
         r = l.max_body_bytes == 0
                 ? core::error_reply(
@@ -341,6 +370,7 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
       std::uint64_t bytes = 0;
       co_await write_reply(*conn, r, false, 11, false, bytes);
       metrics.http_request("invalid", "-", r.status, std::chrono::duration<double>(0), bytes);
+      co_await linger(*conn);
       break;
     }
     conn->idle = false;
@@ -355,6 +385,9 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
       if (f.name() == bhttp::field::accept) {
         if (!in.accept.empty()) in.accept += ", ";
         in.accept += std::string(f.value());
+      } else if (f.name() == bhttp::field::if_none_match) {
+        if (!in.if_none_match.empty()) in.if_none_match += ", ";
+        in.if_none_match += std::string(f.value());
       } else if (f.name() == bhttp::field::range && in.range.empty()) {
         in.range = std::string(f.value());
       } else if (f.name() == bhttp::field::authorization && in.authorization.empty()) {

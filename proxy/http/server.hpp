@@ -25,6 +25,7 @@ struct incoming {
   std::string target;
   std::string accept;  // every Accept line joined with ", "
   std::string range;
+  std::string if_none_match;  // every If-None-Match line joined with ", "
   std::string authorization;  // admin endpoints only (the pull path never looks at it)
   std::string body;           // empty unless the listener accepts bodies
   std::size_t worker = 0;     // index of the worker thread serving it

@@ -16,6 +16,8 @@
 #include "core/media_types.hpp"
 #include "core/min_rate_body.hpp"
 #include "core/range.hpp"
+
+#include <tuple>
 #include "core/verifying_body.hpp"
 #include "meta/cache.hpp"
 #include "metrics/metrics.hpp"
@@ -140,8 +142,33 @@ mirror::mirror(const registry_table& table, upstream::client& client, metrics::r
                store::blob_store* store, meta::cache* meta, mirror_options options)
     : table_(table), client_(client), metrics_(metrics), store_(store), meta_(meta), options_(options) {}
 
+namespace {
+
+// If-None-Match (RFC 9110 13.1.2) against a digest's entity tag: a list of tags,
+// weak or strong, quoted (the registry also takes the bare digest), or "*".
+bool etag_matches(std::string_view header, std::string_view digest) {
+  while (!header.empty()) {
+    const auto comma = header.find(',');
+    auto tag = header.substr(0, comma);
+    header = comma == std::string_view::npos ? std::string_view() : header.substr(comma + 1);
+    while (!tag.empty() && (tag.front() == ' ' || tag.front() == '\t')) tag.remove_prefix(1);
+    while (!tag.empty() && (tag.back() == ' ' || tag.back() == '\t')) tag.remove_suffix(1);
+    if (tag.starts_with("W/")) tag.remove_prefix(2);
+    if (tag == "*") return true;
+    if (tag.size() >= 2 && tag.front() == '"' && tag.back() == '"') tag = tag.substr(1, tag.size() - 2);
+    if (tag == digest) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
   if (req.kind == endpoint::base) {
+    // A ping for a registry Berth does not mirror says so, as every other path does.
+    if (!req.ns.empty() && table_.find(req.ns) == nullptr) {
+      co_return core::error_reply(core::name_unknown("registry " + req.ns + " is not mirrored here"));
+    }
     core::reply r;
     r.headers.add("Content-Type", "application/json");
     r.body = "{}";
@@ -165,6 +192,21 @@ asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
     default: r = co_await listing(*reg, req); break;
   }
   r.registry = reg->id();
+  // Manifests and blobs are named by their digest: that is their entity tag, as the
+  // registry sends it, and a client that has it gets 304 with no body.
+  if ((req.kind == endpoint::manifest || req.kind == endpoint::blob) && (r.status == 200 || r.status == 206)) {
+    if (const auto digest = r.headers.get("Docker-Content-Digest")) {
+      const std::string d(*digest);
+      if (!r.headers.get("ETag")) r.headers.set("ETag", "\"" + d + "\"");
+      if (r.status == 200 && !req.if_none_match.empty() && etag_matches(req.if_none_match, d)) {
+        r.status = 304;
+        r.body.clear();
+        r.stream.reset();
+        r.head_length.reset();
+        r.headers.erase("Content-Range");
+      }
+    }
+  }
   co_return r;
 }
 
@@ -178,6 +220,9 @@ asio::awaitable<core::reply> upstream_error_reply(upstream::response& res, const
   r.status = res.status;
   r.upstream_status = res.status;
   if (auto ra = res.headers.get("Retry-After")) r.headers.add("Retry-After", std::string(*ra));
+  // A 416's Content-Range (bytes */<size>) tells the client the blob's size.
+  if (auto cr = res.headers.get("Content-Range"); cr && res.status == 416)
+    r.headers.add("Content-Range", std::string(*cr));
   std::string body;
   error_code ec;
   co_await res.read_all(body, limit, ec);
@@ -612,13 +657,13 @@ bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t siz
   first = 0;
   end = size;
   if (auto range = req.head ? std::nullopt : core::parse_byte_range(req.range)) {
-    if (range->first >= size) {
+    const auto span = range->resolve(size);
+    if (!span) {
       r.status = 416;
       r.headers.set("Content-Range", "bytes */" + std::to_string(size));
       return false;
     }
-    first = range->first;
-    end = range->last ? std::min(*range->last + 1, size) : size;
+    std::tie(first, end) = *span;
     r.status = 206;
     r.headers.set("Content-Range",
                   "bytes " + std::to_string(first) + "-" + std::to_string(end - 1) + "/" + std::to_string(size));

@@ -23,6 +23,7 @@ struct pull_request {
   // client headers that matter upstream
   std::string accept;  // every Accept line, joined
   std::string range;
+  std::string if_none_match;  // every If-None-Match line, joined
 };
 
 }  // namespace berth::mirror

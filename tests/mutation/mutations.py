@@ -71,9 +71,10 @@ MUTATIONS = [
     },
     {
         "name": "a range starting at the blob's size is satisfiable",
-        "file": "proxy/mirror/mirror.cpp",
-        "find": "if (range->first >= size) {",
-        "replace": "if (range->first > size) {",
+        "file": "proxy/core/range.cpp",
+        "find": "if (first >= size) return std::nullopt;",
+        "replace": "if (first > size) return std::nullopt;",
+        "unit": "ByteRange.*",
         "integration": ["test_blob_cache.py::test_range_on_cached_and_in_flight_blobs"],
     },
     {

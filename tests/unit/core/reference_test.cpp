@@ -81,8 +81,23 @@ TEST(ByteRange, ParsesWhatContainerdSendsAndNothingElse) {
   EXPECT_EQ(*r->last, 9u);
   r = parse_byte_range("bytes=9999999999999999999-");
   ASSERT_TRUE(r) << "19 digits fit in 64 bits";
-  for (const char* bad : {"", "bytes=", "bytes=-5", "bytes=5-4", "bytes=1-2,3-4", "items=1-", "bytes=a-", "bytes=1-b",
-                          "bytes=99999999999999999999-", "bytes= 1-"}) {
+  for (const char* bad : {"", "bytes=", "bytes=5-4", "items=1-", "bytes=a-", "bytes=1-b", "bytes=99999999999999999999-",
+                          "bytes=-", "bytes=--5", "bytes=-x"}) {
     EXPECT_FALSE(parse_byte_range(bad)) << bad;
   }
+  // A suffix: the last N bytes, all of a shorter blob, nothing of an empty one.
+  r = parse_byte_range("bytes=-10");
+  ASSERT_TRUE(r && r->suffix);
+  EXPECT_EQ(r->resolve(1000), (std::pair<std::uint64_t, std::uint64_t>{990, 1000}));
+  EXPECT_EQ(r->resolve(4), (std::pair<std::uint64_t, std::uint64_t>{0, 4}));
+  EXPECT_FALSE(r->resolve(0));
+  EXPECT_FALSE(parse_byte_range("bytes=-0")->resolve(1000)) << "a zero-length suffix is unsatisfiable";
+  // Several ranges: the first is served, and the header said there were more.
+  r = parse_byte_range("bytes=0-1, 5-6");
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->more);
+  EXPECT_EQ(r->resolve(100), (std::pair<std::uint64_t, std::uint64_t>{0, 2}));
+  EXPECT_EQ(parse_byte_range("bytes= 1-")->first, 1u);
+  EXPECT_FALSE(parse_byte_range("bytes=100-")->resolve(100)) << "starting at the size: 416";
+  EXPECT_EQ(parse_byte_range("bytes=10-99999")->resolve(100), (std::pair<std::uint64_t, std::uint64_t>{10, 100}));
 }

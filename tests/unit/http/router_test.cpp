@@ -55,9 +55,12 @@ TEST(Router, TagsListPassesPagination) {
   EXPECT_EQ(r.request().kind, mirror::endpoint::tags_list);
   EXPECT_EQ(*r.request().n, "10");
   EXPECT_EQ(*r.request().last, "v1");
-  auto bad = route("GET", "/v2/library/app/tags/list?n=-1");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().code, "PAGINATION_NUMBER_INVALID");
+  for (const char* odd : {"?n=-1", "?n=abc", "?last=.bad"}) {
+    auto ignored = route("GET", std::string("/v2/library/app/tags/list") + odd);
+    ASSERT_TRUE(ignored.ok()) << odd << ": the registry ignores what it cannot use";
+    EXPECT_FALSE(ignored.request().n) << odd;
+    EXPECT_FALSE(ignored.request().last) << odd;
+  }
 }
 
 TEST(Router, Referrers) {
@@ -90,9 +93,10 @@ TEST(Router, BadNamesTagsAndDigests) {
   expect("/v2/library/../app/manifests/v1", 400, "NAME_INVALID");
   expect("/v2/library/%2e%2e/app/manifests/v1", 400, "NAME_INVALID");
   expect("/v2/library%2Fapp/manifests/v1", 400, "NAME_INVALID");
-  expect("/v2/library/app/manifests/.v1", 400, "MANIFEST_INVALID");
-  expect("/v2/library/app/manifests/" + std::string(129, 'a'), 400, "MANIFEST_INVALID");
-  expect("/v2/library/app/manifests/sha256:ABC", 400, "DIGEST_INVALID");
+  expect("/v2/library/app/manifests/.v1", 404, "MANIFEST_UNKNOWN");
+  expect("/v2/library/app/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN");
+  expect("/v2/library/app/manifests/" + std::string(129, 'a'), 404, "MANIFEST_UNKNOWN");
+  expect("/v2/library/app/manifests/sha256:ABC", 404, "MANIFEST_UNKNOWN");
   expect("/v2/library/app/blobs/sha256:" + std::string(64, 'A'), 400, "DIGEST_INVALID");
   expect("/v2/library/app/blobs/latest", 400, "DIGEST_INVALID");
   expect("/v2/library/app/blobs/md5:" + std::string(32, 'a'), 400, "DIGEST_INVALID");
