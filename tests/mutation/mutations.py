@@ -89,6 +89,7 @@ MUTATIONS = [
         "file": "proxy/http/watchdog.cpp",
         "find": "if (late > limit_.count()) {",
         "replace": "if (false) {",
+        "unit": "Watchdog.AStuckLoopIsReportedAndHealthzGoesDownFirst",
         "integration": ["test_faults.py::test_watchdog_exits_a_wedged_berth_and_the_next_run_reports_it"],
     },
     {

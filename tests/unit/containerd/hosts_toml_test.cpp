@@ -12,7 +12,7 @@ using namespace berth::containerd;
 namespace fs = std::filesystem;
 
 namespace {
-const hosts_options k_opts{"registry.example.ts.net", "http://127.0.0.1:5050", "", "1s"};
+const hosts_options k_opts{"registry.example.ts.net", "http://127.0.0.1:5050", "", "1s", ""};
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -66,9 +66,9 @@ TEST(HostsToml, RenderIsIdempotentAndReplacesAStaleEntryForTheSameMirror) {
 }
 
 TEST(HostsToml, RejectsInjection) {
-  EXPECT_THROW(render({"../etc", "http://127.0.0.1:5050", "", ""}, std::nullopt), std::invalid_argument);
-  EXPECT_THROW(render({"r", "http://x\"]\n[evil", "", ""}, std::nullopt), std::invalid_argument);
-  EXPECT_THROW(render({"r", "ftp://x", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"../etc", "http://127.0.0.1:5050", "", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"r", "http://x\"]\n[evil", "", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"r", "ftp://x", "", "", ""}, std::nullopt), std::invalid_argument);
 }
 
 TEST(HostsToml, InstallBacksUpOnceAndUninstallRestoresByteForByte) {
@@ -89,7 +89,7 @@ TEST(HostsToml, InstallBacksUpOnceAndUninstallRestoresByteForByte) {
   EXPECT_FALSE(fs::exists(dir / "registry.example.ts.net" / "hosts.toml.berth-orig"));
 
   // A file Berth created is removed, with its directory.
-  EXPECT_EQ(install(dir.string(), {"new.example", "http://127.0.0.1:5050", "", ""}).action, "created");
+  EXPECT_EQ(install(dir.string(), {"new.example", "http://127.0.0.1:5050", "", "", ""}).action, "created");
   EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "removed");
   EXPECT_FALSE(fs::exists(dir / "new.example"));
   EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "nothing to do");
