@@ -21,7 +21,7 @@ watchdog::watchdog(std::vector<boost::asio::io_context*> loops, std::chrono::mil
     : loops_(std::move(loops)),
       limit_(limit),
       on_stuck_(std::move(on_stuck)),
-      beats_(new std::atomic<std::int64_t>[loops_.size()]) {
+      beats_(new std::atomic<std::int64_t>[loops_.size()], std::default_delete<std::atomic<std::int64_t>[]>()) {
   const auto now = ticks();
   for (std::size_t i = 0; i < loops_.size(); ++i) beats_[i] = now;
 }
@@ -57,7 +57,7 @@ void watchdog::run() {
   std::unique_lock lock(mu_);
   while (!stopping_) {
     for (std::size_t i = 0; i < loops_.size(); ++i) {
-      boost::asio::post(*loops_[i], [this, i] { beats_[i].store(ticks(), std::memory_order_relaxed); });
+      boost::asio::post(*loops_[i], [beats = beats_, i] { beats[i].store(ticks(), std::memory_order_relaxed); });
     }
     cv_.wait_for(lock, interval, [this] { return stopping_; });
     if (stopping_) break;

@@ -42,8 +42,9 @@ class watchdog {
   std::vector<boost::asio::io_context*> loops_;
   std::chrono::milliseconds limit_;
   stuck_fn on_stuck_;
-  // Heartbeats as steady_clock ticks, one per loop, written by that loop.
-  std::unique_ptr<std::atomic<std::int64_t>[]> beats_;
+  // Heartbeats as steady_clock ticks, one per loop, written by that loop. Shared with
+  // the posted heartbeats: one may still run after the watchdog is gone (found by TSan).
+  std::shared_ptr<std::atomic<std::int64_t>[]> beats_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -136,6 +136,25 @@ default_registry: {REGISTRY_NAME}
 {extra_top}"""
 
 
+def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None):
+    """A started Berth for REGISTRY_NAME at `endpoint` (a fault or throttling proxy in
+    front of the registry, say), with the robot's credentials and, given a
+    `cache_dir`, a blob cache. The caller stops it."""
+    os.makedirs(directory, exist_ok=True)
+    secret = os.path.join(directory, "dockerconfigjson")
+    write_docker_config(secret, REGISTRY_NAME, ROBOT, world["robot_password"])
+    cache = f"cache:\n  dir: {cache_dir}\n" if cache_dir else ""
+    return harness.Berth(berth_binary(), os.path.join(directory, "berth"), f"""listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+registries:
+  - names: [{REGISTRY_NAME}]
+    endpoint: {endpoint}
+    credentials: {secret}
+    ca_file: {ca_file or world['pki'].ca_file}
+default_registry: {REGISTRY_NAME}
+{cache}""").start()
+
+
 @pytest.fixture(scope="session")
 def berth(world, workdir):
     d = os.path.join(workdir, "berth")

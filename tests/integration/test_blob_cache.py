@@ -12,7 +12,7 @@ import time
 import pytest
 
 import harness
-from conftest import REGISTRY_NAME, ROBOT, berth_binary, berth_config, write_docker_config
+from conftest import REGISTRY_NAME, ROBOT, berth_at, berth_binary, berth_config, write_docker_config
 
 
 @pytest.fixture
@@ -145,18 +145,7 @@ def test_range_on_cached_and_in_flight_blobs(world, tmp_path):
     # The upstream behind a 50 MB/s link: the fill takes seconds, so the range really
     # arrives while it is under way.
     link = harness.FaultProxy(world["registry"].port, rate=50e6)
-    secret = tmp_path / "dockerconfigjson"
-    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
-    b = harness.Berth(berth_binary(), str(tmp_path / "berth"), f"""listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-registries:
-  - names: [{REGISTRY_NAME}]
-    endpoint: https://127.0.0.1:{link.port}
-    credentials: {secret}
-    ca_file: {world['pki'].ca_file}
-cache:
-  dir: {tmp_path / 'cache'}
-""").start()
+    b = berth_at(world, str(tmp_path), f"https://127.0.0.1:{link.port}", cache_dir=tmp_path / "cache")
     try:
         url = f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"
         before = len(blob_gets(world, big))
@@ -255,19 +244,7 @@ def test_an_upstream_that_breaks_mid_blob_is_resumed(world, tmp_path):
     big = world["image"]["big_layer"]
     size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
     proxy = harness.FaultProxy(world["registry"].port, cut_after=int(size * 0.3))
-    secret = tmp_path / "dockerconfigjson"
-    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
-    cfg = f"""listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-registries:
-  - names: [{REGISTRY_NAME}]
-    endpoint: https://127.0.0.1:{proxy.port}
-    credentials: {secret}
-    ca_file: {world['pki'].ca_file}
-cache:
-  dir: {tmp_path / 'cache'}
-"""
-    b = harness.Berth(berth_binary(), str(tmp_path / "berth"), cfg).start()
+    b = berth_at(world, str(tmp_path), f"https://127.0.0.1:{proxy.port}", cache_dir=tmp_path / "cache")
     try:
         before = len([r for r in world["registry"].settled_requests() if r[2] == 206 and big in r[1]])
         got = curl_sha256(f"{b.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}")

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 import harness
-from conftest import REGISTRY_NAME, ROBOT, berth_binary, write_docker_config
+from conftest import REGISTRY_NAME, ROBOT, berth_at, berth_binary, write_docker_config
 
 REPO = "library/faults"
 
@@ -404,19 +404,7 @@ def test_a_token_service_answering_garbage_is_a_clear_502(start_berth, faulty, i
 
 def test_a_registry_with_the_wrong_tls_certificate_fails_fast(world, tmp_path, image):
     other = harness.Pki(str(tmp_path / "other-ca"))  # a CA that did not sign the registry's certificate
-    secret = tmp_path / "dockerconfigjson"
-    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
-    b = harness.Berth(berth_binary(), str(tmp_path / "berth"), f"""listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-registries:
-  - names: [{REGISTRY_NAME}]
-    endpoint: {world['registry'].endpoint}
-    credentials: {secret}
-    ca_file: {other.ca_file}
-default_registry: {REGISTRY_NAME}
-cache:
-  dir: {tmp_path / 'cache'}
-""").start()
+    b = berth_at(world, str(tmp_path), world["registry"].endpoint, ca_file=other.ca_file, cache_dir=tmp_path / "cache")
     try:
         started = time.monotonic()
         status, _, body, complete = harness.raw_get(b.port, blob_target(image["layer"]))

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 import harness
-from conftest import REGISTRY_NAME, ROBOT, berth_binary, berth_config, write_docker_config
+from conftest import REGISTRY_NAME, ROBOT, berth_at, berth_binary, berth_config, write_docker_config
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -135,18 +135,7 @@ def test_suffix_ranges_from_the_cache_and_from_a_fill_under_way(world, cached, d
     big = world["image"]["big_layer"]
     big_size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
     link = harness.FaultProxy(world["registry"].port, rate=50e6)
-    secret = tmp_path / "dockerconfigjson2"
-    write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
-    b = harness.Berth(berth_binary(), str(tmp_path / "slow"), f"""listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-registries:
-  - names: [{REGISTRY_NAME}]
-    endpoint: https://127.0.0.1:{link.port}
-    credentials: {secret}
-    ca_file: {world['pki'].ca_file}
-cache:
-  dir: {tmp_path / 'slow-cache'}
-""").start()
+    b = berth_at(world, str(tmp_path / "slow"), f"https://127.0.0.1:{link.port}", cache_dir=tmp_path / "slow-cache")
     try:
         t = threading.Thread(target=lambda: harness.raw_get(b.port, f"/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}"))
         t.start()
