@@ -15,21 +15,6 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// True when a media range's parameters say q=0 ("not acceptable").
-bool refused(std::string_view params) {
-  while (!params.empty()) {
-    const auto semi = params.find(';');
-    auto p = trim(params.substr(0, semi));
-    params = semi == std::string_view::npos ? std::string_view() : params.substr(semi + 1);
-    if (p.size() >= 2 && (p[0] == 'q' || p[0] == 'Q') && p[1] == '=') {
-      auto v = trim(p.substr(2));
-      while (!v.empty() && (v.back() == '0' || v.back() == '.')) v.remove_suffix(1);
-      return v.empty();  // "0", "0.0", "0.000"
-    }
-  }
-  return false;
-}
-
 struct named {
   std::string_view type;
   accept_class bit;
@@ -47,9 +32,9 @@ accept_class classify_accept(std::string_view accept) {
     const auto comma = accept.find(',');
     auto range = accept.substr(0, comma);
     accept = comma == std::string_view::npos ? std::string_view() : accept.substr(comma + 1);
-    const auto semi = range.find(';');
-    const auto type = trim(range.substr(0, semi));
-    if (semi != std::string_view::npos && refused(range.substr(semi + 1))) continue;
+    // Parameters, q included, are ignored: the registry ignores them too (a type
+    // named with q=0 still gets that type), and the answer must be the registry's.
+    const auto type = trim(range.substr(0, range.find(';')));
     if (type == "*/*" || iequals(type, "application/*")) {
       c |= accepts_wildcard;
       continue;

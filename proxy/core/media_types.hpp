@@ -39,7 +39,8 @@ bool valid(std::string_view type);
 // field when valid, else an OCI manifest. Never anything outside the grammar above.
 std::string of_manifest(std::string_view content_type, std::string_view body);
 
-// The class of an Accept header (all lines joined with ", "); q=0 entries are ignored.
+// The class of an Accept header (all lines joined with ", "). Parameters, q=0
+// included, do not matter: the registry does not read them either.
 accept_class classify_accept(std::string_view accept);
 // An Accept header naming exactly the class's types, in containerd's order.
 std::string accept_for(accept_class c);

@@ -176,3 +176,11 @@ def test_a_push_with_a_body_gets_a_readable_405(cached, size):
     reply = r.read()
     conn.close()
     assert r.status == 405 and b'"UNSUPPORTED"' in reply
+
+
+def test_q_zero_gets_what_the_registry_gives(world, cached, direct):
+    # q=0 does not refuse a type to the registry, so neither to Berth.
+    for accept in (f"{INDEX};q=0", f"application/vnd.docker.distribution.manifest.v2+json, {INDEX};q=0"):
+        s, h, body = via(cached, "/v2/library/app/manifests/v1", headers={"Accept": accept})
+        ds, dh, dbody = direct("/v2/library/app/manifests/v1", headers={"Accept": accept})
+        assert (s, h.get("docker-content-digest"), body) == (ds, dh.get("docker-content-digest"), dbody), accept

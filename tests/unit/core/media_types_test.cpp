@@ -19,9 +19,10 @@ TEST(AcceptClass, RepeatedLinesJoinedAsOneAreTheSameClass) {
 
 TEST(AcceptClass, ParametersCaseAndRefusals) {
   EXPECT_EQ(classify_accept("Application/VND.Docker.Distribution.Manifest.V2+JSON; q=0.9"), accepts_docker_manifest);
+  // q=0 is not a refusal to the registry (it serves the index all the same), so not to Berth.
   EXPECT_EQ(classify_accept(std::string(docker_manifest) + ", " + std::string(oci_index) + ";q=0"),
-            accepts_docker_manifest);
-  EXPECT_EQ(classify_accept(std::string(oci_index) + ";q=0.000"), 0u);
+            accepts_docker_manifest | accepts_oci_index);
+  EXPECT_EQ(classify_accept(std::string(oci_index) + ";q=0.000"), accepts_oci_index);
   EXPECT_EQ(classify_accept(std::string(oci_index) + ";q=0.5"), accepts_oci_index);
   EXPECT_EQ(classify_accept("application/*"), accepts_wildcard);
   EXPECT_EQ(classify_accept("*/*"), accepts_wildcard);
