@@ -57,7 +57,9 @@ std::string accept_for(accept_class c) {
 
 bool class_accepts(accept_class c, std::string_view type) {
   for (const auto& t : k_types) {
-    if (iequals(type, t.type)) return (c & t.bit) != 0 || (c & accepts_wildcard) != 0;
+    // Named, or not at all: the registry gives none of the four to a wildcard (a lone
+    // */* gets 404 for an OCI index or manifest, by tag and by digest).
+    if (iequals(type, t.type)) return (c & t.bit) != 0;
   }
   return (c & accepts_wildcard) != 0;
 }

@@ -44,7 +44,8 @@ std::string of_manifest(std::string_view content_type, std::string_view body);
 accept_class classify_accept(std::string_view accept);
 // An Accept header naming exactly the class's types, in containerd's order.
 std::string accept_for(accept_class c);
-// Whether a client of class `c` may be given a manifest of `type`.
+// Whether a client of class `c` may be given a manifest of `type`: one of the four
+// only when the client named it (a wildcard is not enough, as for the registry).
 bool class_accepts(accept_class c, std::string_view type);
 
 }  // namespace berth::core::media_type

@@ -3,6 +3,7 @@ and the registry's direct answer to the same request, compared where a client ca
 tell them apart (status, Content-Range, ETag, 304s, bodies)."""
 
 import hashlib
+import json
 import http.client
 import os
 import socket
@@ -184,3 +185,16 @@ def test_q_zero_gets_what_the_registry_gives(world, cached, direct):
         s, h, body = via(cached, "/v2/library/app/manifests/v1", headers={"Accept": accept})
         ds, dh, dbody = direct("/v2/library/app/manifests/v1", headers={"Accept": accept})
         assert (s, h.get("docker-content-digest"), body) == (ds, dh.get("docker-content-digest"), dbody), accept
+
+
+def test_a_wildcard_alone_gets_what_the_registry_gives(world, cached, direct):
+    """The registry gives none of the manifest types to a client that only sends a
+    wildcard, by tag or by digest; Berth must not hand it a cached one either."""
+    via(cached, "/v2/library/app/manifests/v1", headers={"Accept": harness.CONTAINERD_ACCEPT})  # cache the index
+    for accept in ("*/*", "application/*"):
+        for ref in ("v1", world["image"]["index"]):
+            s, _, body = via(cached, f"/v2/library/app/manifests/{ref}", headers={"Accept": accept})
+            ds, _, dbody = direct(f"/v2/library/app/manifests/{ref}", headers={"Accept": accept})
+            # The same status and code; the message may be Berth's remembered 404's.
+            code = json.loads(body)["errors"][0]["code"]
+            assert (s, code) == (ds, json.loads(dbody)["errors"][0]["code"]) == (404, "MANIFEST_UNKNOWN"), (accept, ref)

@@ -38,7 +38,9 @@ TEST(AcceptClass, WhatAClassMayBeGiven) {
   EXPECT_TRUE(class_accepts(accepts_docker_manifest, docker_manifest));
   EXPECT_FALSE(class_accepts(accepts_docker_manifest, oci_index));
   EXPECT_FALSE(class_accepts(accepts_docker_manifest | accepts_docker_list, oci_index));
-  EXPECT_TRUE(class_accepts(accepts_docker_manifest | accepts_wildcard, oci_index));
+  EXPECT_FALSE(class_accepts(accepts_docker_manifest | accepts_wildcard, oci_index)) << "a wildcard names no type";
+  EXPECT_FALSE(class_accepts(accepts_wildcard, oci_manifest));
+  EXPECT_TRUE(class_accepts(accepts_all, oci_index));
   EXPECT_FALSE(class_accepts(accepts_oci_index, "application/vnd.example.thing+json"));
   EXPECT_EQ(accept_for(accepts_docker_manifest | accepts_wildcard), std::string(docker_manifest) + ", */*");
 }
