@@ -224,13 +224,15 @@ http {{ access_log off; {conf} tcp_nopush on; keepalive_timeout 60;
             b = berth(f"cold1-{rnd}")
             # Warm the token and the upstream connection, as on a running node: what
             # is timed is the cold blob, not Berth's first token fetch.
-            subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
+            subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
+                            f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
             t0 = time.monotonic()
             fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}")
             cold1.append(time.monotonic() - t0)
             b.stop()
             b = berth(f"cold50-{rnd}")
-            subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
+            subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
+                            f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
             wall, got = parallel(50, lambda: fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}"))
             assert all(g == size for g in got)
             cold50.append(wall)
@@ -257,7 +259,8 @@ http {{ access_log off; {conf} tcp_nopush on; keepalive_timeout 60;
                 for n, acc in ((1, t1), (50, t50)):
                     tag = f"link{n}-{rnd}"
                     b = berth(tag, endpoint=f"https://127.0.0.1:{link.port}")
-                    subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
+                    subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
+                                   f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
                     wall, got = parallel(n, lambda: fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}"))
                     assert all(g == size for g in got)
                     acc.append(wall)

@@ -149,7 +149,11 @@ int serve(const std::string& config_path) {
   for (std::size_t i = 0; i < mirrors.size(); ++i) mirrors[i]->set_fill_peer(mirrors[(i + 1) % mirrors.size()]);
   rt->pull = std::make_unique<http::server>(contexts, s.server, rt->metrics);
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
-  const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors), s.server.access_log, "mirror");
+  // A GET may carry a small body (the OCI conformance suite sends one); it is read
+  // and ignored. Pushes are refused for their method.
+  const auto port = rt->pull->listen(
+      s.server.listen, http::make_pull_handler(mirrors),
+      {.name = "mirror", .access_log = s.server.access_log, .max_body_bytes = 4096, .pull_only = true});
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
@@ -180,8 +184,9 @@ int serve(const std::string& config_path) {
       return true;
     };
   }
-  const auto admin_port = rt->admin->listen(
-      s.server.admin_listen, http::make_admin_handler(rt->metrics, admin_state, webhook), false, "admin", 1 << 20);
+  const auto admin_port =
+      rt->admin->listen(s.server.admin_listen, http::make_admin_handler(rt->metrics, admin_state, webhook),
+                        {.name = "admin", .access_log = false, .max_body_bytes = 1 << 20, .pull_only = false});
   rt->ready = true;
   rt->metrics.set_ready(true);
   log::info("listening", {{"listen", s.server.listen},

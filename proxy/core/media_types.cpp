@@ -3,6 +3,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 
+#include "core/hasher.hpp"
 #include "core/headers.hpp"
 
 namespace berth::core::media_type {
@@ -91,6 +92,52 @@ std::string of_manifest(std::string_view content_type, std::string_view body) {
       return std::string(mt->get_string());
   }
   return std::string(oci_manifest);
+}
+
+namespace {
+// JWS base64url, unpadded, to bytes.
+std::optional<std::string> base64url_decode(std::string_view text) {
+  std::string standard(text);
+  for (char& c : standard) {
+    if (c == '+' || c == '/' || c == '=') return std::nullopt;  // the standard alphabet, not JWS's
+    if (c == '-') c = '+';
+    if (c == '_') c = '/';
+  }
+  if (standard.size() % 4 == 1) return std::nullopt;
+  standard.append((4 - standard.size() % 4) % 4, '=');
+  std::string out;
+  if (!base64_decode(standard, out)) return std::nullopt;
+  return out;
+}
+}  // namespace
+
+std::optional<std::string> schema1_payload(std::string_view signed_bytes) {
+  boost::system::error_code ec;
+  const auto doc = boost::json::parse(signed_bytes, ec);
+  if (ec || !doc.is_object()) return std::nullopt;
+  const auto* sigs = doc.get_object().if_contains("signatures");
+  if (sigs == nullptr || !sigs->is_array() || sigs->get_array().empty()) return std::nullopt;
+  std::optional<std::string> payload;
+  for (const auto& sig : sigs->get_array()) {
+    const auto* prot = sig.is_object() ? sig.get_object().if_contains("protected") : nullptr;
+    if (prot == nullptr || !prot->is_string()) return std::nullopt;
+    const auto header_bytes = base64url_decode(prot->get_string());
+    if (!header_bytes) return std::nullopt;
+    const auto header = boost::json::parse(*header_bytes, ec);
+    if (ec || !header.is_object()) return std::nullopt;
+    const auto* length = header.get_object().if_contains("formatLength");
+    const auto* tail = header.get_object().if_contains("formatTail");
+    if (length == nullptr || !length->is_int64() || tail == nullptr || !tail->is_string()) return std::nullopt;
+    const auto n = length->get_int64();
+    if (n < 0 || static_cast<std::uint64_t>(n) > signed_bytes.size()) return std::nullopt;
+    const auto tail_bytes = base64url_decode(tail->get_string());
+    if (!tail_bytes) return std::nullopt;
+    std::string p(signed_bytes.substr(0, static_cast<std::size_t>(n)));
+    p += *tail_bytes;
+    if (payload && *payload != p) return std::nullopt;
+    payload = std::move(p);
+  }
+  return payload;
 }
 
 }  // namespace berth::core::media_type

@@ -1,6 +1,7 @@
 #pragma once
 // Media types the proxy needs to name (image-spec media-types.md), and the
 // classes of Accept header that decide which manifest a registry returns for a tag.
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -10,6 +11,7 @@ inline constexpr std::string_view oci_manifest = "application/vnd.oci.image.mani
 inline constexpr std::string_view oci_index = "application/vnd.oci.image.index.v1+json";
 inline constexpr std::string_view docker_manifest = "application/vnd.docker.distribution.manifest.v2+json";
 inline constexpr std::string_view docker_list = "application/vnd.docker.distribution.manifest.list.v2+json";
+inline constexpr std::string_view docker_schema1_signed = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 // containerd's resolve Accept line (core/remotes/docker/resolver.go).
 inline constexpr std::string_view containerd_accept =
@@ -47,5 +49,14 @@ std::string accept_for(accept_class c);
 // Whether a client of class `c` may be given a manifest of `type`: one of the four
 // only when the client named it (a wildcard is not enough, as for the registry).
 bool class_accepts(accept_class c, std::string_view type);
+
+// Docker schema 1, signed. A registry that converts a schema-2 manifest to schema 1
+// for an old client (by tag, when the client names no schema-2 type) signs it anew
+// and announces the sha256 of the payload its signatures cover, not of the bytes it
+// sends (distribution's convertSchema2Manifest). That payload is the first
+// `formatLength` bytes followed by the decoded `formatTail` of each signature's
+// protected header (libtrust's JWS). nullopt when the bytes are not such a manifest
+// or its signatures disagree about the payload.
+std::optional<std::string> schema1_payload(std::string_view signed_bytes);
 
 }  // namespace berth::core::media_type

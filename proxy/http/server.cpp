@@ -75,9 +75,7 @@ struct connection_state {
 struct listener {
   tcp::acceptor acceptor;
   handler handle;
-  bool access_log;
-  std::string name;
-  std::size_t max_body_bytes = 0;
+  listener_options options;
   explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
 };
 
@@ -114,13 +112,10 @@ server::server(std::vector<asio::io_context*> workers, server_options options, m
 
 server::~server() = default;
 
-unsigned short server::listen(const std::string& address, handler h, bool access_log, const std::string& name,
-                              std::size_t max_body_bytes) {
+unsigned short server::listen(const std::string& address, handler h, listener_options options) {
   auto l = std::make_unique<listener>(*impl_->workers.front());
-  l->max_body_bytes = max_body_bytes;
   l->handle = std::move(h);
-  l->access_log = access_log;
-  l->name = name;
+  l->options = std::move(options);
   const auto ep = parse_listen(address);
   l->acceptor.open(ep.protocol());
   l->acceptor.set_option(tcp::acceptor::reuse_address(true));
@@ -168,7 +163,7 @@ asio::awaitable<void> server::impl::accept_loop(listener& l) {
     auto sock = co_await l.acceptor.async_accept(*workers[index], asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !l.acceptor.is_open()) co_return;
-      log::warn("accept_failed", {{"listener", l.name}, {"error", ec.message()}});
+      log::warn("accept_failed", {{"listener", l.options.name}, {"error", ec.message()}});
       // Out of file descriptors and the like: back off instead of spinning.
       asio::steady_timer t(l.acceptor.get_executor(), std::chrono::milliseconds(50));
       co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -334,7 +329,7 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
     if (stopping) break;
     bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
-    parser.body_limit(l.max_body_bytes);
+    parser.body_limit(l.options.max_body_bytes);
     conn->stream.expires_after(options.idle_timeout);
     error_code ec;
     co_await bhttp::async_read(conn->stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
@@ -351,7 +346,7 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
         r = core::error_reply(
             {431, "UNSUPPORTED",
              "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
-      } else if ((ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) && l.max_body_bytes == 0 &&
+      } else if ((ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) && l.options.pull_only &&
                  parser.get().method() != bhttp::verb::unknown && parser.get().method() != bhttp::verb::get &&
                  parser.get().method() != bhttp::verb::head) {
         // (The request line is parsed before the Content-Length is refused.)
@@ -359,11 +354,8 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
         r = core::error_reply(core::unsupported(
             "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported"));
       } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
-        r = l.max_body_bytes == 0
-                ? core::error_reply(
-                      {413, "UNSUPPORTED", "request bodies are not accepted: Berth is a pull-only mirror"})
-                : core::error_reply({413, "UNSUPPORTED",
-                                     "request body is larger than " + std::to_string(l.max_body_bytes) + " bytes"});
+        r = core::error_reply(
+            {413, "UNSUPPORTED", "request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes"});
       } else {
         r = core::error_reply({400, "UNSUPPORTED", "malformed HTTP request: " + ec.message()});
       }
@@ -408,7 +400,7 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
     const std::chrono::duration<double> took = clock_type::now() - started;
     metrics.http_in_flight(-1);
     metrics.http_request(h.route, in.method, h.reply.status, took, bytes);
-    if (l.access_log) {
+    if (l.options.access_log) {
       log::info("request", {{"method", in.method},
                             {"path", in.target},
                             {"ns", h.ns},

@@ -42,16 +42,24 @@ using handler = std::function<boost::asio::awaitable<handled>(const incoming&)>;
 // Renders an OCI error body: {"errors":[{"code":..,"message":..}]}.
 std::string error_body(const core::oci_error& e);
 
+struct listener_options {
+  std::string name;  // "mirror" or "admin", in logs
+  bool access_log = false;
+  // A request body is read whole before the handler runs; a larger one gets 413.
+  std::size_t max_body_bytes = 0;
+  // Serves only GET and HEAD: a request of another method whose body is too large is
+  // refused for its method (405), not its size. A GET's body is read and ignored.
+  bool pull_only = false;
+};
+
 class server {
  public:
   server(std::vector<boost::asio::io_context*> workers, server_options options, metrics::registry& metrics);
   ~server();
 
   // Binds "host:port" (port 0 picks one) and starts accepting. Throws on a bad
-  // address or a bind failure. Returns the bound port. Requests with a body larger
-  // than `max_body_bytes` get 413.
-  unsigned short listen(const std::string& address, handler h, bool access_log, const std::string& name,
-                        std::size_t max_body_bytes = 0);
+  // address or a bind failure. Returns the bound port.
+  unsigned short listen(const std::string& address, handler h, listener_options options);
 
   // Stops accepting, closes idle keep-alive connections, and asks busy ones to
   // close after their current response. Thread-safe.

@@ -423,6 +423,11 @@ struct cache::impl {
         co_await drop(k);
         out = lookup{outcome::refused, std::nullopt, std::move(got.reply)};
         break;
+      case fetched::result::uncacheable:
+        if (best) metrics.meta_revalidation(registry, "changed");
+        co_await drop(k);
+        out = lookup{outcome::upstream, std::nullopt, std::move(got.reply)};
+        break;
       case fetched::result::unavailable:
         if (best) metrics.meta_revalidation(registry, "unavailable");
         if (best && best->found && asked - best->validated_ms < options.max_stale.count()) {

@@ -58,7 +58,9 @@ struct manifest {
 
 // What the mirror's upstream request produced.
 struct fetched {
-  enum class result { ok, not_found, refused, unavailable };
+  // uncacheable: `reply` is the client's answer, but not one to remember (a schema-1
+  // conversion); whatever was remembered for the key is dropped.
+  enum class result { ok, not_found, refused, unavailable, uncacheable };
   result status = result::unavailable;
   entry answer;       // ok: digest, size, media type (the cache stamps the time)
   core::reply reply;  // otherwise: what the client gets

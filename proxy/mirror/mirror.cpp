@@ -266,9 +266,10 @@ meta::fetched unavailable(core::reply r) {
 
 asio::awaitable<core::reply> mirror::manifest(upstream::registry& reg, const pull_request& req) {
   namespace mt = core::media_type;
-  const auto cls = mt::classify_accept(req.accept.empty() ? mt::containerd_accept : std::string_view(req.accept));
-  // A client naming none of the four manifest types (schema 1, say) is passed
-  // through: its answer is not one the cache can vouch for.
+  const auto cls = mt::classify_accept(req.accept);
+  // A client naming none of the four manifest types (no Accept at all, or schema 1)
+  // is passed through: the registry answers it with a schema-1 conversion or an
+  // error, neither of which the cache can vouch for.
   if (meta_ == nullptr || cls == 0) co_return co_await upstream_manifest(reg, req);
 
   const std::string& registry = reg.id();
@@ -351,6 +352,11 @@ asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest_once
   // the tag to one digest and then fail to commit these bytes under it.
   if (auto claimed = res.headers.get("Docker-Content-Digest");
       claimed && *claimed != computed && claimed->substr(0, algorithm.size() + 1) == algorithm + ":") {
+    // A schema-1 conversion names the digest of what its signatures cover.
+    if (const auto payload = core::media_type::schema1_payload(body);
+        expected.empty() && payload && core::digest_of(*payload, algorithm) == *claimed) {
+      co_return manifest_body{std::move(body), std::string(*claimed), true};
+    }
     metrics_.digest_mismatch(reg.id(), "manifest_header");
     log::error("digest_mismatch", {{"registry", reg.id()},
                                    {"kind", "manifest_header"},
@@ -363,7 +369,7 @@ asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest_once
         {502, "DIGEST_INVALID", "upstream manifest bytes do not match the digest the upstream announced for them"});
     co_return std::nullopt;
   }
-  co_return manifest_body{std::move(body), std::move(computed)};
+  co_return manifest_body{std::move(body), std::move(computed), false};
 }
 
 asio::awaitable<std::optional<mirror::manifest_body>> mirror::read_manifest(
@@ -444,6 +450,14 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
     res = co_await client_.fetch(reg, up, ec);
     if (ec) co_return unavailable(transport_error(ec, reg.id()));
   }
+  // A schema-1 conversion is never remembered (its digest names no stored
+  // manifest, and its bytes are signed anew each time): GET it for this client.
+  if (held && res.status == 200 && bare_media_type(res.headers) == core::media_type::docker_schema1_signed) {
+    held.reset();
+    up.method = "GET";
+    res = co_await client_.fetch(reg, up, ec);
+    if (ec) co_return unavailable(transport_error(ec, reg.id()));
+  }
   // A refused revalidation HEAD has no body; a GET client gets the upstream's own
   // error (Harbor's PROJECTPOLICYVIOLATION message), so ask once more with GET.
   if (held && res.status != 200 && res.status < 500 && !req.head) {
@@ -482,6 +496,11 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
       out.status = too_large ? meta::fetched::result::refused : meta::fetched::result::unavailable;
       co_return out;
     }
+    if (body->converted) {
+      out.status = meta::fetched::result::uncacheable;
+      out.reply = manifest_reply(res, req, std::move(*body));
+      co_return out;
+    }
     e.digest = body->digest;
     e.size = body->bytes.size();
     e.media_type = core::media_type::of_manifest(bare_media_type(res.headers), body->bytes);
@@ -502,9 +521,9 @@ asio::awaitable<core::reply> mirror::upstream_manifest(upstream::registry& reg, 
   upstream::request up;
   up.target = upstream_target(req);
   up.repository = req.name;
-  // Forward what the client accepts; a client that says nothing gets what
-  // containerd asks for, never schema 1.
-  up.accept = req.accept.empty() ? std::string(core::media_type::containerd_accept) : req.accept;
+  // Forward what the client accepts; a client that says nothing gets the
+  // registry's default answer, as it would without Berth.
+  up.accept = req.accept;
   up.method = req.head ? "HEAD" : "GET";
 
   error_code ec;
@@ -521,12 +540,12 @@ asio::awaitable<core::reply> mirror::upstream_manifest(upstream::registry& reg, 
   }
   if (res.status != 200) co_return co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
 
-  core::reply r;
-  r.upstream_status = res.status;
-  copy_headers(res.headers, r.headers);
-  r.headers.erase("Content-Range");
-  r.headers.erase("Accept-Ranges");
   if (req.head && !res.body) {
+    core::reply r;
+    r.upstream_status = res.status;
+    copy_headers(res.headers, r.headers);
+    r.headers.erase("Content-Range");
+    r.headers.erase("Accept-Ranges");
     r.head_length = content_length(res.headers);
     if (req.digest && res.headers.get("Docker-Content-Digest") != std::optional<std::string_view>(req.digest->str())) {
       r.headers.set("Docker-Content-Digest", req.digest->str());
@@ -540,14 +559,23 @@ asio::awaitable<core::reply> mirror::upstream_manifest(upstream::registry& reg, 
       req.digest ? req.digest->str() : std::string();  // named: GCC 12 and temporaries in co_await
   auto body = co_await read_manifest(reg, up, res, req, expected, fail, too_large);
   if (!body) co_return fail;
-  r.headers.set("Docker-Content-Digest", body->digest);
+  co_return manifest_reply(res, req, std::move(*body));
+}
+
+core::reply mirror::manifest_reply(const upstream::response& res, const pull_request& req, manifest_body body) {
+  core::reply r;
+  r.upstream_status = res.status;
+  copy_headers(res.headers, r.headers);
+  r.headers.erase("Content-Range");
+  r.headers.erase("Accept-Ranges");
+  r.headers.set("Docker-Content-Digest", body.digest);
   if (!r.headers.get("Content-Type")) r.headers.set("Content-Type", std::string(core::media_type::oci_manifest));
   if (req.head) {
-    r.head_length = body->bytes.size();
+    r.head_length = body.bytes.size();
   } else {
-    r.body = std::move(body->bytes);
+    r.body = std::move(body.bytes);
   }
-  co_return r;
+  return r;
 }
 
 asio::awaitable<core::reply> mirror::blob(upstream::registry& reg, const pull_request& req) {

@@ -78,7 +78,10 @@ class mirror {
   struct manifest_body {
     std::string bytes;
     std::string digest;
+    bool converted = false;  // a schema-1 conversion: `digest` names the signed payload, not `bytes`
   };
+  // A 200 manifest answer as the client gets it.
+  static core::reply manifest_reply(const upstream::response& res, const pull_request& req, manifest_body body);
   boost::asio::awaitable<std::optional<manifest_body>> read_manifest_once(
       upstream::registry& reg, upstream::response& res, const pull_request& req, const std::string& expected,
       core::reply& fail, bool& too_large, bool& mismatch);

@@ -13,5 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto cls = core::media_type::classify_accept(in);
   fuzz::require(cls <= core::media_type::accepts_all, "an accept class is a subset of the five bits");
   (void)core::media_type::accept_for(cls);
+  if (const auto payload = core::media_type::schema1_payload(body))
+    fuzz::require(payload->size() <= body.size() + body.size() / 4 * 3 + 3, "a payload is made of the signed bytes");
   return 0;
 }

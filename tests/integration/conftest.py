@@ -136,10 +136,10 @@ default_registry: {REGISTRY_NAME}
 {extra_top}"""
 
 
-def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None):
+def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None, extra=""):
     """A started Berth for REGISTRY_NAME at `endpoint` (a fault or throttling proxy in
     front of the registry, say), with the robot's credentials and, given a
-    `cache_dir`, a blob cache. The caller stops it."""
+    `cache_dir`, a blob cache; `extra` is appended to its config. The caller stops it."""
     os.makedirs(directory, exist_ok=True)
     secret = os.path.join(directory, "dockerconfigjson")
     write_docker_config(secret, REGISTRY_NAME, ROBOT, world["robot_password"])
@@ -152,7 +152,7 @@ registries:
     credentials: {secret}
     ca_file: {ca_file or world['pki'].ca_file}
 default_registry: {REGISTRY_NAME}
-{cache}""").start()
+{cache}{extra}""").start()
 
 
 @pytest.fixture(scope="session")

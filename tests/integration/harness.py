@@ -420,7 +420,9 @@ class Process:
 class Registry(Process):
     """The CNCF distribution registry with TLS and token auth (Harbor's shape)."""
 
-    def __init__(self, directory, pki, issuer, storage_root, redirect_base=None):
+    def __init__(self, directory, pki, issuer, storage_root, redirect_base=None, schema1=False):
+        """schema1: convert schema-2 manifests to signed schema 1 for clients that name
+        no schema-2 type, as Harbor's registry does (its config turns it on)."""
         os.makedirs(directory, exist_ok=True)
         self.port = free_port()
         self.storage_root = storage_root
@@ -441,7 +443,7 @@ storage:
     rootdirectory: {storage_root}
   delete:
     enabled: true
-{middleware}http:
+{middleware}{"compatibility:" + chr(10) + "  schema1:" + chr(10) + "    enabled: true" + chr(10) if schema1 else ""}http:
   addr: 127.0.0.1:{self.port}
   secret: {generate_password()}
   tls:
@@ -778,16 +780,19 @@ def resolve_like_containerd(base_url, repo, tag, ns):
     return [top, child["digest"]]
 
 
-def make_small_image(layout, seed, tag="v1"):
-    """A one-layer linux/amd64 OCI image with content unique to `seed`.
+def make_small_image(layout, seed, tag="v1", history=False):
+    """A one-layer linux/amd64 OCI image with content unique to `seed` (with a config
+    history, which a registry needs to convert it to schema 1).
     Returns {"manifest", "config", "layer"} digests."""
     shutil.rmtree(layout, ignore_errors=True)
     os.makedirs(os.path.join(layout, "blobs", "sha256"))
     rng = random.Random(seed)
     layer, diff = _gzip_tar([("unique/data.bin", rng.randbytes(256 * 1024))])
     ldesc = _put_blob(layout, layer)
-    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed,
-                         "rootfs": {"type": "layers", "diff_ids": [diff]}}, sort_keys=True).encode()
+    config = {"architecture": "amd64", "os": "linux", "seed": seed, "rootfs": {"type": "layers", "diff_ids": [diff]}}
+    if history:
+        config["history"] = [{"created": "2026-01-01T00:00:00Z", "created_by": f"berth test {seed}"}]
+    config = json.dumps(config, sort_keys=True).encode()
     cdesc = _put_blob(layout, config)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

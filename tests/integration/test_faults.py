@@ -484,7 +484,7 @@ def test_a_clients_authorization_never_reaches_the_upstream(world, start_berth, 
     for auth in (f"Bearer {client_token}", f"Basic {client_basic}"):
         for target in (f"/v2/{REPO}/manifests/v1?ns={REGISTRY_NAME}", blob_target(image["layer"]),
                        f"/v2/{REPO}/tags/list?ns={REGISTRY_NAME}"):
-            status, _, _, _ = harness.raw_get(b.port, target, {"Authorization": auth})
+            status, _, _, _ = harness.raw_get(b.port, target, {"Authorization": auth, "Accept": harness.CONTAINERD_ACCEPT})
             assert status == 200, target
     seen = [a for a in faulty.authorizations if a]
     assert any(a.startswith("Bearer ") for a in seen), "Berth's own token reached the upstream"

@@ -31,6 +31,11 @@ POLICY = (b'{"errors":[{"code":"PROJECTPOLICYVIOLATION","message":"current image
           b'from running.\'"}]}')
 
 
+def as_containerd(url, method="GET"):
+    """A manifest request with containerd's Accept, as the pulls these tests model."""
+    return harness.http_request(url, method=method, headers={"Accept": harness.CONTAINERD_ACCEPT})
+
+
 class FakeHarbor:
     def __init__(self, password):
         self.password = password
@@ -191,26 +196,26 @@ def harbor_and_short_ttl_berth(tmp_path):
 
 def test_policy_412_passes_through_intact(harbor_and_berth):
     harbor, b = harbor_and_berth
-    s, h, body = harness.http_request(f"{b.url}/v2/policy/app/manifests/v1")
+    s, h, body = as_containerd(f"{b.url}/v2/policy/app/manifests/v1")
     assert s == 412 and body == POLICY
-    s, h, body = harness.http_request(f"{b.url}/v2/policy/app/manifests/v1", method="HEAD")
+    s, h, body = as_containerd(f"{b.url}/v2/policy/app/manifests/v1", method="HEAD")
     assert s == 412 and body == b""
     # Never cached: the next request asks Harbor again.
     before = len([r for r in harbor.requests if r[1].startswith("/v2/policy/")])
-    harness.http_request(f"{b.url}/v2/policy/app/manifests/v1")
+    as_containerd(f"{b.url}/v2/policy/app/manifests/v1")
     assert len([r for r in harbor.requests if r[1].startswith("/v2/policy/")]) == before + 1
 
 
 def test_429_keeps_retry_after(harbor_and_berth):
     _, b = harbor_and_berth
-    s, h, body = harness.http_request(f"{b.url}/v2/limited/app/manifests/v1")
+    s, h, body = as_containerd(f"{b.url}/v2/limited/app/manifests/v1")
     assert s == 429 and h["Retry-After"] == "7"
     assert json.loads(body)["errors"][0]["code"] == "TOO_MANY_REQUEST"
 
 
 def test_proxy_project_301_is_followed_with_a_rescoped_token(harbor_and_berth):
     harbor, b = harbor_and_berth
-    s, h, body = harness.http_request(f"{b.url}/v2/dockerhub/nginx/manifests/latest")
+    s, h, body = as_containerd(f"{b.url}/v2/dockerhub/nginx/manifests/latest")
     assert s == 200 and body == MANIFEST and h["Docker-Content-Digest"] == MANIFEST_DIGEST
     scopes = [sc for _, scs in harbor.token_requests for sc in scs]
     assert "repository:dockerhub/library/nginx:pull" in scopes
@@ -257,65 +262,65 @@ def test_warm_requests_reuse_the_token(harbor_and_berth):
 def test_cached_tag_and_digest_are_blocked_once_the_policy_says_so(harbor_and_short_ttl_berth):
     harbor, b = harbor_and_short_ttl_berth
     for ref in ("v1", MANIFEST_DIGEST):
-        s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/{ref}")
+        s, _, body = as_containerd(f"{b.url}/v2/library/app/manifests/{ref}")
         assert s == 200 and body == MANIFEST
     # Within the TTL: answered from the cache, Harbor not asked.
     asked = len(harbor.manifest_requests("library/app"))
-    assert harness.http_request(f"{b.url}/v2/library/app/manifests/v1")[0] == 200
+    assert as_containerd(f"{b.url}/v2/library/app/manifests/v1")[0] == 200
     assert len(harbor.manifest_requests("library/app")) == asked
     # A scan finds vulnerabilities; the project's policy now refuses the image. After
     # the TTL the cache asks again (a HEAD, with the robot's identity) and passes the 412 on.
     harbor.blocked.add("library/app")
     time.sleep(1.2)
     for ref in ("v1", MANIFEST_DIGEST):
-        s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/{ref}")
+        s, _, body = as_containerd(f"{b.url}/v2/library/app/manifests/{ref}")
         assert s == 412 and body == POLICY, (ref, s, body)
-        s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/{ref}", method="HEAD")
+        s, _, body = as_containerd(f"{b.url}/v2/library/app/manifests/{ref}", method="HEAD")
         assert s == 412 and body == b""
     assert [m for m, _ in harbor.manifest_requests("library/app")[asked:]][:1] == ["HEAD"]
     # Nothing was evicted: once the policy allows it again, the same bytes come back.
     harbor.blocked.discard("library/app")
-    s, h, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, h, body = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 200 and body == MANIFEST and h["Docker-Content-Digest"] == MANIFEST_DIGEST
 
 
 def test_upstream_down_serves_known_tags_stale_and_fails_fast_on_new_ones(harbor_and_short_ttl_berth):
     harbor, b = harbor_and_short_ttl_berth
-    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, _ = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 200
     # Harbor answers 503 (its core is down): the known tag is served stale.
     harbor.failing = True
     time.sleep(1.2)
-    s, h, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, h, body = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 200 and body == MANIFEST and h["Docker-Content-Digest"] == MANIFEST_DIGEST
     # Harbor gone altogether (connection refused): still served, HEAD and GET.
     harbor.stop()
-    s, h, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1", method="HEAD")
+    s, h, _ = as_containerd(f"{b.url}/v2/library/app/manifests/v1", method="HEAD")
     assert s == 200 and h["Docker-Content-Digest"] == MANIFEST_DIGEST
     assert b.metric("berth_metadata_lookups_total", outcome="stale") >= 2
     assert '"event":"stale_served"' in b.log()
     # A tag never seen fails, and fast.
     started = time.monotonic()
-    s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/never-seen")
+    s, _, body = as_containerd(f"{b.url}/v2/library/app/manifests/never-seen")
     assert s == 502 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
     assert time.monotonic() - started < 2
 
 
 def test_a_404_is_remembered_briefly_and_never_papered_over(harbor_and_short_ttl_berth):
     harbor, b = harbor_and_short_ttl_berth
-    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, _ = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 200
     # The tag is deleted in Harbor: after the TTL the 404 is passed on...
     harbor.missing.add("library/app")
     time.sleep(1.2)
-    s, _, body = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, body = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 404 and json.loads(body)["errors"][0]["code"] == "NOT_FOUND"
     asked = len(harbor.manifest_requests("library/app"))
     # ...remembered for a short while (negative_ttl) without asking again...
-    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, _ = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 404 and len(harbor.manifest_requests("library/app")) == asked
     # ...and an outage right after does not bring the old digest back.
     harbor.failing = True
-    s, _, _ = harness.http_request(f"{b.url}/v2/library/app/manifests/v1")
+    s, _, _ = as_containerd(f"{b.url}/v2/library/app/manifests/v1")
     assert s == 404
     assert b.metric("berth_metadata_lookups_total", outcome="stale") == 0

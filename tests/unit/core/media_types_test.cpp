@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "core/hasher.hpp"
+
 using namespace berth::core::media_type;
 
 TEST(AcceptClass, ContainerdsLineAcceptsEverything) {
@@ -58,4 +60,46 @@ TEST(MediaType, GrammarAndManifestTypes) {
             "application/vnd.oci.image.index.v1+json");
   EXPECT_EQ(of_manifest("", R"({"mediaType":"x y/z"})"), std::string(oci_manifest)) << "never outside the grammar";
   EXPECT_EQ(of_manifest("bad type", "not json"), std::string(oci_manifest));
+}
+
+namespace {
+// A signed schema-1 manifest as libtrust lays it out: the payload up to its final
+// brace, then "signatures", each protected header naming that cut and the tail.
+std::string jws_protected(std::size_t length, std::string_view tail_b64url) {
+  std::string header = R"({"formatLength":)" + std::to_string(length) + R"(,"formatTail":")" +
+                       std::string(tail_b64url) + R"(","time":"2026-01-01T00:00:00Z"})";
+  std::string b64 = berth::core::base64_encode(header);
+  for (char& c : b64) {
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  while (!b64.empty() && b64.back() == '=') b64.pop_back();
+  return b64;
+}
+}  // namespace
+
+TEST(Schema1, PayloadIsTheSignedBytesWithoutTheSignatures) {
+  const std::string payload = "{\n   \"schemaVersion\": 1,\n   \"name\": \"library/legacy\"\n}";
+  const std::size_t cut = payload.size() - 2;  // before "\n}"
+  const std::string sig =
+      R"({"header":{"alg":"ES256"},"signature":"abc","protected":")" + jws_protected(cut, "Cn0") + R"("})";
+  const std::string signed_bytes = payload.substr(0, cut) + ",\n   \"signatures\": [" + sig + ", " + sig + "]\n}";
+  EXPECT_EQ(schema1_payload(signed_bytes), payload);
+}
+
+TEST(Schema1, AnythingElseHasNoPayload) {
+  const std::string payload = R"({"schemaVersion":1})";
+  const auto with = [&](const std::string& prot1, const std::string& prot2) {
+    return payload.substr(0, payload.size() - 1) + R"(,"signatures":[{"protected":")" + prot1 + R"("},{"protected":")" +
+           prot2 + R"("}]})";
+  };
+  const auto good = jws_protected(payload.size() - 1, "fQ");
+  EXPECT_TRUE(schema1_payload(with(good, good)));
+  EXPECT_FALSE(schema1_payload(with(good, jws_protected(payload.size() - 2, "fQ")))) << "signatures disagree";
+  EXPECT_FALSE(schema1_payload(with(good, jws_protected(100000, "fQ")))) << "cut past the end";
+  EXPECT_FALSE(schema1_payload(with(good, good + "+"))) << "standard alphabet in a JWS";
+  EXPECT_FALSE(schema1_payload(with(good, "e30"))) << "protected header without the cut";  // "{}"
+  EXPECT_FALSE(schema1_payload(R"({"schemaVersion":2,"signatures":[]})"));
+  EXPECT_FALSE(schema1_payload(R"({"schemaVersion":2})"));
+  EXPECT_FALSE(schema1_payload("not json"));
 }
