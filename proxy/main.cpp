@@ -1,4 +1,5 @@
 // Berth: the command line, and the only place that wires the modules together.
+#include <sys/resource.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -38,6 +39,57 @@ namespace asio = boost::asio;
 using namespace berth;
 
 namespace {
+
+// File descriptors, shared out at start-up. The soft RLIMIT_NOFILE is raised to the
+// hard limit; a fixed reserve covers what is not per connection (listeners, epoll,
+// RocksDB, Redis, logs); each mirror connection may hold three at once (its socket,
+// a cache or temp file, an upstream connection). Connection limits left at 0 are
+// fitted to that; configured ones beyond it are kept, with a warning.
+struct descriptor_budget {
+  std::size_t limit = 0;
+  std::size_t mirror = 0;
+  std::size_t admin = 0;
+};
+
+descriptor_budget plan_descriptors(const http::server_options& s) {
+  rlimit r{};
+  getrlimit(RLIMIT_NOFILE, &r);
+  if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < r.rlim_max) {
+    rlimit raised = r;
+    raised.rlim_cur = r.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) r = raised;
+  }
+  descriptor_budget b;
+  b.limit = r.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20 : static_cast<std::size_t>(r.rlim_cur);
+  constexpr std::size_t reserve = 64;
+  const std::size_t per_connection = 3;
+  const std::size_t fits = b.limit > reserve + 2 * per_connection ? (b.limit - reserve) / per_connection : 2;
+  b.admin = s.admin_max_connections ? s.admin_max_connections : std::clamp<std::size_t>(fits / 8, 1, 64);
+  b.mirror =
+      s.max_connections ? s.max_connections : std::clamp<std::size_t>(fits - std::min(fits - 1, b.admin), 1, 16384);
+  if (b.mirror + b.admin > fits) {
+    log::warn("descriptors_short", {{"nofile", static_cast<unsigned long long>(b.limit)},
+                                    {"max_connections", static_cast<unsigned long long>(b.mirror)},
+                                    {"admin_max_connections", static_cast<unsigned long long>(b.admin)},
+                                    {"detail",
+                                     "connections may exhaust file descriptors; raise the nofile limit or "
+                                     "lower clients.max_connections"}});
+  }
+  return b;
+}
+
+// A worker thread's event loop. An exception that reaches it (none should) is
+// logged and the loop goes on: it must never end the process.
+void run_worker(asio::io_context& ctx, std::size_t index) {
+  for (;;) {
+    try {
+      ctx.run();
+      return;
+    } catch (const std::exception& e) {
+      log::error("worker_exception", {{"worker", static_cast<unsigned>(index)}, {"error", e.what()}});
+    }
+  }
+}
 
 // Everything a running Berth holds. Built once by serve(); see the note at its end
 // about tear-down.
@@ -151,9 +203,14 @@ int serve(const std::string& config_path) {
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   // A GET may carry a small body (the OCI conformance suite sends one); it is read
   // and ignored. Pushes are refused for their method.
-  const auto port = rt->pull->listen(
-      s.server.listen, http::make_pull_handler(mirrors),
-      {.name = "mirror", .access_log = s.server.access_log, .max_body_bytes = 4096, .pull_only = true});
+  const auto fds = plan_descriptors(s.server);
+  const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors),
+                                     {.name = "mirror",
+                                      .access_log = s.server.access_log,
+                                      .max_body_bytes = 4096,
+                                      .pull_only = true,
+                                      .gate = nullptr,
+                                      .max_connections = fds.mirror});
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
@@ -186,7 +243,12 @@ int serve(const std::string& config_path) {
   }
   const auto admin_port =
       rt->admin->listen(s.server.admin_listen, http::make_admin_handler(rt->metrics, admin_state, webhook),
-                        {.name = "admin", .access_log = false, .max_body_bytes = 1 << 20, .pull_only = false});
+                        {.name = "admin",
+                         .access_log = false,
+                         .max_body_bytes = http::admin_max_body_bytes,
+                         .pull_only = false,
+                         .gate = http::make_admin_gate(rt->metrics, webhook),
+                         .max_connections = fds.admin});
   rt->ready = true;
   rt->metrics.set_ready(true);
   log::info("listening", {{"listen", s.server.listen},
@@ -194,6 +256,9 @@ int serve(const std::string& config_path) {
                           {"admin_listen", s.server.admin_listen},
                           {"admin_port", static_cast<unsigned>(admin_port)},
                           {"threads", threads},
+                          {"nofile", static_cast<unsigned long long>(fds.limit)},
+                          {"max_connections", static_cast<unsigned long long>(fds.mirror)},
+                          {"admin_max_connections", static_cast<unsigned long long>(fds.admin)},
                           {"registries", static_cast<unsigned>(regs.size())},
                           {"config", s.source}});
 
@@ -211,9 +276,9 @@ int serve(const std::string& config_path) {
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& w : rt->workers) guards.push_back(asio::make_work_guard(*w));
   std::vector<std::thread> pool;
-  for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&w = *rt->workers[i]] { w.run(); });
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&w = *rt->workers[i], i] { run_worker(w, i); });
   if (rt->watchdog) rt->watchdog->start();
-  rt->workers.front()->run();
+  run_worker(*rt->workers.front(), 0);
   for (auto& t : pool) t.join();
   if (rt->watchdog) rt->watchdog->stop();
   if (rt->store) rt->store->join_background();

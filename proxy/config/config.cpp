@@ -402,11 +402,17 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
   }
   if (auto c = root["clients"]) {
     const auto ctx = top.child("clients");
-    check_keys(c, ctx, {"idle_timeout", "write_timeout", "max_header_bytes"});
+    check_keys(c, ctx,
+               {"idle_timeout", "write_timeout", "max_header_bytes", "max_connections", "admin_max_connections"});
     if (c["idle_timeout"]) s.server.idle_timeout = as_duration(c["idle_timeout"], ctx.child("idle_timeout"));
     if (c["write_timeout"]) s.server.write_timeout = as_duration(c["write_timeout"], ctx.child("write_timeout"));
     if (c["max_header_bytes"])
       s.server.max_header_bytes = as_count(c["max_header_bytes"], ctx.child("max_header_bytes"), 1024, 1 << 20);
+    if (c["max_connections"])
+      s.server.max_connections = as_count(c["max_connections"], ctx.child("max_connections"), 0, 1 << 20);
+    if (c["admin_max_connections"])
+      s.server.admin_max_connections =
+          as_count(c["admin_max_connections"], ctx.child("admin_max_connections"), 0, 1 << 20);
   }
   if (auto u = root["upstream"]) {
     const auto ctx = top.child("upstream");
@@ -577,6 +583,8 @@ std::string render(const settings& s) {
   out << YAML::Key << "idle_timeout" << YAML::Value << ms(s.server.idle_timeout);
   out << YAML::Key << "write_timeout" << YAML::Value << ms(s.server.write_timeout);
   out << YAML::Key << "max_header_bytes" << YAML::Value << s.server.max_header_bytes;
+  out << YAML::Key << "max_connections" << YAML::Value << s.server.max_connections;
+  out << YAML::Key << "admin_max_connections" << YAML::Value << s.server.admin_max_connections;
   out << YAML::EndMap;
   out << YAML::Key << "upstream" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "connect_timeout" << YAML::Value << ms(s.upstream.connect_timeout);

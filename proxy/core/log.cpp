@@ -14,8 +14,40 @@ namespace {
 
 std::atomic<int> g_level{static_cast<int>(level::info)};
 
+// The length of the well-formed UTF-8 sequence at the start of `s` (RFC 3629: no
+// overlong forms, no surrogates, nothing past U+10FFFF), or 0.
+std::size_t utf8_sequence(std::string_view s) {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) return 1;
+  const std::size_t n = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || s.size() < n) return 0;
+  std::uint32_t cp = c & (0x7F >> n);
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(k) & 0x3F);
+  }
+  static constexpr std::uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < least[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+// Any text a client or upstream sent can hold bytes that are not UTF-8; each such
+// byte becomes U+FFFD, so every log line stays valid JSON.
 void append_json_string(std::string& out, std::string_view s) {
-  out += boost::json::serialize(boost::json::string_view(s.data(), s.size()));
+  std::string clean;
+  bool changed = false;
+  for (std::size_t i = 0; i < s.size();) {
+    const auto n = utf8_sequence(s.substr(i));
+    if (n == 0 && !changed) {
+      clean.assign(s.substr(0, i));
+      changed = true;
+    }
+    if (changed) clean += n == 0 ? std::string_view("\xEF\xBF\xBD") : s.substr(i, n);
+    i += n == 0 ? 1 : n;
+  }
+  const std::string_view text = changed ? std::string_view(clean) : s;
+  out += boost::json::serialize(boost::json::string_view(text.data(), text.size()));
 }
 
 void append_timestamp(std::string& out) {

@@ -30,8 +30,9 @@ asio::awaitable<handled> serve_pull(mirror::mirror& m, incoming in) {
     req.if_none_match = std::move(in.if_none_match);
     h.reply = co_await m.serve(req);
   }
-  // OCI distribution spec (proxying): a proxy scoping by ns echoes it.
-  if (!routed.ns.empty()) h.reply.headers.set("OCI-Namespace", routed.ns);
+  // OCI distribution spec (proxying): a proxy scoping by ns echoes it. A registry
+  // name is a host and port; anything longer is not echoed (nor is it served).
+  if (!routed.ns.empty() && routed.ns.size() <= 255) h.reply.headers.set("OCI-Namespace", routed.ns);
   co_return h;
 }
 
@@ -52,24 +53,32 @@ handled json_reply(unsigned status, std::string body, std::string route) {
 
 // POST /webhooks/harbor[?registry=<name>]: Harbor says an artifact changed; every
 // node forgets what it knew about its tags and digest.
-asio::awaitable<handled> serve_webhook(metrics::registry& metrics, const webhook_target& target, const incoming& in) {
+// The webhook's checks that need no body (method, switched on, secret): run before
+// the body is read, so nobody without the secret can make Berth hold one.
+std::optional<handled> webhook_refusal(metrics::registry& metrics, const webhook_target& target, const incoming& in) {
   const std::string route = "webhook";
-  if (in.method != "POST") co_return text(405, "POST only\n", route);
+  if (in.method != "POST") return text(405, "POST only\n", route);
   if (target.cache == nullptr || target.secret_file.empty()) {
     metrics.meta_webhook("disabled");
-    co_return text(404, "the webhook is off: set metadata.webhook_secret_file\n", route);
+    return text(404, "the webhook is off: set metadata.webhook_secret_file\n", route);
   }
   std::string secret;
   if (!core::read_file(target.secret_file, secret) || (secret = core::trim_newlines(secret)).empty()) {
     log::error("webhook_secret_unreadable", {{"file", target.secret_file}});
     metrics.meta_webhook("disabled");
-    co_return text(503, "the webhook secret file cannot be read\n", route);
+    return text(503, "the webhook secret file cannot be read\n", route);
   }
   if (!mirror::webhook_authorized(in.authorization, secret)) {
     log::warn("webhook_unauthorized", {{"has_authorization", !in.authorization.empty()}});
     metrics.meta_webhook("unauthorized");
-    co_return text(401, "the Authorization header does not carry the webhook secret\n", route);
+    return text(401, "the Authorization header does not carry the webhook secret\n", route);
   }
+  return std::nullopt;
+}
+
+asio::awaitable<handled> serve_webhook(metrics::registry& metrics, const webhook_target& target, const incoming& in) {
+  const std::string route = "webhook";
+  if (auto refused = webhook_refusal(metrics, target, in)) co_return std::move(*refused);
   std::string hint;
   if (auto u = boost::urls::parse_origin_form(in.target)) {
     if (auto it = u->params().find("registry"); it != u->params().end()) hint = (*it).value;
@@ -143,6 +152,13 @@ handler make_pull_handler(std::vector<mirror::mirror*> mirrors) {
 handler make_admin_handler(metrics::registry& metrics, admin_state state, webhook_target webhook) {
   return [&metrics, state = std::move(state), webhook = std::move(webhook)](const incoming& in) {
     return serve_admin(metrics, state, webhook, in);
+  };
+}
+
+body_gate make_admin_gate(metrics::registry& metrics, webhook_target webhook) {
+  return [&metrics, webhook = std::move(webhook)](const incoming& in) -> std::optional<handled> {
+    if (in.target.substr(0, in.target.find('?')) == "/webhooks/harbor") return webhook_refusal(metrics, webhook, in);
+    return text(413, "the admin port reads a request body only for POST /webhooks/harbor\n", "admin");
   };
 }
 

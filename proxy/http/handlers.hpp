@@ -39,5 +39,10 @@ struct admin_state {
 };
 
 handler make_admin_handler(metrics::registry& metrics, admin_state state, webhook_target webhook = {});
+// What the admin port checks before reading a body: only the webhook takes one, and
+// only with its secret.
+body_gate make_admin_gate(metrics::registry& metrics, webhook_target webhook);
+// The largest webhook body read (Harbor's events are a few KiB).
+inline constexpr std::size_t admin_max_body_bytes = 64 * 1024;
 
 }  // namespace berth::http

@@ -7,10 +7,14 @@
 namespace berth::http {
 
 struct server_options {
-  std::string listen = "127.0.0.1:5050";              // the mirror endpoint containerd talks to
-  std::string admin_listen = "127.0.0.1:9095";        // /metrics, /healthz, /readyz
-  unsigned threads = 0;                               // worker threads; 0 = one per core
-  std::size_t max_header_bytes = 16 * 1024;           // request line + headers
+  std::string listen = "127.0.0.1:5050";        // the mirror endpoint containerd talks to
+  std::string admin_listen = "127.0.0.1:9095";  // /metrics, /healthz, /readyz
+  unsigned threads = 0;                         // worker threads; 0 = one per core
+  std::size_t max_header_bytes = 16 * 1024;     // request line + headers
+  // Open client connections per listener; 0: fitted to the descriptor limit at
+  // start-up (see descriptor_budget in main.cpp).
+  std::size_t max_connections = 0;
+  std::size_t admin_max_connections = 0;
   std::chrono::milliseconds idle_timeout{60000};      // keep-alive wait for the next request
   std::chrono::milliseconds write_timeout{60000};     // longest a client may stall a write
   std::size_t stream_buffer_bytes = 256 * 1024;       // per streamed response

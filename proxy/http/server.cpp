@@ -16,6 +16,7 @@
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <unordered_set>
@@ -31,6 +32,7 @@ namespace bhttp = beast::http;
 using tcp = asio::ip::tcp;
 using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
+using accepted_socket = asio::basic_stream_socket<tcp, asio::io_context::executor_type>;
 
 std::string error_body(const core::oci_error& e) {
   boost::json::object entry;
@@ -66,17 +68,47 @@ tcp::endpoint parse_listen(const std::string& address) {
   return {ip, static_cast<unsigned short>(p)};
 }
 
+struct listener;
+
 struct connection_state {
-  explicit connection_state(tcp::socket s) : stream(std::move(s)) {}
+  connection_state(tcp::socket s, listener& l) : stream(std::move(s)), owner(l) {}
   beast::tcp_stream stream;
-  bool idle = true;  // only touched on the connection's own worker thread
+  listener& owner;
+  // Waiting for a request, and since when: read by the accept loop (another thread)
+  // to pick the longest idle connection to close when the listener is full.
+  std::atomic<bool> idle{true};
+  std::atomic<clock_type::rep> idle_since{clock_type::now().time_since_epoch().count()};
+  bool shed = false;  // picked to be closed for room; guarded by server::impl::mu
+  void set_idle(bool v) {
+    if (v) idle_since.store(clock_type::now().time_since_epoch().count(), std::memory_order_relaxed);
+    idle.store(v, std::memory_order_release);
+  }
 };
 
 struct listener {
   tcp::acceptor acceptor;
   handler handle;
   listener_options options;
+  std::size_t open = 0;  // guarded by server::impl::mu
   explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
+};
+
+void close_socket(connection_state& c) {
+  error_code ignored;
+  c.stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  c.stream.socket().close(ignored);
+}
+
+// One in-flight request, counted down however the request ends.
+class in_flight {
+ public:
+  explicit in_flight(metrics::registry& m) : m_(m) { m_.http_in_flight(1); }
+  ~in_flight() { m_.http_in_flight(-1); }
+  in_flight(const in_flight&) = delete;
+  in_flight& operator=(const in_flight&) = delete;
+
+ private:
+  metrics::registry& m_;
 };
 
 }  // namespace
@@ -96,6 +128,11 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
       : workers(std::move(w)), options(std::move(o)), metrics(m) {}
 
   asio::awaitable<void> accept_loop(listener& l);
+  // Whether a new connection may stay: at the listener's limit the longest idle
+  // connection is closed to make room, or, with none idle, this one is refused.
+  bool admit(listener& l, accepted_socket& sock);
+  // One request on a connection: read, answer, log. False: close the connection.
+  asio::awaitable<bool> serve_one(connection_state& conn, listener& l, std::size_t worker, beast::flat_buffer& buffer);
   asio::awaitable<void> session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker);
   asio::awaitable<bool> write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
                                     bool keep_alive, std::uint64_t& bytes);
@@ -108,7 +145,15 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 };
 
 server::server(std::vector<asio::io_context*> workers, server_options options, metrics::registry& metrics)
-    : impl_(std::make_shared<impl>(std::move(workers), std::move(options), metrics)) {}
+    : impl_(std::make_shared<impl>(std::move(workers), std::move(options), metrics)) {
+  // Each worker's event loop creates its epoll instance on first use. Do that now:
+  // the first connection handed to an idle worker may come when descriptors have
+  // run out, and a failure there cannot be answered.
+  for (auto* w : impl_->workers) {
+    tcp::socket warm(*w);
+    warm.open(tcp::v4());
+  }
+}
 
 server::~server() = default;
 
@@ -141,11 +186,7 @@ void server::begin_shutdown() {
   std::lock_guard lock(impl_->mu);
   for (const auto& c : impl_->connections) {
     asio::post(c->stream.get_executor(), [c] {
-      if (c->idle) {
-        error_code ignored;
-        c->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-        c->stream.socket().close(ignored);
-      }
+      if (c->idle) close_socket(*c);
     });
   }
 }
@@ -155,27 +196,75 @@ std::size_t server::open_connections() const {
   return impl_->connections.size();
 }
 
+bool server::impl::admit(listener& l, accepted_socket& sock) {
+  const auto max = l.options.max_connections;
+  std::shared_ptr<connection_state> oldest;
+  {
+    std::lock_guard lock(mu);
+    if (max == 0 || l.open < max) return true;
+    for (const auto& c : connections) {
+      if (&c->owner != &l || c->shed || !c->idle.load(std::memory_order_acquire)) continue;
+      if (!oldest || c->idle_since.load(std::memory_order_relaxed) < oldest->idle_since.load(std::memory_order_relaxed))
+        oldest = c;
+    }
+    if (oldest) oldest->shed = true;  // not picked again while its close is on the way
+  }
+  if (oldest) {
+    // Make room: the longest idle keep-alive connection goes (a client reconnects).
+    asio::post(oldest->stream.get_executor(), [oldest] {
+      if (oldest->idle) close_socket(*oldest);
+    });
+    metrics.connection_shed(l.options.name, "closed_idle");
+    return true;
+  }
+  // Every connection is busy: refuse this one readably and at once.
+  metrics.connection_shed(l.options.name, "refused");
+  log::warn("connection_refused", {{"listener", l.options.name},
+                                   {"max_connections", static_cast<unsigned long long>(max)},
+                                   {"detail", "every connection is busy; raise clients.max_connections"}});
+  static const std::string busy = [] {
+    const auto body = error_body({503, "TOOMANYREQUESTS", "too many open connections"});
+    return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+           "Connection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  }();
+  error_code ec;
+  sock.non_blocking(true, ec);
+  sock.write_some(asio::buffer(busy.data(), busy.size()), ec);
+  sock.shutdown(tcp::socket::shutdown_send, ec);
+  sock.close(ec);
+  return false;
+}
+
 asio::awaitable<void> server::impl::accept_loop(listener& l) {
   auto self = shared_from_this();
   while (!stopping) {
     const auto index = next_worker.fetch_add(1) % workers.size();
     error_code ec;
-    auto sock = co_await l.acceptor.async_accept(*workers[index], asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      if (ec == asio::error::operation_aborted || !l.acceptor.is_open()) co_return;
-      log::warn("accept_failed", {{"listener", l.options.name}, {"error", ec.message()}});
-      // Out of file descriptors and the like: back off instead of spinning.
-      asio::steady_timer t(l.acceptor.get_executor(), std::chrono::milliseconds(50));
-      co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      continue;
+    try {
+      auto sock = co_await l.acceptor.async_accept(*workers[index], asio::redirect_error(asio::use_awaitable, ec));
+      if (!ec) {
+        if (!admit(l, sock)) continue;
+        sock.set_option(tcp::no_delay(true), ec);
+        auto conn = std::make_shared<connection_state>(std::move(sock), l);
+        {
+          std::lock_guard lock(mu);
+          connections.insert(conn);
+          ++l.open;
+        }
+        asio::co_spawn(*workers[index], session(conn, l, index), asio::detached);
+        continue;
+      }
+    } catch (const std::exception& e) {
+      // Nothing may escape into the event loop (it would end the process).
+      log::error("accept_exception", {{"listener", l.options.name}, {"error", e.what()}});
+      ec = asio::error::no_descriptors;
     }
-    sock.set_option(tcp::no_delay(true), ec);
-    auto conn = std::make_shared<connection_state>(std::move(sock));
-    {
-      std::lock_guard lock(mu);
-      connections.insert(conn);
-    }
-    asio::co_spawn(*workers[index], session(conn, l, index), asio::detached);
+    if (ec == asio::error::operation_aborted || !l.acceptor.is_open()) co_return;
+    log::warn("accept_failed", {{"listener", l.options.name}, {"error", ec.message()}});
+    // Out of file descriptors and the like: back off instead of spinning.
+    asio::steady_timer t(l.acceptor.get_executor(), std::chrono::milliseconds(50));
+    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
 }
 
@@ -324,56 +413,42 @@ asio::awaitable<void> server::impl::linger(connection_state& conn) {
 asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker) {
   auto self = shared_from_this();
   beast::flat_buffer buffer;
-  while (true) {
-    conn->idle = true;
-    if (stopping) break;
-    bhttp::request_parser<bhttp::string_body> parser;
-    parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
-    parser.body_limit(l.options.max_body_bytes);
-    conn->stream.expires_after(options.idle_timeout);
-    error_code ec;
-    co_await bhttp::async_read(conn->stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      // A closed, timed-out or reset connection between requests is normal.
-      if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
-          ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
-          ec == asio::error::bad_descriptor ||
-          (!parser.got_some() && buffer.size() == 0 && ec != bhttp::error::header_limit))
-        break;
-      // A malformed request gets an answer before the connection closes.
-      core::reply r;
-      if (ec == bhttp::error::header_limit) {
-        r = core::error_reply(
-            {431, "UNSUPPORTED",
-             "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
-      } else if ((ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) && l.options.pull_only &&
-                 parser.get().method() != bhttp::verb::unknown && parser.get().method() != bhttp::verb::get &&
-                 parser.get().method() != bhttp::verb::head) {
-        // (The request line is parsed before the Content-Length is refused.)
-        // A push (PUT, POST, PATCH with its body): the method is what is refused.
-        r = core::error_reply(core::unsupported(
-            "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported"));
-      } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
-        r = core::error_reply(
-            {413, "UNSUPPORTED", "request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes"});
-      } else {
-        r = core::error_reply({400, "UNSUPPORTED", "malformed HTTP request: " + ec.message()});
-      }
-      std::uint64_t bytes = 0;
-      co_await write_reply(*conn, r, false, 11, false, bytes);
-      metrics.http_request("invalid", "-", r.status, std::chrono::duration<double>(0), bytes);
-      co_await linger(*conn);
-      break;
+  while (!stopping) {
+    bool again = false;
+    try {
+      again = co_await serve_one(*conn, l, worker, buffer);
+    } catch (const std::exception& e) {
+      // Whatever went wrong, the connection is closed and accounted for below.
+      log::error("session_exception", {{"listener", l.options.name}, {"error", e.what()}});
     }
-    conn->idle = false;
-    const auto started = clock_type::now();
-    metrics.http_in_flight(1);
-    auto& req = parser.get();
-    incoming in;
-    in.method = std::string(req.method_string());
-    in.target = std::string(req.target());
+    if (!again) break;
+  }
+  close_socket(*conn);
+  std::lock_guard lock(mu);
+  connections.erase(conn);
+  --l.open;
+}
+
+asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& l, std::size_t worker,
+                                              beast::flat_buffer& buffer) {
+  conn.set_idle(true);
+  bhttp::request_parser<bhttp::string_body> parser;
+  parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
+  // The body's size is judged after the gate (below): a refusal for the secret comes
+  // before one for the size.
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+  conn.stream.expires_after(options.idle_timeout);
+  error_code ec;
+  co_await bhttp::async_read_header(conn.stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) conn.set_idle(false);
+  incoming in;
+  std::optional<handled> refused;
+  if (!ec) {
+    const auto& head = parser.get();
+    in.method = std::string(head.method_string());
+    in.target = std::string(head.target());
     in.worker = worker;
-    for (const auto& f : req) {
+    for (const auto& f : head) {
       if (f.name() == bhttp::field::accept) {
         if (!in.accept.empty()) in.accept += ", ";
         in.accept += std::string(f.value());
@@ -386,39 +461,93 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
         in.authorization = std::string(f.value());
       }
     }
-    in.body = std::move(req.body());
-    handled h;
+    // A body is only read once the listener agrees to it (the admin port checks
+    // the webhook secret first).
+    if (!parser.is_done() && l.options.gate) refused = l.options.gate(in);
+    if (!refused && !parser.is_done()) {
+      if (const auto n = parser.content_length(); n && *n > l.options.max_body_bytes) {
+        ec = bhttp::error::body_limit;
+      } else {
+        parser.body_limit(l.options.max_body_bytes);  // a chunked body, as it comes
+        co_await bhttp::async_read(conn.stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+      }
+    }
+  }
+  if (ec) {
+    // A closed, timed-out or reset connection between requests is normal.
+    if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
+        ec == asio::error::bad_descriptor ||
+        (!parser.got_some() && buffer.size() == 0 && ec != bhttp::error::header_limit))
+      co_return false;
+    // A malformed request gets an answer before the connection closes.
+    core::reply r;
+    if (ec == bhttp::error::header_limit) {
+      r = core::error_reply({431, "UNSUPPORTED",
+                             "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
+    } else if ((ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) && l.options.pull_only &&
+               parser.get().method() != bhttp::verb::unknown && parser.get().method() != bhttp::verb::get &&
+               parser.get().method() != bhttp::verb::head) {
+      // (The request line is parsed before the Content-Length is refused.)
+      // A push (PUT, POST, PATCH with its body): the method is what is refused.
+      r = core::error_reply(core::unsupported(
+          "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported"));
+    } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
+      r = core::error_reply(
+          {413, "UNSUPPORTED", "request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes"});
+    } else {
+      r = core::error_reply({400, "UNSUPPORTED", "malformed HTTP request: " + ec.message()});
+    }
+    std::uint64_t bytes = 0;
+    co_await write_reply(conn, r, false, 11, false, bytes);
+    metrics.http_request("invalid", in.method, r.status, std::chrono::duration<double>(0), bytes);
+    co_await linger(conn);
+    co_return false;
+  }
+
+  const auto started = clock_type::now();
+  in_flight counted(metrics);
+  auto& req = parser.get();
+  in.body = std::move(req.body());
+  handled h;
+  if (refused) {
+    h = std::move(*refused);
+  } else {
     try {
       h = co_await l.handle(in);
     } catch (const std::exception& ex) {
       log::error("handler_exception", {{"method", in.method}, {"target", in.target}, {"error", ex.what()}});
       h.reply = core::error_reply({500, "UNKNOWN", "internal error"});
     }
-    const bool keep_alive = req.keep_alive() && !stopping;
-    std::uint64_t bytes = 0;
-    const bool ok = co_await write_reply(*conn, h.reply, in.method == "HEAD", req.version(), keep_alive, bytes);
-    const std::chrono::duration<double> took = clock_type::now() - started;
-    metrics.http_in_flight(-1);
-    metrics.http_request(h.route, in.method, h.reply.status, took, bytes);
-    if (l.options.access_log) {
-      log::info("request", {{"method", in.method},
-                            {"path", in.target},
-                            {"ns", h.ns},
-                            {"route", h.route},
-                            {"status", h.reply.status},
-                            {"bytes", bytes},
-                            {"duration_ms", took.count() * 1000.0},
-                            {"upstream_status", h.reply.upstream_status},
-                            {"registry", h.reply.registry},
-                            {"complete", ok}});
-    }
-    if (!ok || !keep_alive) break;
   }
-  error_code ignored;
-  conn->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-  conn->stream.socket().close(ignored);
-  std::lock_guard lock(mu);
-  connections.erase(conn);
+  const bool keep_alive = req.keep_alive() && !stopping && !refused;
+  std::uint64_t bytes = 0;
+  bool ok = false;
+  std::string failure;
+  try {
+    ok = co_await write_reply(conn, h.reply, in.method == "HEAD", req.version(), keep_alive, bytes);
+  } catch (const std::exception& ex) {
+    // A reply Beast cannot serialize (a header past its limits, say): the client
+    // sees the connection close; the request is still logged and counted.
+    failure = ex.what();
+    log::error("reply_exception", {{"method", in.method}, {"target", in.target}, {"error", failure}});
+  }
+  const std::chrono::duration<double> took = clock_type::now() - started;
+  metrics.http_request(h.route, in.method, h.reply.status, took, bytes);
+  if (l.options.access_log) {
+    log::info("request", {{"method", in.method},
+                          {"path", in.target},
+                          {"ns", h.ns},
+                          {"route", h.route},
+                          {"status", h.reply.status},
+                          {"bytes", bytes},
+                          {"duration_ms", took.count() * 1000.0},
+                          {"upstream_status", h.reply.upstream_status},
+                          {"registry", h.reply.registry},
+                          {"complete", ok}});
+  }
+  if (refused && ok) co_await linger(conn);  // the unread body
+  co_return ok&& keep_alive;
 }
 
 }  // namespace berth::http

@@ -7,6 +7,7 @@
 #include <boost/asio/io_context.hpp>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,14 +43,22 @@ using handler = std::function<boost::asio::awaitable<handled>(const incoming&)>;
 // Renders an OCI error body: {"errors":[{"code":..,"message":..}]}.
 std::string error_body(const core::oci_error& e);
 
+// Looks at a request's head before its body is read: a reply refuses the request
+// without reading the body (the admin port checks the webhook secret first).
+using body_gate = std::function<std::optional<handled>(const incoming&)>;
+
 struct listener_options {
-  std::string name;  // "mirror" or "admin", in logs
+  std::string name;  // "mirror" or "admin", in logs and metric labels
   bool access_log = false;
   // A request body is read whole before the handler runs; a larger one gets 413.
   std::size_t max_body_bytes = 0;
   // Serves only GET and HEAD: a request of another method whose body is too large is
   // refused for its method (405), not its size. A GET's body is read and ignored.
   bool pull_only = false;
+  body_gate gate;  // asked before any body is read; null: every body up to the cap
+  // Open connections at most. At the limit, a new connection closes the longest idle
+  // one; with none idle it is answered 503 and closed. 0: no limit.
+  std::size_t max_connections = 0;
 };
 
 class server {

@@ -24,6 +24,23 @@ std::string s(std::string_view v) {
 }
 }  // namespace
 
+std::string_view method_label(std::string_view method) {
+  for (std::string_view m : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}) {
+    if (method == m) return m;
+  }
+  return "other";
+}
+
+std::string status_label(unsigned status) {
+  static constexpr unsigned known[] = {0,   200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403,
+                                       404, 405, 406, 408, 409, 412, 413, 416, 429, 431, 500, 501, 502, 503, 504};
+  for (unsigned k : known) {
+    if (status == k) return std::to_string(status);
+  }
+  if (status >= 100 && status < 600) return std::to_string(status / 100) + "xx";
+  return "other";
+}
+
 struct registry::impl {
   std::shared_ptr<prometheus::Registry> reg = std::make_shared<prometheus::Registry>();
   prometheus::Family<prometheus::Counter>& http_requests =
@@ -45,6 +62,13 @@ struct registry::impl {
                                           .Help("Client requests being served now")
                                           .Register(*reg)
                                           .Add({});
+  prometheus::Family<prometheus::Counter>& connections_shed =
+      BuildCounter()
+          .Name("berth_http_connections_shed_total")
+          .Help(
+              "Connections turned away at a listener's max_connections, by listener and action "
+              "(closed_idle: the longest idle one closed to make room; refused: answered 503)")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& upstream_requests =
       BuildCounter()
           .Name("berth_upstream_requests_total")
@@ -175,7 +199,7 @@ registry::~registry() = default;
 
 void registry::http_request(std::string_view route, std::string_view method, unsigned status,
                             std::chrono::duration<double> duration, std::uint64_t bytes) {
-  impl_->http_requests.Add({{"route", s(route)}, {"method", s(method)}, {"status", std::to_string(status)}})
+  impl_->http_requests.Add({{"route", s(route)}, {"method", s(method_label(method))}, {"status", status_label(status)}})
       .Increment();
   impl_->http_duration.Add({{"route", s(route)}}, latency_buckets()).Observe(duration.count());
   if (bytes > 0) impl_->http_bytes.Add({{"route", s(route)}}).Increment(static_cast<double>(bytes));
@@ -185,9 +209,13 @@ void registry::http_in_flight(int delta) {
   impl_->http_in_flight.Increment(delta);
 }
 
+void registry::connection_shed(std::string_view listener, std::string_view action) {
+  impl_->connections_shed.Add({{"listener", s(listener)}, {"action", s(action)}}).Increment();
+}
+
 void registry::upstream_request(std::string_view registry, std::string_view kind, unsigned status,
                                 std::chrono::duration<double> duration) {
-  impl_->upstream_requests.Add({{"registry", s(registry)}, {"kind", s(kind)}, {"status", std::to_string(status)}})
+  impl_->upstream_requests.Add({{"registry", s(registry)}, {"kind", s(kind)}, {"status", status_label(status)}})
       .Increment();
   impl_->upstream_duration.Add({{"registry", s(registry)}, {"kind", s(kind)}}, latency_buckets())
       .Observe(duration.count());

@@ -8,6 +8,14 @@
 
 namespace berth::metrics {
 
+// Label values come from closed sets: whatever a client or an upstream controls (a
+// method, a status) is mapped onto one, so no request can add a series.
+// GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; anything else "other".
+std::string_view method_label(std::string_view method);
+// The status codes HTTP and the registry API use, exactly; any other "1xx" .. "5xx";
+// outside 100-599 "other". 0 (no HTTP answer) stays "0".
+std::string status_label(unsigned status);
+
 class registry {
  public:
   registry();
@@ -20,6 +28,8 @@ class registry {
   void http_request(std::string_view route, std::string_view method, unsigned status,
                     std::chrono::duration<double> duration, std::uint64_t bytes);
   void http_in_flight(int delta);
+  // A connection turned away at a listener's limit: "closed_idle" or "refused".
+  void connection_shed(std::string_view listener, std::string_view action);
 
   // One request to an upstream (registry, storage redirect target or token realm).
   // `status` 0 means no HTTP answer (connect error, timeout).

@@ -37,10 +37,20 @@ constexpr std::string_view k_passed_headers[] = {
     "Content-Type", "Docker-Content-Digest", "Content-Range", "Accept-Ranges",
     "ETag",         "Last-Modified",         "Retry-After",   "OCI-Filters-Applied"};
 
+// The longest header value taken from an upstream (or built from a client's input,
+// as the rewritten Link is). Longer ones are dropped: no registry sends them, and
+// past 64 KiB the reply could not be written at all.
+constexpr std::size_t k_max_passed_header = 8 * 1024;
+
 void copy_headers(const core::headers& from, core::headers& to) {
   for (const auto& f : from.fields()) {
     for (auto name : k_passed_headers) {
-      if (core::iequals(f.first, name)) to.add(std::string(name), f.second);
+      if (!core::iequals(f.first, name)) continue;
+      if (f.second.size() > k_max_passed_header) {
+        log::warn("upstream_header_dropped", {{"header", std::string(name)}, {"bytes", f.second.size()}});
+        continue;
+      }
+      to.add(std::string(name), f.second);
     }
   }
 }
@@ -660,7 +670,11 @@ asio::awaitable<core::reply> mirror::listing(upstream::registry& reg, const pull
   r.upstream_status = res.status;
   copy_headers(res.headers, r.headers);
   if (auto link = res.headers.get("Link")) {
-    if (auto rewritten = rewrite_link(*link, req.ns); !rewritten.empty()) r.headers.add("Link", rewritten);
+    if (auto rewritten = rewrite_link(*link, req.ns); !rewritten.empty() && rewritten.size() <= k_max_passed_header) {
+      r.headers.add("Link", rewritten);
+    } else if (!rewritten.empty()) {
+      log::warn("upstream_header_dropped", {{"header", "Link"}, {"bytes", rewritten.size()}});
+    }
   }
   co_await res.read_all(r.body, options_.max_tags_body_bytes, ec);
   if (ec) co_return transport_error(ec, reg.id());

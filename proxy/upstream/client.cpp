@@ -607,7 +607,7 @@ asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& re
   result.timed_out = ec == errc::timeout;
   if (ex.status != 200 || ec) {
     result.error = "token service answered HTTP " + std::to_string(ex.status);
-    reg.metrics.token_fetch(reg.options.id(), "http_" + std::to_string(ex.status));
+    reg.metrics.token_fetch(reg.options.id(), "http_" + metrics::status_label(ex.status));
     co_return result;
   }
   auto parsed = parse_token_response(body);

@@ -136,7 +136,7 @@ default_registry: {REGISTRY_NAME}
 {extra_top}"""
 
 
-def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None, extra=""):
+def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None, extra="", prefix=()):
     """A started Berth for REGISTRY_NAME at `endpoint` (a fault or throttling proxy in
     front of the registry, say), with the robot's credentials and, given a
     `cache_dir`, a blob cache; `extra` is appended to its config. The caller stops it."""
@@ -152,7 +152,7 @@ registries:
     credentials: {secret}
     ca_file: {ca_file or world['pki'].ca_file}
 default_registry: {REGISTRY_NAME}
-{cache}{extra}""").start()
+{cache}{extra}""", prefix=prefix).start()
 
 
 @pytest.fixture(scope="session")

@@ -507,7 +507,8 @@ auth:
 
 
 class Berth(Process):
-    def __init__(self, binary, directory, config_text, env=None):
+    def __init__(self, binary, directory, config_text, env=None, prefix=()):
+        """prefix: a command Berth runs under (prlimit, say)."""
         os.makedirs(directory, exist_ok=True)
         self.dir = directory
         self.config_path = os.path.join(directory, "berth.yaml")
@@ -515,7 +516,8 @@ class Berth(Process):
             f.write(config_text)
         full_env = dict(os.environ)
         full_env.update(env or {})
-        super().__init__("berth", [binary, "serve", "--config", self.config_path], os.path.join(directory, "berth.log"), full_env)
+        super().__init__("berth", [*prefix, binary, "serve", "--config", self.config_path],
+                         os.path.join(directory, "berth.log"), full_env)
         self.port = None
         self.admin_port = None
 
@@ -1012,6 +1014,7 @@ class FaultyUpstream:
       length_delta=D   announce Content-Length + D
       digest=VALUE     replace Docker-Content-Digest
       realm=URL        replace the realm of a WWW-Authenticate challenge
+      add_headers={}   send these headers too
     It counts what it saw, so a test waits for a condition instead of sleeping."""
 
     def __init__(self, registry_port, ca_file):
@@ -1125,6 +1128,8 @@ class FaultyUpstream:
                 import re
 
                 v = re.sub(r'realm="[^"]*"', f'realm="{fault["realm"]}"', v)
+            h.send_header(k, v)
+        for k, v in fault.get("add_headers", {}).items():
             h.send_header(k, v)
         if h.command == "HEAD" or resp.status in (204, 304):
             if length is not None:
