@@ -41,17 +41,21 @@ using namespace berth;
 namespace {
 
 // File descriptors, shared out at start-up. The soft RLIMIT_NOFILE is raised to the
-// hard limit; a fixed reserve covers what is not per connection (listeners, epoll,
-// RocksDB, Redis, logs); each mirror connection may hold three at once (its socket,
-// a cache or temp file, an upstream connection). Connection limits left at 0 are
-// fitted to that; configured ones beyond it are kept, with a warning.
+// hard limit; a reserve covers what is not per client connection: the process's own
+// (listeners, logs, Redis), three per event loop (epoll, eventfd, timerfd), the two
+// RocksDB databases' open files, and the idle upstream connections each worker may
+// pool per registry. Each client connection may hold three at once (its socket, a
+// cache or temp file, an upstream connection). Connection limits left at 0 are fitted
+// to that; configured ones beyond it are kept, with a warning.
 struct descriptor_budget {
   std::size_t limit = 0;
+  std::size_t reserve = 0;
   std::size_t mirror = 0;
   std::size_t admin = 0;
 };
 
-descriptor_budget plan_descriptors(const http::server_options& s) {
+descriptor_budget plan_descriptors(const http::server_options& s, std::size_t threads, std::size_t registries,
+                                   std::size_t idle_per_host) {
   rlimit r{};
   getrlimit(RLIMIT_NOFILE, &r);
   if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < r.rlim_max) {
@@ -61,7 +65,8 @@ descriptor_budget plan_descriptors(const http::server_options& s) {
   }
   descriptor_budget b;
   b.limit = r.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20 : static_cast<std::size_t>(r.rlim_cur);
-  constexpr std::size_t reserve = 64;
+  const std::size_t reserve = 32 + 3 * (threads + 1) + (64 + 8) + (32 + 8) + threads * registries * idle_per_host;
+  b.reserve = reserve;
   const std::size_t per_connection = 3;
   const std::size_t fits = b.limit > reserve + 2 * per_connection ? (b.limit - reserve) / per_connection : 2;
   b.admin = s.admin_max_connections ? s.admin_max_connections : std::clamp<std::size_t>(fits / 8, 1, 64);
@@ -177,7 +182,13 @@ int serve(const std::string& config_path) {
                          {"redis", mopts.redis_url},
                          {"local_dir", local ? local_dir : std::string()},
                          {"tag_ttl_ms", static_cast<long long>(mopts.tag_ttl.count())},
-                         {"max_stale_ms", static_cast<long long>(mopts.max_stale.count())}});
+                         {"max_stale_ms", static_cast<long long>(mopts.max_stale.count())},
+                         {"signed", !mopts.secret.empty()}});
+  if (backend && mopts.secret.empty()) {
+    log::warn("metadata_unsigned",
+              {{"detail", "anyone who can write to the backend's " + mopts.key_prefix +
+                              "* keys can change what every node serves; set metadata.secret_file"}});
+  }
   rt->metadata = std::make_unique<meta::cache>(mopts, rt->metrics, backend, std::move(local));
   rt->metadata->start();
 
@@ -190,7 +201,10 @@ int serve(const std::string& config_path) {
     rt->clients.push_back(
         std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
     mirror::mirror_options options;
-    if (s.cache) options.fill_stall = s.cache->reader_stall;
+    if (s.cache) {
+      options.fill_stall = s.cache->reader_stall;
+      options.authorization_ttl = s.cache->authorization_ttl;
+    }
     options.min_rate = s.upstream.min_rate;
     options.min_rate_period = s.upstream.min_rate_period;
     rt->mirrors.push_back(std::make_unique<mirror::mirror>(*rt->table, *rt->clients.back(), rt->metrics,
@@ -203,7 +217,7 @@ int serve(const std::string& config_path) {
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   // A GET may carry a small body (the OCI conformance suite sends one); it is read
   // and ignored. Pushes are refused for their method.
-  const auto fds = plan_descriptors(s.server);
+  const auto fds = plan_descriptors(s.server, threads, s.registries.size(), s.upstream.max_idle_per_host);
   const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors),
                                      {.name = "mirror",
                                       .access_log = s.server.access_log,
@@ -257,6 +271,7 @@ int serve(const std::string& config_path) {
                           {"admin_port", static_cast<unsigned>(admin_port)},
                           {"threads", threads},
                           {"nofile", static_cast<unsigned long long>(fds.limit)},
+                          {"descriptors_reserved", static_cast<unsigned long long>(fds.reserve)},
                           {"max_connections", static_cast<unsigned long long>(fds.mirror)},
                           {"admin_max_connections", static_cast<unsigned long long>(fds.admin)},
                           {"registries", static_cast<unsigned>(regs.size())},

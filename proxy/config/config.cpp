@@ -145,7 +145,7 @@ void check_readable(const YAML::Node& n, const context& ctx, const std::string& 
 meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
   check_keys(n, ctx,
              {"redis", "password_file", "key_prefix", "tag_ttl", "tag_ttl_overrides", "max_stale", "negative_ttl",
-              "manifest_ttl", "memory_size", "webhook_secret_file", "timeout", "lock_wait"});
+              "manifest_ttl", "memory_size", "webhook_secret_file", "secret_file", "timeout", "lock_wait"});
   meta::metadata_options m;
   if (n["redis"]) {
     const auto url = as_string(n["redis"], ctx.child("redis"));
@@ -201,6 +201,14 @@ meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
     if (m.webhook_secret_file.empty() || m.webhook_secret_file.front() != '/')
       ctx.child("webhook_secret_file").fail(n["webhook_secret_file"], "must be an absolute path");
   }
+  if (n["secret_file"]) {
+    const auto c = ctx.child("secret_file");
+    if (!m.redis) c.fail(n["secret_file"], "needs metadata.redis (it signs what nodes share there)");
+    m.secret_file = as_string(n["secret_file"], c);
+    check_readable(n["secret_file"], c, m.secret_file);
+    if (!core::read_file(m.secret_file, m.secret) || (m.secret = core::trim_newlines(m.secret)).size() < 16)
+      c.fail(n["secret_file"], "file " + m.secret_file + " must hold a secret of at least 16 characters");
+  }
   if (n["timeout"]) {
     const auto t = as_duration(n["timeout"], ctx.child("timeout"));
     if (m.redis) m.redis->command_timeout = t;  // without a backend there is nothing to time out
@@ -209,9 +217,9 @@ meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
 }
 
 upstream::registry_options parse_registry(const YAML::Node& n, const context& ctx) {
-  check_keys(
-      n, ctx,
-      {"names", "endpoint", "credentials", "username_file", "password_file", "repositories", "ca_file", "realm_hosts"});
+  check_keys(n, ctx,
+             {"names", "endpoint", "credentials", "username_file", "password_file", "repositories", "ca_file",
+              "realm_hosts", "redirect_hosts"});
   upstream::registry_options r;
   if (!n["names"]) ctx.fail(n, "names is required (the ns values containerd sends, e.g. [registry.example.ts.net])");
   r.names = as_string_list(n["names"], ctx.child("names"));
@@ -260,6 +268,7 @@ upstream::registry_options parse_registry(const YAML::Node& n, const context& ct
     check_readable(n["ca_file"], ctx.child("ca_file"), r.ca_file);
   }
   if (n["realm_hosts"]) r.realm_hosts = as_string_list(n["realm_hosts"], ctx.child("realm_hosts"));
+  if (n["redirect_hosts"]) r.redirect_hosts = as_string_list(n["redirect_hosts"], ctx.child("redirect_hosts"));
   return r;
 }
 
@@ -445,7 +454,7 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
   }
   if (auto c = root["cache"]) {
     const auto ctx = top.child("cache");
-    check_keys(c, ctx, {"dir", "max_size", "low_watermark", "fill_stall_timeout", "zero_copy"});
+    check_keys(c, ctx, {"dir", "max_size", "low_watermark", "fill_stall_timeout", "authorization_ttl", "zero_copy"});
     if (c["zero_copy"]) s.server.zero_copy = as_bool(c["zero_copy"], ctx.child("zero_copy"));
     store::store_options o;
     if (!c["dir"]) ctx.fail(c, "dir is required (where blobs, temp files and the index live)");
@@ -475,6 +484,8 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
         ctx.child("low_watermark").fail(c["low_watermark"], "must be between 0 and 1 (exclusive)");
     }
     if (c["fill_stall_timeout"]) o.reader_stall = as_duration(c["fill_stall_timeout"], ctx.child("fill_stall_timeout"));
+    if (c["authorization_ttl"])
+      o.authorization_ttl = as_duration(c["authorization_ttl"], ctx.child("authorization_ttl"), true);
     s.cache = o;
   }
   if (auto m = root["metadata"]) s.metadata = parse_metadata(m, top.child("metadata"));
@@ -618,6 +629,8 @@ std::string render(const settings& s) {
     }
     if (!r.ca_file.empty()) out << YAML::Key << "ca_file" << YAML::Value << r.ca_file;
     if (!r.realm_hosts.empty()) out << YAML::Key << "realm_hosts" << YAML::Value << YAML::Flow << r.realm_hosts;
+    if (!r.redirect_hosts.empty())
+      out << YAML::Key << "redirect_hosts" << YAML::Value << YAML::Flow << r.redirect_hosts;
     out << YAML::EndMap;
   }
   out << YAML::EndSeq;
@@ -632,6 +645,7 @@ std::string render(const settings& s) {
     std::snprintf(watermark, sizeof watermark, "%g", s.cache->low_watermark);
     out << YAML::Key << "low_watermark" << YAML::Value << std::string(watermark);
     out << YAML::Key << "fill_stall_timeout" << YAML::Value << ms(s.cache->reader_stall);
+    out << YAML::Key << "authorization_ttl" << YAML::Value << ms(s.cache->authorization_ttl);
     out << YAML::Key << "zero_copy" << YAML::Value << s.server.zero_copy;
     out << YAML::EndMap;
   }
@@ -659,6 +673,7 @@ std::string render(const settings& s) {
   if (m.redis) out << YAML::Key << "timeout" << YAML::Value << ms(m.redis->command_timeout);
   if (m.redis) out << YAML::Key << "lock_wait" << YAML::Value << ms(m.lock_wait);
   if (!m.webhook_secret_file.empty()) out << YAML::Key << "webhook_secret_file" << YAML::Value << m.webhook_secret_file;
+  if (!m.secret_file.empty()) out << YAML::Key << "secret_file" << YAML::Value << m.secret_file;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

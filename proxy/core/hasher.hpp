@@ -28,6 +28,12 @@ class hasher {
 // One-shot digest of a buffer, "sha256:<hex>".
 std::string digest_of(std::string_view data, std::string_view algorithm = "sha256");
 
+// HMAC-SHA256 of `data` under `key`, as lower-case hex.
+std::string hmac_sha256_hex(std::string_view key, std::string_view data);
+// Equality that takes the same time wherever the first difference is (for secrets
+// and signatures).
+bool constant_time_equal(std::string_view a, std::string_view b);
+
 // Base64 (standard alphabet, padded) over OpenSSL EVP.
 std::string base64_encode(std::string_view data);
 // Returns false on malformed input.

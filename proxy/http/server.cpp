@@ -10,6 +10,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
@@ -78,7 +79,9 @@ struct connection_state {
   // to pick the longest idle connection to close when the listener is full.
   std::atomic<bool> idle{true};
   std::atomic<clock_type::rep> idle_since{clock_type::now().time_since_epoch().count()};
-  bool shed = false;  // picked to be closed for room; guarded by server::impl::mu
+  // Picked to be closed for room: closed at once if idle, else after its current
+  // reply (never kept alive), so the listener's limit holds.
+  std::atomic<bool> shed{false};
   void set_idle(bool v) {
     if (v) idle_since.store(clock_type::now().time_since_epoch().count(), std::memory_order_relaxed);
     idle.store(v, std::memory_order_release);
@@ -90,6 +93,7 @@ struct listener {
   handler handle;
   listener_options options;
   std::size_t open = 0;  // guarded by server::impl::mu
+  std::atomic<clock_type::rep> refused_logged{0};
   explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
 };
 
@@ -203,7 +207,7 @@ bool server::impl::admit(listener& l, accepted_socket& sock) {
     std::lock_guard lock(mu);
     if (max == 0 || l.open < max) return true;
     for (const auto& c : connections) {
-      if (&c->owner != &l || c->shed || !c->idle.load(std::memory_order_acquire)) continue;
+      if (&c->owner != &l || c->shed.load() || !c->idle.load(std::memory_order_acquire)) continue;
       if (!oldest || c->idle_since.load(std::memory_order_relaxed) < oldest->idle_since.load(std::memory_order_relaxed))
         oldest = c;
     }
@@ -219,11 +223,17 @@ bool server::impl::admit(listener& l, accepted_socket& sock) {
   }
   // Every connection is busy: refuse this one readably and at once.
   metrics.connection_shed(l.options.name, "refused");
-  log::warn("connection_refused", {{"listener", l.options.name},
-                                   {"max_connections", static_cast<unsigned long long>(max)},
-                                   {"detail", "every connection is busy; raise clients.max_connections"}});
+  // One line a second at most: a flood must not turn into a flood of log lines.
+  const auto now = clock_type::now().time_since_epoch().count();
+  auto last = l.refused_logged.load();
+  if (now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
+      l.refused_logged.compare_exchange_strong(last, now)) {
+    log::warn("connection_refused", {{"listener", l.options.name},
+                                     {"max_connections", static_cast<unsigned long long>(max)},
+                                     {"detail", "every connection is busy; raise clients.max_connections"}});
+  }
   static const std::string busy = [] {
-    const auto body = error_body({503, "TOOMANYREQUESTS", "too many open connections"});
+    const auto body = error_body({503, "UNAVAILABLE", "too many open connections; retry"});
     return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
            "Connection: close\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -412,7 +422,9 @@ asio::awaitable<void> server::impl::linger(connection_state& conn) {
 
 asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker) {
   auto self = shared_from_this();
-  beast::flat_buffer buffer;
+  // Bounded: Beast does not limit a chunk-size line (extensions) or the trailers, so
+  // without a cap one connection could make the buffer grow without end.
+  beast::flat_buffer buffer(options.max_header_bytes + 64 * 1024);
   while (!stopping) {
     bool again = false;
     try {
@@ -440,7 +452,6 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
   conn.stream.expires_after(options.idle_timeout);
   error_code ec;
   co_await bhttp::async_read_header(conn.stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
-  if (!ec) conn.set_idle(false);
   incoming in;
   std::optional<handled> refused;
   if (!ec) {
@@ -469,10 +480,21 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
         ec = bhttp::error::body_limit;
       } else {
         parser.body_limit(l.options.max_body_bytes);  // a chunked body, as it comes
-        co_await bhttp::async_read(conn.stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+        if (bhttp::token_list(head[bhttp::field::expect]).exists("100-continue")) {
+          // The client waits for this before it sends the body.
+          static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
+          co_await asio::async_write(conn.stream, asio::buffer(go_on.data(), go_on.size()),
+                                     asio::redirect_error(asio::use_awaitable, ec));
+        }
+        if (!ec) {
+          co_await bhttp::async_read(conn.stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+        }
       }
     }
   }
+  // Busy only once the whole request is in: a client that announces a body and never
+  // sends it stays idle, so it can be shed to make room.
+  if (!ec) conn.set_idle(false);
   if (ec) {
     // A closed, timed-out or reset connection between requests is normal.
     if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
@@ -492,6 +514,8 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
       // A push (PUT, POST, PATCH with its body): the method is what is refused.
       r = core::error_reply(core::unsupported(
           "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported"));
+    } else if (ec == bhttp::error::buffer_overflow) {
+      r = core::error_reply({431, "UNSUPPORTED", "request headers, chunk sizes or trailers are too large"});
     } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
       r = core::error_reply(
           {413, "UNSUPPORTED", "request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes"});
@@ -520,7 +544,7 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
       h.reply = core::error_reply({500, "UNKNOWN", "internal error"});
     }
   }
-  const bool keep_alive = req.keep_alive() && !stopping && !refused;
+  const bool keep_alive = req.keep_alive() && !stopping && !refused && !conn.shed.load();
   std::uint64_t bytes = 0;
   bool ok = false;
   std::string failure;

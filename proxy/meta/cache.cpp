@@ -294,6 +294,37 @@ struct cache::impl {
   std::string backend_key(const std::string& k) const { return options.key_prefix + k; }
   std::string channel() const { return options.key_prefix + "invalidate"; }
 
+  // With a cluster secret, every value this node writes to the backend carries an
+  // HMAC over where it is written (key and field) and the value itself, so write
+  // access to Dragonfly alone cannot change what nodes serve, nor move a genuine
+  // answer to another tag. A value without a valid one is ignored and counted.
+  std::string seal(std::string_view where, const std::string& value) const {
+    if (options.secret.empty()) return value;
+    return value + " hmac=" + core::hmac_sha256_hex(options.secret, std::string(where) + '\n' + value);
+  }
+  std::optional<std::string> unseal(std::string_view where, std::string_view stored) const {
+    if (options.secret.empty()) return std::string(stored);
+    const auto at = stored.rfind(" hmac=");
+    const auto value = stored.substr(0, at);
+    if (at == std::string_view::npos ||
+        !core::constant_time_equal(
+            stored.substr(at + 6),
+            core::hmac_sha256_hex(options.secret, std::string(where) + '\n' + std::string(value)))) {
+      metrics.meta_signature_failure();
+      log::warn("metadata_signature_invalid",
+                {{"key", std::string(where.substr(0, where.find('\n')))},
+                 {"detail", "ignored: not written by a node with this cluster's secret"}});
+      return std::nullopt;
+    }
+    return std::string(value);
+  }
+  std::string entry_location(const key& k) const { return backend_key(k.group) + '\n' + k.field; }
+  std::optional<entry> decode_shared(const key& k, std::string_view stored) const {
+    const auto value = unseal(entry_location(k), stored);
+    if (!value) return std::nullopt;
+    return decode(*value);
+  }
+
   bool fresh(const entry& e, std::chrono::milliseconds ttl, std::int64_t now) const {
     const auto age = now - e.validated_ms;
     if (age < -60000) return false;  // from the future: a skewed clock, do not trust it
@@ -320,7 +351,7 @@ struct cache::impl {
     auto r = co_await backend->command(std::move(hget));
     if (!r || !r->ok()) co_return std::nullopt;
     if (r->type != reply::kind::string) co_return std::optional<entry>();
-    co_return decode(r->str);
+    co_return decode_shared(k, r->str);
   }
 
   asio::awaitable<void> store(const key& k, const entry& e) {
@@ -330,7 +361,7 @@ struct cache::impl {
       const auto group = backend_key(k.group);
       const auto keep =
           std::chrono::duration_cast<std::chrono::milliseconds>(options.max_stale + longest_ttl) + options.negative_ttl;
-      std::vector<std::vector<std::string>> batch{{"HSET", group, k.field, encode(e)},
+      std::vector<std::vector<std::string>> batch{{"HSET", group, k.field, seal(entry_location(k), encode(e))},
                                                   {"PEXPIRE", group, std::to_string(keep.count())}};
       co_await backend->pipeline(std::move(batch));
     }
@@ -471,7 +502,7 @@ struct cache::impl {
       auto r = co_await backend->pipeline(std::move(poll));
       if (!r || r->size() != 2) co_return std::nullopt;
       if ((*r)[1].type == reply::kind::string) {
-        if (auto e = decode((*r)[1].str); e && e->validated_ms > seen_ms) co_return e;
+        if (auto e = decode_shared(k, (*r)[1].str); e && e->validated_ms > seen_ms) co_return e;
       }
       if ((*r)[0].integer == 0) co_return std::nullopt;
     }
@@ -516,9 +547,11 @@ void cache::start() {
     std::weak_ptr<impl> weak = impl_;
     i.backend->subscribe(
         i.channel(),
-        [weak](const std::string& group) {
+        [weak](const std::string& message) {
           if (auto self = weak.lock()) {
-            self->drop_group_locally(group);
+            const auto group = self->unseal(self->channel(), message);
+            if (!group) return;
+            self->drop_group_locally(*group);
             self->metrics.meta_invalidation("peer", 1);
           }
         },
@@ -662,7 +695,8 @@ asio::awaitable<bool> cache::invalidate(const std::vector<std::string>& groups) 
   for (const auto& g : groups) {
     self->drop_group_locally(g);
     if (self->backend) {
-      std::vector<std::vector<std::string>> batch{{"DEL", self->backend_key(g)}, {"PUBLISH", self->channel(), g}};
+      std::vector<std::vector<std::string>> batch{{"DEL", self->backend_key(g)},
+                                                  {"PUBLISH", self->channel(), self->seal(self->channel(), g)}};
       auto done = co_await self->backend->pipeline(std::move(batch));
       told = told && done.has_value();
     }

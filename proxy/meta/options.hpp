@@ -41,6 +41,10 @@ struct metadata_options {
   // A file holding the shared secret Harbor's webhook sends as its Authorization
   // header. Empty: the webhook endpoint is off.
   std::string webhook_secret_file;
+  // The cluster secret (read from secret_file at start-up) that signs what Berth
+  // writes to the backend; empty: entries are written and read unsigned.
+  std::string secret_file;
+  std::string secret;
 
   // The TTL for a tag: the first override whose pattern matches, else tag_ttl.
   std::chrono::milliseconds ttl_for(std::string_view tag) const;

@@ -178,6 +178,11 @@ struct registry::impl {
           .Name("berth_metadata_corrupt_total")
           .Help("Cached manifests whose bytes did not match their digest, by tier; dropped, never served")
           .Register(*reg);
+  prometheus::Counter& meta_unsigned = BuildCounter()
+                                           .Name("berth_metadata_signature_failures_total")
+                                           .Help("Backend entries or messages without a valid signature; ignored")
+                                           .Register(*reg)
+                                           .Add({});
   prometheus::Family<prometheus::Counter>& meta_invalidations =
       BuildCounter()
           .Name("berth_metadata_invalidations_total")
@@ -307,6 +312,10 @@ void registry::meta_lookup(std::string_view registry, std::string_view kind, std
 
 void registry::meta_revalidation(std::string_view registry, std::string_view result) {
   impl_->meta_revalidations.Add({{"registry", s(registry)}, {"result", s(result)}}).Increment();
+}
+
+void registry::meta_signature_failure() {
+  impl_->meta_unsigned.Increment();
 }
 
 void registry::meta_corrupt(std::string_view tier) {

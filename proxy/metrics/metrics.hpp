@@ -70,6 +70,8 @@ class registry {
   void meta_revalidation(std::string_view registry, std::string_view result);
   // A tier held bytes that did not match their digest (memory, local, shared): dropped, not served.
   void meta_corrupt(std::string_view tier);
+  // A backend entry or message whose signature is missing or wrong (metadata.secret_file).
+  void meta_signature_failure();
   // Entries dropped by invalidation. source: webhook (this node), peer (another node's webhook), resync.
   void meta_invalidation(std::string_view source, std::uint64_t groups);
   // Webhook requests by result: invalidated, ignored, unauthorized, bad_request, disabled.

@@ -37,6 +37,11 @@ constexpr std::string_view k_passed_headers[] = {
     "Content-Type", "Docker-Content-Digest", "Content-Range", "Accept-Ranges",
     "ETag",         "Last-Modified",         "Retry-After",   "OCI-Filters-Applied"};
 
+std::int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // The longest header value taken from an upstream (or built from a client's input,
 // as the rewritten Link is). Longer ones are dropped: no registry sends them, and
 // past 64 KiB the reply could not be written at all.
@@ -791,7 +796,9 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
   }
   if (!created && p.started && p.failure == store::fill_failure::none) {
     // Joining a fill started for another repository: the upstream decides first.
-    const std::vector<std::string> fill_source{f->source()};  // named: GCC 12 and temporaries in co_await
+    // The fill's own repository was confirmed as it started (named: GCC 12 and
+    // temporaries in co_await).
+    const std::vector<store::source> fill_source{{f->source(), unix_now_ms()}};
     if (!co_await authorized(reg, req, fill_source, r)) co_return r;
   }
   if (p.failure != store::fill_failure::none || !answered(p)) {
@@ -838,20 +845,38 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
 }
 
 asio::awaitable<bool> mirror::authorized(upstream::registry& reg, const pull_request& req,
-                                         const std::vector<std::string>& sources, core::reply& denial) {
+                                         const std::vector<store::source>& sources, core::reply& denial) {
   const std::string source = reg.id() + "/" + req.name;
+  const store::source* known = nullptr;
   for (const auto& s : sources) {
-    if (s == source) co_return true;
+    if (s.name == source) known = &s;
   }
+  const auto now = unix_now_ms();
+  if (known && now - known->confirmed < options_.authorization_ttl.count()) co_return true;
+  // Unknown here, or confirmed too long ago: the upstream decides (one HEAD).
+  const auto confirmed = known ? known->confirmed : 0;  // `sources` may change under the HEAD
   pull_request head = req;
   head.head = true;
   head.range.clear();
   auto answer = co_await upstream_blob(reg, head);
   if (answer.status == 200) {
-    store_->add_source(req.reference, source);
+    store_->confirm_source(req.reference, source);
     metrics_.cache_lookup("authorized");
     co_return true;
   }
+  const bool refused = answer.upstream_status == 401 || answer.upstream_status == 403 || answer.upstream_status == 404;
+  if (known && !refused) {
+    // The upstream could not say (down, timing out): the last confirmation stands,
+    // as a remembered tag is served stale. Only a refusal revokes.
+    metrics_.cache_lookup("authorized_stale");
+    log::warn("authorization_stale", {{"registry", reg.id()},
+                                      {"repository", req.name},
+                                      {"digest", req.reference},
+                                      {"confirmed_s_ago", (now - confirmed) / 1000},
+                                      {"upstream_status", answer.status}});
+    co_return true;
+  }
+  if (known) store_->drop_source(req.reference, source);
   metrics_.cache_lookup("denied");
   log::info("cache_hit_denied", {{"registry", reg.id()},
                                  {"repository", req.name},

@@ -27,6 +27,7 @@ struct response;
 namespace berth::store {
 class blob_store;
 class fill;
+struct source;
 }  // namespace berth::store
 namespace berth::meta {
 class cache;
@@ -47,6 +48,8 @@ struct mirror_options {
   // Blob bodies from the upstream slower than this (bytes/s over a period) are given up.
   std::uint64_t min_rate = 0;
   std::chrono::milliseconds min_rate_period{30000};
+  // How long a repository's confirmation for a cached blob holds (cache.authorization_ttl).
+  std::chrono::milliseconds authorization_ttl{300000};
 };
 
 class mirror {
@@ -105,7 +108,7 @@ class mirror {
   // Berth) unless it already said yes for that repository. On "no", `denial` is the
   // upstream's answer for the client.
   boost::asio::awaitable<bool> authorized(upstream::registry& reg, const pull_request& req,
-                                          const std::vector<std::string>& sources, core::reply& denial);
+                                          const std::vector<store::source>& sources, core::reply& denial);
   // Bytes [offset, end) of req's blob straight from the upstream (206), or null; no
   // `end`: to the blob's end.
   boost::asio::awaitable<std::unique_ptr<core::body_source>> upstream_range(upstream::registry& reg, pull_request req,

@@ -24,6 +24,11 @@ std::int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+std::int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // "sha256:abcd..." -> ("sha256", "abcd...")
 std::pair<std::string, std::string> split_digest(const std::string& digest) {
   const auto colon = digest.find(':');
@@ -361,11 +366,26 @@ std::optional<blob_entry> blob_store::stat(const std::string& digest) {
   return index_->get(digest);
 }
 
-void blob_store::add_source(const std::string& digest, const std::string& source) {
+void blob_store::confirm_source(const std::string& digest, const std::string& source) {
   std::lock_guard lock(mu_);  // read-modify-write of one entry
   auto e = index_->get(digest);
-  if (!e || e->has_source(source)) return;
-  e->sources.push_back(source);
+  if (!e) return;
+  const auto now = unix_now_ms();
+  auto it =
+      std::find_if(e->sources.begin(), e->sources.end(), [&](const store::source& s) { return s.name == source; });
+  if (it != e->sources.end()) {
+    it->confirmed = now;
+  } else {
+    e->sources.push_back({source, now});
+  }
+  index_->put(digest, *e);
+}
+
+void blob_store::drop_source(const std::string& digest, const std::string& source) {
+  std::lock_guard lock(mu_);
+  auto e = index_->get(digest);
+  if (!e) return;
+  std::erase_if(e->sources, [&](const store::source& s) { return s.name == source; });
   index_->put(digest, *e);
 }
 
@@ -482,7 +502,7 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   if (index_->get(digest)) {
     // Published meanwhile by another fill (a lookup raced with its end): same bytes.
     fs_->remove(temp_path);
-    if (!source.empty()) add_source(digest, source);
+    if (!source.empty()) confirm_source(digest, source);
     return true;
   }
   error_code ec;
@@ -493,7 +513,7 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   // Renamed before indexed: a crash in between leaves a verified file the index does
   // not know, never an index entry without its file.
   blob_entry entry{size, media_type, now, now, {}, std::nullopt};
-  if (!source.empty()) entry.sources.push_back(source);
+  if (!source.empty()) entry.sources.push_back({source, unix_now_ms()});
   // The bytes were hashed as they were written; this is the file they are in (after
   // the rename, which changes the ctime).
   if (const auto id = fs_->identify(fd, ec); !ec && id.size == size) entry.verified_as = id;

@@ -167,8 +167,11 @@ class blob_store {
   void proven(const open_blob& blob);
   // The index entry of a published blob (for HEAD), without opening it.
   std::optional<blob_entry> stat(const std::string& digest);
-  // Records that the upstream served `digest` to `source` ("<registry>/<repository>").
-  void add_source(const std::string& digest, const std::string& source);
+  // Records that the upstream served `digest` to `source` ("<registry>/<repository>")
+  // just now.
+  void confirm_source(const std::string& digest, const std::string& source);
+  // The upstream refused `digest` to `source`: it is served there no more.
+  void drop_source(const std::string& digest, const std::string& source);
 
   // The fill under way for `digest`, or a new one (`created`: the caller must run it).
   std::shared_ptr<fill> join_or_start(const std::string& digest, const std::string& algorithm, bool& created);

@@ -65,7 +65,7 @@ std::string encode_entry(const blob_entry& e) {
   o["last_access"] = e.last_access;
   o["media_type"] = e.media_type;
   boost::json::array sources;
-  for (const auto& s : e.sources) sources.emplace_back(s);
+  for (const auto& s : e.sources) sources.push_back(boost::json::object{{"name", s.name}, {"confirmed", s.confirmed}});
   o["sources"] = std::move(sources);
   if (e.verified_as) {
     o["inode"] = e.verified_as->inode;
@@ -90,8 +90,16 @@ std::optional<blob_entry> decode_entry(std::string_view record) {
   if (const auto* sources = o.if_contains("sources")) {
     if (!sources->is_array()) return std::nullopt;
     for (const auto& s : sources->get_array()) {
-      if (!s.is_string() || s.get_string().empty()) return std::nullopt;
-      e.sources.emplace_back(s.get_string());
+      source src;
+      if (s.is_string()) {  // before confirmation times: asked again at the next hit
+        src.name = s.get_string();
+      } else if (const auto* so = s.if_object(); so != nullptr) {
+        const auto* name = so->if_contains("name");
+        if (name == nullptr || !name->is_string() || !get_int(*so, "confirmed", src.confirmed)) return std::nullopt;
+        src.name = name->get_string();
+      }
+      if (src.name.empty()) return std::nullopt;
+      e.sources.push_back(std::move(src));
     }
   }
   file_identity id;
@@ -146,11 +154,11 @@ class rocks final : public index {
 
 }  // namespace
 
-bool blob_entry::has_source(const std::string& s) const {
-  for (const auto& x : sources) {
-    if (x == s) return true;
+const source* blob_entry::find_source(const std::string& name) const {
+  for (const auto& s : sources) {
+    if (s.name == name) return &s;
   }
-  return false;
+  return nullptr;
 }
 
 std::unique_ptr<index> index::open(const std::string& path, bool read_only) {

@@ -12,18 +12,26 @@
 
 namespace berth::store {
 
+// A repository the upstream served a blob to, with Berth's identity, and when it
+// last said so.
+struct source {
+  std::string name;            // "<registry>/<repository>"
+  std::int64_t confirmed = 0;  // unix milliseconds; 0: unknown (asked again at once)
+  bool operator==(const source&) const = default;
+};
+
 struct blob_entry {
   std::uint64_t size = 0;
   std::string media_type;
   std::int64_t created = 0;      // unix seconds
   std::int64_t last_access = 0;  // unix seconds
-  // "<registry>/<repository>" pairs whose upstream answered 200 for this blob with
-  // Berth's identity: a hit is served only to those (others are asked first).
-  std::vector<std::string> sources;
+  // A hit is served only to these repositories, and only while their confirmation
+  // is younger than cache.authorization_ttl (others are asked first).
+  std::vector<source> sources;
   // The file's identity when its bytes were last hashed (at publish, or a verified
   // serve). A hit whose file no longer has it is hashed again as it is served.
   std::optional<file_identity> verified_as;
-  bool has_source(const std::string& s) const;
+  const source* find_source(const std::string& name) const;
 };
 
 // The index record: a version byte, then JSON. Version 1 (before the version byte)

@@ -12,6 +12,9 @@ struct store_options {
   double max_fraction = 0;                        // instead of max_bytes: a fraction of the filesystem (0.8 = "80%")
   double low_watermark = 0.85;                    // eviction goes down to max * low_watermark
   std::chrono::milliseconds reader_stall{60000};  // a reader gives up on a fill that makes no progress
+  // How long the upstream's word that a repository may have a cached blob holds; the
+  // next hit after that asks again (one HEAD), so a revoked grant reaches the cache.
+  std::chrono::milliseconds authorization_ttl{300000};
 };
 
 }  // namespace berth::store

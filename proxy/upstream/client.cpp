@@ -50,6 +50,7 @@ class category_impl : public boost::system::error_category {
       case errc::connection_lost: return "upstream connection lost mid-response";
       case errc::too_many_redirects: return "too many upstream redirects";
       case errc::bad_redirect: return "upstream redirect without a usable Location";
+      case errc::redirect_refused: return "upstream redirect to a host or address Berth does not follow to";
       case errc::pool_exhausted: return "no upstream connection available";
       case errc::body_too_large: return "upstream response too large";
       case errc::token_failed: return "upstream token service failed";
@@ -120,12 +121,27 @@ struct registry::impl {
           metrics.credentials_load(options.id(), result);
         }) {}
 
-  // May the robot credentials be sent to this origin? Only the endpoint's own host
-  // (any port, never from https down to http) or an explicitly configured realm host.
+  // May the robot credentials be sent to this origin? Never from https down to http;
+  // the endpoint itself always; then realm_hosts, by default the endpoint's host on
+  // any port (Harbor's and the CNCF registry's token services live there).
   bool may_receive_credentials(const origin& o) const {
     if (endpoint.tls() && !o.tls()) return false;
-    if (o.host == endpoint.host) return true;
-    for (const auto& h : options.realm_hosts) {
+    if (o.host == endpoint.host && o.port == endpoint.port) return true;
+    if (options.realm_hosts.empty()) return o.host == endpoint.host;
+    return listed(options.realm_hosts, o);
+  }
+
+  // Whether a redirect may lead to `o`, and on what terms (public_only).
+  bool may_redirect_to(origin& o) const {
+    if (o.host == endpoint.host && o.port == endpoint.port) return true;  // the registry itself
+    if (listed(options.redirect_hosts, o)) return true;
+    if (!options.redirect_hosts.empty()) return false;
+    o.public_only = true;  // any host, but not an internal address
+    return true;
+  }
+
+  static bool listed(const std::vector<std::string>& hosts, const origin& o) {
+    for (const auto& h : hosts) {
       if (normalize_registry_host(h) == o.host || normalize_registry_host(h) == o.host + ":" + o.port) return true;
     }
     return false;
@@ -220,7 +236,8 @@ struct client::impl {
   // A connection to `o`: an idle pooled one (reused = true) or a new one.
   asio::awaitable<std::unique_ptr<connection>> acquire(const origin& o, ssl::context& tls, bool& reused,
                                                        error_code& ec) {
-    const std::string key = o.str() + "|" + std::to_string(reinterpret_cast<std::uintptr_t>(&tls));
+    const std::string key =
+        o.str() + (o.public_only ? "|public|" : "|") + std::to_string(reinterpret_cast<std::uintptr_t>(&tls));
     auto& slot = hosts[key];
     const auto now = clock_type::now();
     while (!slot.idle.empty()) {
@@ -270,7 +287,7 @@ struct client::impl {
 
   asio::awaitable<void> connect(connection& c, ssl::context& tls, error_code& ec) {
     co_await c.t.connect(c.org.host, c.org.port, c.org.tls() ? tls.native_handle() : nullptr, options.connect_timeout,
-                         ec);
+                         ec, c.org.public_only);
   }
 };
 
@@ -766,6 +783,13 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
       auto next = parse_url(std::string(resolved.buffer()), &next_target);
       if (!next) {
         ec = errc::bad_redirect;
+        co_return response{};
+      }
+      if (!reg.may_redirect_to(*next)) {
+        log::warn("upstream_redirect_refused", {{"registry", reg.options.id()},
+                                                {"to_host", next->host},
+                                                {"detail", "not in registries[].redirect_hosts"}});
+        ec = errc::redirect_refused;
         co_return response{};
       }
       log::debug("upstream_redirect", {{"registry", reg.options.id()}, {"status", ex.status}, {"to_host", next->host}});

@@ -31,9 +31,10 @@ enum class errc {
   connection_lost,     // the connection broke mid-response
   too_many_redirects,
   bad_redirect,
-  pool_exhausted,  // no connection slot within pool_wait_timeout
-  body_too_large,  // read_all over its limit
-  token_failed,    // the token service did not answer usefully
+  pool_exhausted,    // no connection slot within pool_wait_timeout
+  body_too_large,    // read_all over its limit
+  token_failed,      // the token service did not answer usefully
+  redirect_refused,  // a redirect to a host outside redirect_hosts, or to an internal address
 };
 const boost::system::error_category& error_category();
 inline boost::system::error_code make_error_code(errc e) {
@@ -45,6 +46,9 @@ struct origin {
   std::string scheme;  // "http" or "https"
   std::string host;    // lower-case; IPv6 without brackets
   std::string port;    // always set ("443" for https by default)
+  // Never connect to a loopback, link-local or unspecified address (a redirect target
+  // not listed in redirect_hosts: a compromised upstream must not make Berth a relay).
+  bool public_only = false;
   bool tls() const { return scheme == "https"; }
   std::string str() const;          // "https://host:port"
   std::string host_header() const;  // "host" or "host:port" (default ports dropped)

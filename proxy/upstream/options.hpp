@@ -16,7 +16,14 @@ struct registry_options {
   credentials_source credentials;         // robot account files (empty: anonymous)
   std::vector<std::string> repositories;  // allowlist patterns ("library/*", "platform/**"); empty = all
   std::string ca_file;                    // extra CA bundle; the system CAs are always trusted too
-  std::vector<std::string> realm_hosts;   // other hosts allowed to receive the credentials
+  // Where the robot credentials may go as a token realm: "host" (any port) or
+  // "host:port". Empty: the endpoint's host, any port. The endpoint's own host and
+  // port is always allowed.
+  std::vector<std::string> realm_hosts;
+  // Where upstream redirects may lead ("host" or "host:port"). Empty: any host, but
+  // never a loopback, link-local or unspecified address (by name or once resolved),
+  // which must be listed to be reached.
+  std::vector<std::string> redirect_hosts;
   const std::string& id() const { return names.front(); }
 };
 

@@ -20,6 +20,23 @@ using boost::system::error_code;
 using tcp = asio::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 
+namespace {
+// Addresses a redirect from the outside must not reach: this host (loopback, and
+// the unspecified address that connects to it) and link-local (cloud metadata).
+bool internal_address(const asio::ip::address& a) {
+  if (a.is_loopback() || a.is_unspecified()) return true;
+  if (a.is_v4()) {
+    const auto b = a.to_v4().to_bytes();
+    return b[0] == 169 && b[1] == 254;
+  }
+  const auto v6 = a.to_v6();
+  if (v6.is_link_local() || v6.is_v4_mapped()) {
+    return v6.is_link_local() || internal_address(asio::ip::make_address_v4(asio::ip::v4_mapped, v6));
+  }
+  return false;
+}
+}  // namespace
+
 struct transport::watchdog {
   explicit watchdog(asio::any_io_executor ex) : timer(std::move(ex)) {}
   asio::steady_timer timer;
@@ -104,12 +121,23 @@ asio::awaitable<void> transport::wait(bool for_read, error_code& ec) {
 }
 
 asio::awaitable<void> transport::connect(const std::string& host, const std::string& port, SSL_CTX* tls,
-                                         std::chrono::milliseconds timeout, error_code& ec) {
+                                         std::chrono::milliseconds timeout, error_code& ec, bool public_only) {
   set_deadline(timeout);
   tcp::resolver resolver(socket_.get_executor());
-  auto endpoints = co_await resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec));
+  auto resolved = co_await resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) {
     ec = errc::connect_failed;
+    co_return;
+  }
+  std::vector<tcp::endpoint> endpoints;
+  for (const auto& r : resolved) {
+    if (!public_only || !internal_address(r.endpoint().address())) endpoints.push_back(r.endpoint());
+  }
+  if (endpoints.empty()) {  // checked on what is connected to, so DNS cannot rebind it
+    log::warn("upstream_redirect_refused",
+              {{"to_host", host},
+               {"detail", "a loopback, link-local or unspecified address; list it in registries[].redirect_hosts"}});
+    ec = errc::redirect_refused;
     co_return;
   }
   co_await asio::async_connect(socket_, endpoints, asio::redirect_error(asio::use_awaitable, ec));

@@ -132,18 +132,20 @@ registries:
     endpoint: {red.endpoint}
     credentials: {secret_path}
     ca_file: {world['pki'].ca_file}
+    redirect_hosts: ["{world['storage'].host}:{world['storage'].port}"]
 default_registry: {REGISTRY_NAME}
 {extra_top}"""
 
 
-def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None, extra="", prefix=()):
+def berth_at(world, directory, endpoint, ca_file=None, cache_dir=None, extra="", prefix=(), cache_extra="",
+             registry_extra=""):
     """A started Berth for REGISTRY_NAME at `endpoint` (a fault or throttling proxy in
     front of the registry, say), with the robot's credentials and, given a
     `cache_dir`, a blob cache; `extra` is appended to its config. The caller stops it."""
     os.makedirs(directory, exist_ok=True)
     secret = os.path.join(directory, "dockerconfigjson")
     write_docker_config(secret, REGISTRY_NAME, ROBOT, world["robot_password"])
-    cache = f"cache:\n  dir: {cache_dir}\n" if cache_dir else ""
+    cache = f"cache:\n  dir: {cache_dir}\n{cache_extra}" if cache_dir else ""
     return harness.Berth(berth_binary(), os.path.join(directory, "berth"), f"""listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 registries:
@@ -151,7 +153,7 @@ registries:
     endpoint: {endpoint}
     credentials: {secret}
     ca_file: {ca_file or world['pki'].ca_file}
-default_registry: {REGISTRY_NAME}
+{registry_extra}default_registry: {REGISTRY_NAME}
 {cache}{extra}""", prefix=prefix).start()
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import time
 
 import pytest
 
@@ -195,7 +196,7 @@ def test_when_every_connection_is_busy_a_new_one_is_refused_readably(world, tmp_
         harness.wait_for(lambda: b.metric("berth_http_requests_in_flight") == 3 + 1, what="three busy requests")
         answer = exchange(b.port, f"GET /v2/?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
-        assert b"TOOMANYREQUESTS" in answer and b"Retry-After: 1" in answer
+        assert b"UNAVAILABLE" in answer and b"Retry-After: 1" in answer
         assert b.metric("berth_http_connections_shed_total", listener="mirror", action="refused") == 1
         for s in busy:
             s.close()
@@ -232,5 +233,207 @@ def test_bytes_that_are_not_utf8_keep_the_access_log_json(world, tmp_path):
             if line.startswith(b"{"):
                 json.loads(line.decode("utf-8"))  # strict: raises on a byte that is not UTF-8
         assert "\ufffd" in raw.decode("utf-8")
+    finally:
+        b.stop()
+
+
+def test_a_cached_blob_is_confirmed_again_after_authorization_ttl(world, faulty, tmp_path):
+    """Revoking the robot's access to a project in Harbor reaches cached blobs: the
+    upstream's word holds for cache.authorization_ttl, then the next hit asks again
+    (one HEAD). A refusal removes the repository; an upstream that cannot answer
+    leaves the last confirmation standing."""
+    b = berth_at(world, str(tmp_path / "b"), faulty.endpoint, cache_dir=str(tmp_path / "cache"),
+                 cache_extra="  authorization_ttl: 1s\n")
+    layer = small_blob(world)
+    path = f"/library/app/blobs/{layer}$"
+    try:
+        def pull():
+            status, _, body, complete = containerd_get(b, f"/v2/library/app/blobs/{layer}")
+            return status, complete and "sha256:" + hashlib.sha256(body).hexdigest() == layer
+
+        assert pull() == (200, True)  # filled: library/app confirmed now
+        faulty.add("HEAD", path, status=403)  # the grant is revoked in Harbor
+        assert pull() == (200, True), "within the TTL the confirmation holds"
+        assert faulty.count("HEAD", path) == 0
+        time.sleep(1.2)
+        status, _ = pull()
+        assert status == 403, "past the TTL the upstream is asked, and refuses"
+        assert faulty.count("HEAD", path) == 1
+        assert b.metric("berth_cache_requests_total", result="denied") == 1
+        faulty.clear()
+        assert pull() == (200, True), "granted again: confirmed again with one HEAD"
+        assert faulty.count("HEAD", path, status=200) == 1
+        time.sleep(1.2)
+        faulty.add("HEAD", path, status=503)  # Harbor is down
+        assert pull() == (200, True), "an upstream that cannot answer does not revoke"
+        assert "authorization_stale" in b.log()
+    finally:
+        b.stop()
+
+
+def test_redirects_to_internal_addresses_are_refused_unless_listed(world, tmp_path):
+    """The redirecting registry sends blobs to storage on a loopback address (as a
+    compromised upstream could send Berth to its own admin port, or to 169.254.169.254).
+    Not followed unless registries[].redirect_hosts names it."""
+    big = max(world["image"]["blobs"], key=lambda d: os.path.getsize(blob_path(world, d)))
+    storage = world["storage"]
+    b = berth_at(world, str(tmp_path / "open"), world["redirecting"].endpoint)
+    try:
+        status, _, body, _ = containerd_get(b, f"/v2/library/app/blobs/{big}")
+        assert status == 502 and b"redirect" in body, body
+        assert "upstream_redirect_refused" in b.log()
+    finally:
+        b.stop()
+    elsewhere = berth_at(world, str(tmp_path / "elsewhere"), world["redirecting"].endpoint,
+                         registry_extra='    redirect_hosts: ["storage.example.internal"]\n')
+    try:
+        assert containerd_get(elsewhere, f"/v2/library/app/blobs/{big}")[0] == 502, "not listed: refused"
+    finally:
+        elsewhere.stop()
+    listed = berth_at(world, str(tmp_path / "listed"), world["redirecting"].endpoint,
+                      registry_extra=f'    redirect_hosts: ["{storage.host}:{storage.port}"]\n')
+    try:
+        status, _, body, complete = containerd_get(listed, f"/v2/library/app/blobs/{big}")
+        assert (status, complete) == (200, True) and "sha256:" + hashlib.sha256(body).hexdigest() == big
+    finally:
+        listed.stop()
+
+
+def test_realm_hosts_name_where_the_credentials_may_go(world, faulty, tmp_path):
+    """A realm on another port of the endpoint's host gets the robot's credentials by
+    default (Harbor's and the registry's token services live there); with realm_hosts
+    naming only other places it gets none (Berth asks anonymously)."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Realm(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    realm = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+    threading.Thread(target=realm.serve_forever, daemon=True).start()
+    try:
+        faulty.add("GET", "/manifests/", realm=f"http://127.0.0.1:{realm.server_address[1]}/service/token")
+        for name, extra, credentials in (("default", "", True),
+                                         ("strict", '    realm_hosts: ["127.0.0.1:1"]\n', False),
+                                         ("listed", f'    realm_hosts: ["127.0.0.1:{realm.server_address[1]}"]\n',
+                                          True)):
+            seen.clear()
+            b = berth_at(world, str(tmp_path / name), faulty.endpoint, registry_extra=extra)
+            try:
+                assert containerd_get(b, "/v2/library/app/manifests/v1")[0] != 200
+                assert seen, name
+                assert all(bool(a and a.startswith("Basic ")) == credentials for a in seen), (name, seen)
+                assert ("token_realm_untrusted" in b.log()) != credentials
+            finally:
+                b.stop()
+    finally:
+        realm.shutdown()
+        realm.server_close()
+
+
+def test_the_connection_limit_holds_against_pipelining_clients(world, tmp_path):
+    """Clients that keep their connections busy with pipelined requests: a connection
+    picked to make room while busy closes after its reply, so the listener never
+    holds many more than max_connections (it once held 525 with a limit of 2)."""
+    import threading
+    import time
+
+    b = berth_at(world, str(tmp_path / "b"), world["registry"].endpoint, extra="clients:\n  max_connections: 2\n")
+    request = f"GET /v2/?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    live, lock, stop, peak = set(), threading.Lock(), threading.Event(), [0]
+
+    def hammer(s):
+        try:
+            while not stop.is_set():
+                s.sendall(request * 20)
+                buf = b""
+                while buf.count(b"HTTP/1.1 200") < 20:
+                    d = s.recv(65536)
+                    if not d or b" 503 " in buf:
+                        raise ConnectionError
+                    buf += d
+        except OSError:
+            pass
+        with lock:
+            live.discard(s)
+        s.close()
+
+    threads = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 4:
+            s = socket.create_connection(("127.0.0.1", b.port), timeout=3)
+            s.sendall(request)
+            try:
+                first = s.recv(4096)
+            except OSError:
+                first = b""
+            if first.startswith(b"HTTP/1.1 200"):
+                with lock:
+                    live.add(s)
+                    peak[0] = max(peak[0], len(live))
+                threads.append(threading.Thread(target=hammer, args=(s,)))
+                threads[-1].start()
+            else:
+                s.close()
+        assert peak[0] <= 2 + 2, f"{peak[0]} connections served at once with max_connections 2"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        b.stop()
+
+
+def test_bodies_that_never_come_do_not_lock_the_port(world, tmp_path):
+    """Connections that announce a body and never send it are not busy: they can be
+    closed to make room, so a handful of them cannot turn every client away."""
+    b = berth_at(world, str(tmp_path / "b"), world["registry"].endpoint, extra="clients:\n  max_connections: 2\n")
+    stalled = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", b.port))
+            s.sendall(f"GET /v2/?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+            stalled.append(s)
+        status = containerd_get(b, "/v2/library/app/manifests/v1", timeout=10)[0]
+        assert status == 200
+    finally:
+        for s in stalled:
+            s.close()
+        b.stop()
+
+
+def test_endless_chunk_extensions_and_trailers_are_cut_off(world, tmp_path):
+    """Beast limits neither a chunk-size line nor the trailers: one connection once
+    grew Berth to 3 GB in 8 s. The read buffer is capped; the client gets 431."""
+    b = berth_at(world, str(tmp_path / "b"), world["registry"].endpoint)
+    try:
+        base = rss_kib(b.proc.pid)
+        for preamble in (b"1;a=", b"0\r\nX-Trailer: "):
+            s = socket.create_connection(("127.0.0.1", b.port), timeout=10)
+            s.sendall(f"GET /v2/?ns={REGISTRY_NAME} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                      + preamble)
+            answer = b""
+            try:
+                for _ in range(64):  # up to 64 MiB, unless Berth answers first
+                    s.sendall(b"a" * (1 << 20))
+            except OSError:
+                pass
+            try:
+                answer = s.recv(4096)
+            except OSError:
+                pass
+            s.close()
+            assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
+        assert (rss_kib(b.proc.pid) - base) / 1024 < 16
+        assert b.alive()
     finally:
         b.stop()

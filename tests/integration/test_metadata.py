@@ -275,3 +275,39 @@ def test_a_paused_redis_never_stalls_pulls_past_the_bounds(world, redis, nodes):
     assert not failures, failures[:5]
     # Each pull is three requests; each may pay one command timeout and one lock wait.
     assert max(durations) < 3 * (0.3 + 1.0) + 1.0, f"slowest pull {max(durations):.1f}s"
+
+
+def test_signed_entries_cannot_be_forged_or_moved(world, redis, nodes, tmp_path):
+    """With metadata.secret_file every node signs what it writes to the backend and
+    ignores what lacks this cluster's signature: a tag answer written by anyone with
+    write access to Dragonfly, a genuine answer copied to another tag, an unsigned
+    invalidation. A node without the secret serves the same forgery (the control)."""
+    secret_file = tmp_path / "cluster-secret"
+    secret_file.write_text(harness.generate_password() + "\n")
+    signed = f"  redis: {redis.url}\n  secret_file: {secret_file}\n"
+    (a,) = nodes(1, signed)
+    index, child = containerd_pull(a, "library/app", "v1")
+    group, field = f"berth:tag:{REGISTRY_NAME}/library/app:v1", "31"  # containerd's accept class
+    genuine = redis.command("HGET", group, field)
+    assert genuine and b" hmac=" in genuine
+    child_size = len(request(a, f"/v2/library/app/manifests/{child}", accept=f"{OCI_MANIFEST}, */*")[2])
+    forged = f"v1 {int(time.time() * 1000)} 1 {child_size} {child} {OCI_MANIFEST}"
+
+    redis.command("HSET", group, field, forged)  # the tag now names the amd64 child
+    redis.command("HSET", f"berth:tag:{REGISTRY_NAME}/library/app:gone", field, genuine)  # v1's answer, moved
+    (b,) = nodes(1, signed)
+    s, h, _ = request(b, "/v2/library/app/manifests/v1", method="HEAD")
+    assert (s, h["Docker-Content-Digest"]) == (200, index), "the forgery was ignored; the upstream was asked"
+    s, _, _ = request(b, "/v2/library/app/manifests/gone", method="HEAD")
+    assert s == 404, "a genuine answer moved to another tag is not that tag's answer"
+    assert b.metric("berth_metadata_signature_failures_total") == 2
+    redis.command("PUBLISH", "berth:invalidate", f"tag:{REGISTRY_NAME}/library/app:v1")
+    harness.wait_for(lambda: b.metric("berth_metadata_signature_failures_total") == 3, what="the unsigned message")
+    assert b.metric("berth_metadata_invalidations_total", source="peer") == 0
+
+    # The control: a node without the secret believes the same forgery.
+    redis.command("HSET", group, field, forged)
+    (c,) = nodes(1, f"  redis: {redis.url}\n")
+    s, h, _ = request(c, "/v2/library/app/manifests/v1", method="HEAD")
+    assert (s, h["Docker-Content-Digest"]) == (200, child)
+    assert "metadata_unsigned" in c.log()

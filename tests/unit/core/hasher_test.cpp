@@ -26,3 +26,12 @@ TEST(Base64, RoundTripsAndRejectsGarbage) {
   EXPECT_EQ(out, "a");
   EXPECT_FALSE(base64_decode("!!!!", out));
 }
+
+TEST(Hmac, MatchesRfc4231AndComparesInConstantTime) {
+  // RFC 4231, test case 2.
+  EXPECT_EQ(berth::core::hmac_sha256_hex("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  EXPECT_TRUE(berth::core::constant_time_equal("abc", "abc"));
+  EXPECT_FALSE(berth::core::constant_time_equal("abc", "abd"));
+  EXPECT_FALSE(berth::core::constant_time_equal("abc", "abcd"));
+}

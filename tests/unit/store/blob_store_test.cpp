@@ -448,12 +448,9 @@ TEST_F(store_test, ASecondStoreCannotOpenALockedCacheEvenWithoutItsIndex) {
 }
 
 TEST(StoreIndexRecord, RoundTripsAndRejectsGarbage) {
-  store::blob_entry e{1234,
-                      "application/vnd.oci.image.layer.v1.tar+gzip",
-                      10,
-                      20,
-                      {"reg/lib/a", "reg/lib/b"},
-                      store::file_identity{1234, 99, 123456789}};
+  store::blob_entry e{
+      1234, "application/vnd.oci.image.layer.v1.tar+gzip",    10,
+      20,   {{"reg/lib/a", 1700000000123}, {"reg/lib/b", 0}}, store::file_identity{1234, 99, 123456789}};
   const auto rec = store::encode_entry(e);
   EXPECT_EQ(rec.front(), '\x02');
   auto back = store::decode_entry(rec);
@@ -472,6 +469,37 @@ TEST(StoreIndexRecord, RoundTripsAndRejectsGarbage) {
                                       "\"sources\":[7]}")}) {
     EXPECT_FALSE(store::decode_entry(bad)) << bad;
   }
+}
+
+TEST(StoreIndexRecord, SourcesWithoutAConfirmationTimeAreAskedAgain) {
+  // Records from before confirmation times listed bare names: kept, with time 0, so
+  // the next hit asks the upstream once.
+  const auto e = store::decode_entry(
+      "\x02{\"size\":1,\"created\":1,\"last_access\":1,\"media_type\":\"a/b\",\"sources\":[\"reg/lib/a\"]}");
+  ASSERT_TRUE(e);
+  ASSERT_EQ(e->sources.size(), 1u);
+  EXPECT_EQ(e->sources[0], (store::source{"reg/lib/a", 0}));
+  EXPECT_FALSE(store::decode_entry(
+      "\x02{\"size\":1,\"created\":1,\"last_access\":1,\"media_type\":\"a/b\",\"sources\":[{\"name\":\"r/x\"}]}"))
+      << "an object source needs its time";
+}
+
+TEST_F(store_test, SourcesAreConfirmedAndDropped) {
+  const auto data = random_bytes(4096, 31);
+  const auto digest = core::digest_of(data);
+  auto& s = open();
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+  const auto before = s.stat(digest)->sources;
+  s.confirm_source(digest, "reg/lib/other");
+  auto e = s.stat(digest);
+  ASSERT_TRUE(e->find_source("reg/lib/other"));
+  EXPECT_GT(e->find_source("reg/lib/other")->confirmed, 0);
+  EXPECT_EQ(e->sources.size(), before.size() + 1);
+  s.confirm_source(digest, "reg/lib/other");  // again: the time moves, no duplicate
+  EXPECT_EQ(s.stat(digest)->sources.size(), before.size() + 1);
+  s.drop_source(digest, "reg/lib/other");
+  EXPECT_FALSE(s.stat(digest)->find_source("reg/lib/other"));
+  EXPECT_EQ(s.stat(digest)->sources, before);
 }
 
 TEST(StoreIndexRecord, LegacyRecordsLoseTheirSourcesAndAnInjectedMediaType) {
