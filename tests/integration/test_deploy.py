@@ -57,7 +57,10 @@ def test_renders_every_object(rendered):
 def test_rendered_config_passes_check_config(rendered, tmp_path):
     cm = by_kind(rendered, "ConfigMap")[0]
     cfg = tmp_path / "berth.yaml"
-    cfg.write_text(cm["data"]["berth.yaml"])
+    # The cluster secret is mounted from the berth-cluster Secret; here, a stand-in.
+    secret = tmp_path / "cluster-secret"
+    secret.write_text(harness.generate_password() + "\n")
+    cfg.write_text(cm["data"]["berth.yaml"].replace("/etc/berth/cluster/secret", str(secret)))
     r = subprocess.run([berth_binary(), "check-config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "listen: 127.0.0.1:5050" in r.stdout  # the mirror stays on the node's loopback
@@ -106,6 +109,9 @@ def test_daemonset_properties(rendered):
     # The webhook secret is optional and, like the robot's, mounted as a directory.
     assert vols["webhook"]["secret"] == {"secretName": "berth-webhook", "optional": True}
     assert config["metadata"]["webhook_secret_file"].startswith(mounts["webhook"]["mountPath"] + "/")
+    # The cluster secret that signs Dragonfly entries is required, never optional.
+    assert vols["cluster-secret"]["secret"] == {"secretName": "berth-cluster"}
+    assert config["metadata"]["secret_file"].startswith(mounts["cluster-secret"]["mountPath"] + "/")
     init = [c for c in pod["initContainers"] if c["name"] == "containerd-hosts"][0]
     assert init["args"][:2] == ["containerd", "install"]
     certs = [m for m in init["volumeMounts"] if m["name"] == "containerd-certs"][0]

@@ -33,12 +33,17 @@ namespace {
 struct two_registries {
   berth::metrics::registry metrics;
   berth::upstream::token_cache tokens;
-  berth::upstream::registry harbor{
-      {{"harbor.example.ts.net", "harbor.internal:5000"}, "https://harbor.example.ts.net", {}, {"library/*"}, {}, {}},
-      tokens,
-      metrics};
+  berth::upstream::registry harbor{{{"harbor.example.ts.net", "harbor.internal:5000"},
+                                    "https://harbor.example.ts.net",
+                                    {},
+                                    {"library/*"},
+                                    {},
+                                    {},
+                                    {}},
+                                   tokens,
+                                   metrics};
   berth::upstream::registry open{
-      {{"open.example.ts.net"}, "https://open.example.ts.net", {}, {}, {}, {}}, tokens, metrics};
+      {{"open.example.ts.net"}, "https://open.example.ts.net", {}, {}, {}, {}, {}}, tokens, metrics};
   berth::mirror::registry_table table{{&harbor, &open}, "harbor.example.ts.net"};
 };
 }  // namespace

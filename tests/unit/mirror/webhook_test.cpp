@@ -17,8 +17,9 @@ struct fixture {
   metrics::registry metrics;
   upstream::token_cache tokens;
   upstream::registry harbor{
-      {{"harbor.example.ts.net"}, "https://harbor.example.ts.net", {}, {}, {}, {}}, tokens, metrics};
-  upstream::registry other{{{"other.example.ts.net"}, "https://other.example.ts.net", {}, {}, {}, {}}, tokens, metrics};
+      {{"harbor.example.ts.net"}, "https://harbor.example.ts.net", {}, {}, {}, {}, {}}, tokens, metrics};
+  upstream::registry other{
+      {{"other.example.ts.net"}, "https://other.example.ts.net", {}, {}, {}, {}, {}}, tokens, metrics};
   mirror::registry_table table{{&harbor, &other}, "harbor.example.ts.net"};
 };
 
