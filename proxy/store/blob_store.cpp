@@ -391,7 +391,22 @@ void blob_store::drop_source(const std::string& digest, const std::string& sourc
 
 std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_code& ec) {
   ec = {};
-  auto e = index_->get(digest);
+  if (!index_->get(digest)) return nullptr;
+  // Counted as a reader before the file is opened: from here on no eviction takes it.
+  {
+    std::lock_guard lock(mu_);
+    ++open_readers_[digest];
+  }
+  bool handed_out = false;
+  struct uncount {
+    blob_store& s;
+    const std::string& digest;
+    bool& handed_out;
+    ~uncount() {
+      if (!handed_out) s.reader_closed(digest);
+    }
+  } guard{*this, digest, handed_out};
+  auto e = index_->get(digest);  // again: an eviction may have taken it before we counted
   if (!e) return nullptr;
   const int fd = fs_->open_read(blob_path(digest), ec);
   if (ec == boost::system::errc::no_such_file_or_directory) {
@@ -399,7 +414,7 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_c
     // forget it, it is a miss.
     log::warn("cache_index_stale", {{"digest", digest}, {"error", ec.message()}});
     ec = {};
-    forget(digest, e->size);
+    forget(digest);
     return nullptr;
   }
   if (ec) {
@@ -425,29 +440,32 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_c
       e = std::move(fresh);
     }
   }
-  ++open_readers_[digest];
+  handed_out = true;  // the open_blob uncounts itself when the last holder lets go
   return std::make_shared<open_blob>(*this, digest, fd, *e, id, unproven);
 }
 
-void blob_store::forget(const std::string& digest, std::uint64_t size) {
-  index_->erase(digest);
+bool blob_store::forget(const std::string& digest) {
   usage u;
   {
+    // Check and erase as one step: two that find the same blob gone (an eviction and
+    // a reader, two readers) must not both take its size off the usage.
     std::lock_guard lock(mu_);
-    usage_.bytes -= std::min(usage_.bytes, size);
+    const auto e = index_->get(digest);
+    if (!e) return false;
+    index_->erase(digest);
+    usage_.bytes -= std::min(usage_.bytes, e->size);
     usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
     u = usage_;
   }
   metrics_.cache_usage(u.bytes, u.blobs);
+  return true;
 }
 
 void blob_store::damaged(const std::string& digest, const std::string& problem) {
   metrics_.digest_mismatch("cache", "damaged");
   log::error("cache_damaged",
              {{"digest", digest}, {"problem", problem}, {"detail", "dropped; the next request refills it"}});
-  const auto e = index_->get(digest);
-  if (!e) return;  // dropped already (two readers found it at once)
-  forget(digest, e->size);
+  if (!forget(digest)) return;  // dropped already (two readers found it at once)
   // Readers that have it open keep their descriptor; the name goes now, so a new
   // fill can publish good bytes under it.
   fs_->remove(blob_path(digest));
@@ -506,8 +524,12 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
     return true;
   }
   error_code ec;
-  fs_->make_dirs(path.substr(0, path.rfind('/')), ec);
+  const auto dir = path.substr(0, path.rfind('/'));
+  fs_->make_dirs(dir, ec);
   if (!ec) fs_->rename(temp_path, path, ec);
+  // The rename is durable once its directory is: a power cut must not lose a blob
+  // the index already lists.
+  if (!ec) fs_->fsync_dir(dir, ec);
   if (ec) return false;
   const auto now = unix_now();
   // Renamed before indexed: a crash in between leaves a verified file the index does
@@ -570,12 +592,12 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
     {
       std::lock_guard lock(mu_);
       if (usage_.bytes <= target) break;
-      // Never from under a reader or a fill.
-      if (open_readers_.contains(c.digest) || fills_.contains(c.digest)) continue;
+      // Never from under a reader or a fill; not twice (a reader may have dropped it).
+      if (open_readers_.contains(c.digest) || fills_.contains(c.digest) || !index_->get(c.digest)) continue;
+      index_->erase(c.digest);
       usage_.bytes -= std::min(usage_.bytes, c.entry.size);
       usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
     }
-    index_->erase(c.digest);
     fs_->remove(blob_path(c.digest));
     freed += c.entry.size;
     ++count;

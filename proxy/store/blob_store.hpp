@@ -213,8 +213,8 @@ class blob_store {
   void fill_ended(const std::string& digest);
   void disk_failed();
   void reader_closed(const std::string& digest);
-  // Drops an index entry of `size` bytes and its share of the usage.
-  void forget(const std::string& digest, std::uint64_t size);
+  // Drops an indexed blob from the index and the usage; false when it was not indexed.
+  bool forget(const std::string& digest);
 
   store_options options_;
   std::shared_ptr<filesystem> fs_;

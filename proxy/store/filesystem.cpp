@@ -49,6 +49,15 @@ class posix final : public filesystem {
       return 0;
     }
   }
+  void fsync_dir(const std::string& dir, error_code& ec) override {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      ec = last_error();
+      return;
+    }
+    if (::fsync(fd) != 0) ec = last_error();
+    ::close(fd);
+  }
   void fsync(int fd, error_code& ec) override {
     if (::fsync(fd) != 0) ec = last_error();
   }

@@ -35,6 +35,8 @@ class filesystem {
   virtual std::size_t pread(int fd, void* data, std::size_t size, std::uint64_t offset,
                             boost::system::error_code& ec) = 0;
   virtual void fsync(int fd, boost::system::error_code& ec) = 0;
+  // Makes a rename into `dir` durable (the directory's own fsync).
+  virtual void fsync_dir(const std::string& dir, boost::system::error_code& ec) = 0;
   virtual void close(int fd) = 0;
   virtual void rename(const std::string& from, const std::string& to, boost::system::error_code& ec) = 0;
   virtual void remove(const std::string& path) = 0;

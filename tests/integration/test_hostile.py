@@ -385,7 +385,9 @@ def test_the_connection_limit_holds_against_pipelining_clients(world, tmp_path):
                 threads[-1].start()
             else:
                 s.close()
-        assert peak[0] <= 2 + 2, f"{peak[0]} connections served at once with max_connections 2"
+        # The clients notice a close a little late (more so under ASan): a few over the
+        # limit at a moment is that lag, hundreds (as before) a limit that does not hold.
+        assert peak[0] <= 2 + 6, f"{peak[0]} connections served at once with max_connections 2"
     finally:
         stop.set()
         for t in threads:

@@ -8,7 +8,9 @@
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
+#include <utility>
 
 #include "core/hasher.hpp"
 #include "store/index.hpp"
@@ -28,8 +30,10 @@ class faulting_fs final : public store::filesystem {
  public:
   std::shared_ptr<store::filesystem> real = store::posix_filesystem();
   std::atomic<std::int64_t> space_left{std::numeric_limits<std::int64_t>::max()};
-  std::size_t max_write = 0;       // 0: no limit
-  std::atomic<int> open_error{0};  // errno for every open_read (0: none)
+  std::size_t max_write = 0;                            // 0: no limit
+  std::atomic<int> open_error{0};                       // errno for every open_read (0: none)
+  std::function<void(const std::string&)> before_open;  // runs inside open_read, to interleave
+  std::atomic<int> dir_syncs{0};
 
   int create(const std::string& p, boost::system::error_code& ec) override { return real->create(p, ec); }
   int open_read(const std::string& p, boost::system::error_code& ec) override {
@@ -37,6 +41,7 @@ class faulting_fs final : public store::filesystem {
       ec = {e, boost::system::system_category()};
       return -1;
     }
+    if (before_open) before_open(p);
     return real->open_read(p, ec);
   }
   std::size_t pwrite(int fd, const void* d, std::size_t n, std::uint64_t off, boost::system::error_code& ec) override {
@@ -52,6 +57,10 @@ class faulting_fs final : public store::filesystem {
     return real->pread(fd, d, n, off, ec);
   }
   void fsync(int fd, boost::system::error_code& ec) override { real->fsync(fd, ec); }
+  void fsync_dir(const std::string& d, boost::system::error_code& ec) override {
+    ++dir_syncs;
+    real->fsync_dir(d, ec);
+  }
   void close(int fd) override { real->close(fd); }
   void rename(const std::string& a, const std::string& b, boost::system::error_code& ec) override {
     real->rename(a, b, ec);
@@ -545,4 +554,52 @@ TEST_F(store_test, OpeningMigratesLegacyRecordsAndDropsUndecodableOnes) {
     EXPECT_EQ(d, legacy);
   });
   EXPECT_EQ(records, 1u) << "the undecodable record is gone";
+}
+
+TEST_F(store_test, AnEvictionBetweenALookupAndItsOpenNeverCountsABlobTwice) {
+  // A lookup used to count its reader only after opening the file: an eviction in
+  // between took the blob, the open found no file, and the blob's size came off the
+  // usage a second time. Here the eviction runs inside the open, deterministically.
+  auto& s = open();
+  std::vector<std::string> digests;
+  for (unsigned i = 0; i < 3; ++i) {
+    const auto data = random_bytes(4096, 40 + i);
+    digests.push_back(core::digest_of(data));
+    ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);
+  }
+  auto held_b = lookup(s, digests[1]);  // B and C have readers: not evictable
+  auto held_c = lookup(s, digests[2]);
+  ASSERT_TRUE(held_b && held_c);
+  bool evicted = false;
+  fault_->before_open = [&](const std::string&) {
+    if (!std::exchange(evicted, true)) s.evict_to(0);
+  };
+  auto a = lookup(s, digests[0]);
+  fault_->before_open = nullptr;
+  ASSERT_TRUE(evicted);
+  EXPECT_TRUE(a) << "counted before the open: the eviction left it alone";
+  std::uint64_t indexed_bytes = 0, indexed = 0;
+  for (const auto& d : digests) {
+    if (auto e = s.stat(d)) {
+      indexed_bytes += e->size;
+      ++indexed;
+    }
+  }
+  EXPECT_EQ(s.current_usage().bytes, indexed_bytes);
+  EXPECT_EQ(s.current_usage().blobs, indexed);
+  // Released, they go; once each.
+  a.reset();
+  held_b.reset();
+  held_c.reset();
+  s.evict_to(0);
+  EXPECT_EQ(s.current_usage().bytes, 0u);
+  EXPECT_EQ(s.current_usage().blobs, 0u);
+}
+
+TEST_F(store_test, APublishedBlobsDirectoryIsSynced) {
+  open();
+  const auto data = random_bytes(4096, 50);
+  const auto before = fault_->dir_syncs.load();
+  ASSERT_EQ(fill_with(core::digest_of(data), data), store::fill_failure::none);
+  EXPECT_EQ(fault_->dir_syncs.load(), before + 1) << "the rename is made durable";
 }
