@@ -4,7 +4,6 @@
 #include <array>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -23,6 +22,7 @@
 #include <unordered_set>
 
 #include "core/log.hpp"
+#include "core/spawn.hpp"
 #include "metrics/metrics.hpp"
 
 namespace berth::http {
@@ -132,6 +132,13 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
       : workers(std::move(w)), options(std::move(o)), metrics(m) {}
 
   asio::awaitable<void> accept_loop(listener& l);
+  // What a spawned coroutine's escaped exception becomes: a log line and a count.
+  auto on_exception(std::string_view task) {
+    return [this, task](std::string_view what) {
+      log::error("task_exception", {{"task", task}, {"error", what}});
+      metrics.task_exception(task);
+    };
+  }
   // Whether a new connection may stay: at the listener's limit the longest idle
   // connection is closed to make room, or, with none idle, this one is refused.
   bool admit(listener& l, accepted_socket& sock);
@@ -175,7 +182,7 @@ unsigned short server::listen(const std::string& address, handler h, listener_op
   const auto port = l->acceptor.local_endpoint().port();
   auto& ref = *l;
   impl_->listeners.push_back(std::move(l));
-  asio::co_spawn(*impl_->workers.front(), impl_->accept_loop(ref), asio::detached);
+  core::spawn(*impl_->workers.front(), impl_->accept_loop(ref), impl_->on_exception("accept"));
   return port;
 }
 
@@ -262,7 +269,13 @@ asio::awaitable<void> server::impl::accept_loop(listener& l) {
           connections.insert(conn);
           ++l.open;
         }
-        asio::co_spawn(*workers[index], session(conn, l, index), asio::detached);
+        try {
+          core::spawn(*workers[index], session(conn, l, index), on_exception("session"));
+        } catch (...) {
+          std::lock_guard lock(mu);
+          if (connections.erase(conn) > 0) --l.open;
+          throw;
+        }
         continue;
       }
     } catch (const std::exception& e) {
@@ -422,6 +435,18 @@ asio::awaitable<void> server::impl::linger(connection_state& conn) {
 
 asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker) {
   auto self = shared_from_this();
+  // However the session ends (an exception included), the socket is closed and the
+  // connection leaves the books.
+  struct bookkeeping {
+    impl& s;
+    const std::shared_ptr<connection_state>& conn;
+    listener& l;
+    ~bookkeeping() {
+      close_socket(*conn);
+      std::lock_guard lock(s.mu);
+      if (s.connections.erase(conn) > 0) --l.open;
+    }
+  } books{*this, conn, l};
   // Bounded: Beast does not limit a chunk-size line (extensions) or the trailers, so
   // without a cap one connection could make the buffer grow without end.
   beast::flat_buffer buffer(options.max_header_bytes + 64 * 1024);
@@ -435,10 +460,6 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
     }
     if (!again) break;
   }
-  close_socket(*conn);
-  std::lock_guard lock(mu);
-  connections.erase(conn);
-  --l.open;
 }
 
 asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& l, std::size_t worker,

@@ -62,6 +62,11 @@ struct registry::impl {
                                           .Help("Client requests being served now")
                                           .Register(*reg)
                                           .Add({});
+  prometheus::Family<prometheus::Counter>& task_exceptions =
+      BuildCounter()
+          .Name("berth_task_exceptions_total")
+          .Help("Exceptions that escaped a background coroutine (accept, session, fill); logged as task_exception")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& connections_shed =
       BuildCounter()
           .Name("berth_http_connections_shed_total")
@@ -212,6 +217,10 @@ void registry::http_request(std::string_view route, std::string_view method, uns
 
 void registry::http_in_flight(int delta) {
   impl_->http_in_flight.Increment(delta);
+}
+
+void registry::task_exception(std::string_view task) {
+  impl_->task_exceptions.Add({{"task", s(task)}}).Increment();
 }
 
 void registry::connection_shed(std::string_view listener, std::string_view action) {

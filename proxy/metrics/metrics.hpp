@@ -28,6 +28,8 @@ class registry {
   void http_request(std::string_view route, std::string_view method, unsigned status,
                     std::chrono::duration<double> duration, std::uint64_t bytes);
   void http_in_flight(int delta);
+  // An exception escaped a coroutine nobody awaits (`task`: accept, session, fill).
+  void task_exception(std::string_view task);
   // A connection turned away at a listener's limit: "closed_idle" or "refused".
   void connection_shed(std::string_view listener, std::string_view action);
 

@@ -1,7 +1,6 @@
 #include "mirror/mirror.hpp"
 
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -16,6 +15,7 @@
 #include "core/media_types.hpp"
 #include "core/min_rate_body.hpp"
 #include "core/range.hpp"
+#include "core/spawn.hpp"
 
 #include <tuple>
 #include "core/verifying_body.hpp"
@@ -779,7 +779,14 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     metrics_.cache_fill("started");
     // The fill belongs to no client: a client that goes away does not stop it. It
     // runs on the peer worker (with that worker's upstream connections).
-    asio::co_spawn(fill_peer_->client_.executor(), fill_peer_->run_fill(f, reg, req), asio::detached);
+    // An exception that escapes it fails the fill (its followers are told at once),
+    // and is logged and counted.
+    core::spawn(fill_peer_->client_.executor(), fill_peer_->run_fill(f, reg, req),
+                [f, &m = metrics_](std::string_view what) {
+                  log::error("task_exception", {{"task", "fill"}, {"digest", f->digest()}, {"error", what}});
+                  m.task_exception("fill");
+                  f->fail(store::fill_failure::upstream_broken);
+                });
   }
   // Wait for the upstream's answer: the blob's size, or an error. A ranged request
   // for a blob whose upstream sent no length waits until the fill knows the size.
