@@ -124,6 +124,11 @@ struct registry::impl {
           .Register(*reg);
   prometheus::Gauge& cache_size =
       BuildGauge().Name("berth_cache_size_bytes").Help("Bytes of published blobs in the cache").Register(*reg).Add({});
+  prometheus::Gauge& cache_temp = BuildGauge()
+                                      .Name("berth_cache_temp_bytes")
+                                      .Help("Bytes of fills under way, counted toward max_size")
+                                      .Register(*reg)
+                                      .Add({});
   prometheus::Gauge& cache_objects =
       BuildGauge().Name("berth_cache_objects").Help("Published blobs in the cache").Register(*reg).Add({});
   prometheus::Counter& evictions = BuildCounter()
@@ -277,6 +282,10 @@ void registry::cache_bytes(std::string_view source, std::uint64_t bytes) {
 
 void registry::cache_fill(std::string_view result) {
   impl_->cache_fills.Add({{"result", s(result)}}).Increment();
+}
+
+void registry::cache_temp_bytes(std::uint64_t bytes) {
+  impl_->cache_temp.Set(static_cast<double>(bytes));
 }
 
 void registry::cache_usage(std::uint64_t bytes, std::uint64_t blobs) {

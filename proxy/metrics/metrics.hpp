@@ -52,6 +52,7 @@ class registry {
   void cache_bytes(std::string_view source, std::uint64_t bytes);  // served from "cache" or while filling ("upstream")
   void cache_fill(std::string_view result);                        // started, completed, failed_<reason>
   void cache_usage(std::uint64_t bytes, std::uint64_t blobs);
+  void cache_temp_bytes(std::uint64_t bytes);  // fills under way, counted toward max_size
   void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
   void cache_disk_error();
   void cache_disk_fallback();

@@ -57,6 +57,7 @@ fill::fill(blob_store& store, std::string digest, std::string algorithm)
     : store_(store), digest_(std::move(digest)), hasher_(algorithm) {}
 
 fill::~fill() {
+  release_temp();
   if (write_fd_ >= 0) store_.fs().close(write_fd_);
   if (!published_ && !temp_path_.empty()) store_.fs().remove(temp_path_);
   store_.fill_ended(digest_);
@@ -65,6 +66,23 @@ fill::~fill() {
 void fill::changed_locked(std::vector<std::shared_ptr<asio::steady_timer>>& wake) {
   ++state_.version;
   wake = waiters_.take();
+}
+
+void fill::claim_temp(std::uint64_t n) {
+  {
+    std::lock_guard lock(mu_);
+    temp_counted_ += n;
+  }
+  store_.temp_claimed(n);
+}
+
+void fill::release_temp() {
+  std::uint64_t n = 0;
+  {
+    std::lock_guard lock(mu_);
+    n = std::exchange(temp_counted_, 0);
+  }
+  if (n > 0) store_.temp_released(n);
 }
 
 std::string fill::source() const {
@@ -97,6 +115,7 @@ bool fill::start(std::optional<std::uint64_t> size, std::string media_type, std:
     changed_locked(wake);
   }
   core::wakeup_list::wake(wake);
+  if (size) claim_temp(*size);  // room for all of it now, not as it trickles in
   return true;
 }
 
@@ -122,6 +141,7 @@ bool fill::append(const char* data, std::size_t n) {
     done += w;  // a short write continues where it stopped
   }
   hasher_.update(data, n);
+  if (!p.sized) claim_temp(n);
   std::vector<std::shared_ptr<asio::steady_timer>> wake;
   {
     std::lock_guard lock(mu_);
@@ -162,6 +182,7 @@ fill_failure fill::finish() {
   core::wakeup_list::wake(wake);
   error_code ec;
   store_.fs().fsync(write_fd_, ec);
+  release_temp();  // publishing counts the bytes as a blob's
   const bool published = !ec && store_.publish(digest_, temp_path_, write_fd_, p.written, p.media_type, source());
   store_.fs().close(write_fd_);
   write_fd_ = -1;
@@ -191,6 +212,7 @@ void fill::fail(fill_failure why, std::optional<upstream_answer> answer) {
     changed_locked(wake);
   }
   core::wakeup_list::wake(wake);
+  release_temp();
   store_.metrics().cache_fill(std::string("failed_") + std::string(to_string(why)));
   if (why == fill_failure::disk) store_.disk_failed();
   // Leave the in-flight map at once, so the next request starts afresh.
@@ -503,6 +525,32 @@ std::shared_ptr<fill> blob_store::join_or_start(const std::string& digest, const
   return f;
 }
 
+void blob_store::temp_claimed(std::uint64_t n) {
+  usage u;
+  {
+    std::lock_guard lock(mu_);
+    usage_.temp += n;
+    u = usage_;
+  }
+  metrics_.cache_temp_bytes(u.temp);
+  if (u.limit > 0 && u.bytes + u.temp > u.limit) {
+    // Room for what is being written: published blobs go, down to the low watermark
+    // with the temp bytes counted.
+    const auto low = static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark);
+    evict_to(low > u.temp ? low - u.temp : 0);
+  }
+}
+
+void blob_store::temp_released(std::uint64_t n) {
+  std::uint64_t now = 0;
+  {
+    std::lock_guard lock(mu_);
+    usage_.temp -= std::min(usage_.temp, n);
+    now = usage_.temp;
+  }
+  metrics_.cache_temp_bytes(now);
+}
+
 void blob_store::fill_ended(const std::string& digest) {
   std::lock_guard lock(mu_);
   auto it = fills_.find(digest);
@@ -549,8 +597,9 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
     u = usage_;
   }
   metrics_.cache_usage(u.bytes, u.blobs);
-  if (u.limit > 0 && u.bytes > u.limit) {
-    evict_to(static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark));
+  if (u.limit > 0 && u.bytes + u.temp > u.limit) {
+    const auto low = static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark);
+    evict_to(low > u.temp ? low - u.temp : 0);
   }
   return true;
 }

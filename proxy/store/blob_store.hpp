@@ -100,7 +100,13 @@ class fill : public std::enable_shared_from_this<fill> {
   int write_fd_ = -1;       // writer only
   bool published_ = false;  // writer only
 
+  // Bytes this fill has counted toward the cache's usage while in its temp file (the
+  // announced size at once, else as written), given back when it ends.
+  void claim_temp(std::uint64_t n);
+  void release_temp();
+
   mutable std::mutex mu_;  // guards everything below
+  std::uint64_t temp_counted_ = 0;
   progress state_;
   std::string read_path_;  // the temp file, then the published file
   std::string source_;
@@ -177,9 +183,10 @@ class blob_store {
   std::shared_ptr<fill> join_or_start(const std::string& digest, const std::string& algorithm, bool& created);
 
   struct usage {
-    std::uint64_t bytes = 0;
+    std::uint64_t bytes = 0;  // published blobs
     std::uint64_t blobs = 0;
     std::uint64_t limit = 0;  // 0: none
+    std::uint64_t temp = 0;   // fills under way: counted toward the limit too
   };
   usage current_usage() const;
   // False for a while after a disk error: new blobs are then streamed without caching.
@@ -211,6 +218,9 @@ class blob_store {
   bool publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
                const std::string& media_type, const std::string& source);
   void fill_ended(const std::string& digest);
+  // Fills' temp bytes: counted toward max_size, evicting published blobs for room.
+  void temp_claimed(std::uint64_t n);
+  void temp_released(std::uint64_t n);
   void disk_failed();
   void reader_closed(const std::string& digest);
   // Drops an indexed blob from the index and the usage; false when it was not indexed.

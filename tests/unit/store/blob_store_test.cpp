@@ -603,3 +603,36 @@ TEST_F(store_test, APublishedBlobsDirectoryIsSynced) {
   ASSERT_EQ(fill_with(core::digest_of(data), data), store::fill_failure::none);
   EXPECT_EQ(fault_->dir_syncs.load(), before + 1) << "the rename is made durable";
 }
+
+TEST_F(store_test, FillsUnderWayCountTowardTheLimit) {
+  // max 16 KiB, low watermark 0.5: two published blobs (8 KiB), then a 12 KiB fill
+  // starts. Its temp bytes count at once: published blobs go to make room.
+  auto& s = open(4 * 4096);
+  for (unsigned i = 0; i < 2; ++i) {
+    const auto data = random_bytes(4096, 60 + i);
+    ASSERT_EQ(fill_with(core::digest_of(data), data), store::fill_failure::none);
+  }
+  EXPECT_EQ(s.current_usage().bytes, 8192u);
+  const auto big = random_bytes(3 * 4096, 70);
+  bool created = false;
+  auto f = s.join_or_start(core::digest_of(big), "sha256", created);
+  ASSERT_TRUE(f->start(big.size(), "application/octet-stream"));
+  auto u = s.current_usage();
+  EXPECT_EQ(u.temp, big.size());
+  EXPECT_LE(u.bytes + u.temp, u.limit) << "room made before the bytes are written";
+  ASSERT_TRUE(f->append(big.data(), big.size()));
+  ASSERT_EQ(f->finish(), store::fill_failure::none);
+  u = s.current_usage();
+  EXPECT_EQ(u.temp, 0u) << "published: counted once, as a blob";
+  EXPECT_EQ(u.bytes, big.size());
+
+  // Without an announced size the bytes count as they are written, and a failed
+  // fill gives them back.
+  const auto other = random_bytes(4096, 71);
+  auto g = s.join_or_start(core::digest_of(other), "sha256", created);
+  ASSERT_TRUE(g->start(std::nullopt, "application/octet-stream"));
+  ASSERT_TRUE(g->append(other.data(), 1000));
+  EXPECT_EQ(s.current_usage().temp, 1000u);
+  g->fail(store::fill_failure::upstream_broken);
+  EXPECT_EQ(s.current_usage().temp, 0u);
+}
