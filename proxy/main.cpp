@@ -452,12 +452,7 @@ int cache_command(const std::string& verb, const std::string& config_path) {
       if (oldest == 0 || e.last_access < oldest) oldest = e.last_access;
       newest = std::max(newest, e.last_access);
     }
-    store::store_options o = *s.cache;
-    std::uint64_t limit = o.max_bytes;
-    if (limit == 0 && o.max_fraction > 0) {
-      limit =
-          static_cast<std::uint64_t>(static_cast<double>(store::posix_filesystem()->capacity(dir)) * o.max_fraction);
-    }
+    const std::uint64_t limit = s.cache->limit_for(store::posix_filesystem()->capacity(dir));
     std::cout << "dir: " << dir << "\nblobs: " << all.size() << "\nbytes: " << bytes << " (" << human_bytes(bytes)
               << ")\nlimit: " << limit << " (" << human_bytes(limit) << ")\n";
     if (!all.empty()) {

@@ -367,11 +367,7 @@ void blob_store::open() {
     u.bytes += e.size;
     ++u.blobs;
   });
-  if (options_.max_bytes > 0) {
-    u.limit = options_.max_bytes;
-  } else if (options_.max_fraction > 0) {
-    u.limit = static_cast<std::uint64_t>(static_cast<double>(fs_->capacity(options_.dir)) * options_.max_fraction);
-  }
+  u.limit = options_.limit_for(options_.max_bytes > 0 ? 0 : fs_->capacity(options_.dir));
   {
     std::lock_guard lock(mu_);
     usage_ = u;

@@ -15,6 +15,14 @@ struct store_options {
   // How long the upstream's word that a repository may have a cached blob holds; the
   // next hit after that asks again (one HEAD), so a revoked grant reaches the cache.
   std::chrono::milliseconds authorization_ttl{300000};
+
+  // The limit in bytes on a filesystem of `capacity` bytes; 0: none. The one place
+  // max_size becomes a number (the cache and `berth cache stats` both use it).
+  std::uint64_t limit_for(std::uint64_t capacity) const {
+    if (max_bytes > 0) return max_bytes;
+    if (max_fraction > 0) return static_cast<std::uint64_t>(static_cast<double>(capacity) * max_fraction);
+    return 0;
+  }
 };
 
 }  // namespace berth::store

@@ -636,3 +636,12 @@ TEST_F(store_test, FillsUnderWayCountTowardTheLimit) {
   g->fail(store::fill_failure::upstream_broken);
   EXPECT_EQ(s.current_usage().temp, 0u);
 }
+
+TEST(StoreOptions, TheLimitIsBytesOrAShareOfTheFilesystem) {
+  store::store_options o;
+  EXPECT_EQ(o.limit_for(1000), 0u) << "neither set: no limit";
+  o.max_fraction = 0.8;
+  EXPECT_EQ(o.limit_for(1000), 800u);
+  o.max_bytes = 5;
+  EXPECT_EQ(o.limit_for(1000), 5u) << "bytes win over a share";
+}
