@@ -568,14 +568,12 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
   const bool keep_alive = req.keep_alive() && !stopping && !refused && !conn.shed.load();
   std::uint64_t bytes = 0;
   bool ok = false;
-  std::string failure;
   try {
     ok = co_await write_reply(conn, h.reply, in.method == "HEAD", req.version(), keep_alive, bytes);
   } catch (const std::exception& ex) {
     // A reply Beast cannot serialize (a header past its limits, say): the client
     // sees the connection close; the request is still logged and counted.
-    failure = ex.what();
-    log::error("reply_exception", {{"method", in.method}, {"target", in.target}, {"error", failure}});
+    log::error("reply_exception", {{"method", in.method}, {"target", in.target}, {"error", ex.what()}});
   }
   const std::chrono::duration<double> took = clock_type::now() - started;
   metrics.http_request(h.route, in.method, h.reply.status, took, bytes);
@@ -592,7 +590,8 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
                           {"complete", ok}});
   }
   if (refused && ok) co_await linger(conn);  // the unread body
-  co_return ok&& keep_alive;
+  const bool again = ok && keep_alive;
+  co_return again;
 }
 
 }  // namespace berth::http

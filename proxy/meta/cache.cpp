@@ -15,6 +15,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "core/clock.hpp"
 #include "core/hasher.hpp"
 #include "core/log.hpp"
 #include "core/wakeup.hpp"
@@ -115,8 +116,7 @@ bool glob_match(std::string_view pattern, std::string_view text) {
 namespace {
 
 std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return core::unix_ms();
 }
 
 std::string random_token() {
@@ -298,18 +298,18 @@ struct cache::impl {
   // HMAC over where it is written (key and field) and the value itself, so write
   // access to Dragonfly alone cannot change what nodes serve, nor move a genuine
   // answer to another tag. A value without a valid one is ignored and counted.
+  std::string mac(std::string_view where, std::string_view value) const {
+    return core::hmac_sha256_hex(options.secret, std::string(where) + '\n' + std::string(value));
+  }
   std::string seal(std::string_view where, const std::string& value) const {
     if (options.secret.empty()) return value;
-    return value + " hmac=" + core::hmac_sha256_hex(options.secret, std::string(where) + '\n' + value);
+    return value + " hmac=" + mac(where, value);
   }
   std::optional<std::string> unseal(std::string_view where, std::string_view stored) const {
     if (options.secret.empty()) return std::string(stored);
     const auto at = stored.rfind(" hmac=");
     const auto value = stored.substr(0, at);
-    if (at == std::string_view::npos ||
-        !core::constant_time_equal(
-            stored.substr(at + 6),
-            core::hmac_sha256_hex(options.secret, std::string(where) + '\n' + std::string(value)))) {
+    if (at == std::string_view::npos || !core::constant_time_equal(stored.substr(at + 6), mac(where, value))) {
       metrics.meta_signature_failure();
       log::warn("metadata_signature_invalid",
                 {{"key", std::string(where.substr(0, where.find('\n')))},

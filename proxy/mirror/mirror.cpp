@@ -9,15 +9,15 @@
 #include <boost/json/value.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
+#include <tuple>
 
+#include "core/clock.hpp"
 #include "core/hasher.hpp"
 #include "core/log.hpp"
 #include "core/media_types.hpp"
 #include "core/min_rate_body.hpp"
 #include "core/range.hpp"
 #include "core/spawn.hpp"
-
-#include <tuple>
 #include "core/verifying_body.hpp"
 #include "meta/cache.hpp"
 #include "metrics/metrics.hpp"
@@ -36,11 +36,6 @@ namespace {
 constexpr std::string_view k_passed_headers[] = {
     "Content-Type", "Docker-Content-Digest", "Content-Range", "Accept-Ranges",
     "ETag",         "Last-Modified",         "Retry-After",   "OCI-Filters-Applied"};
-
-std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // The longest header value taken from an upstream (or built from a client's input,
 // as the rewritten Link is). Longer ones are dropped: no registry sends them, and
@@ -458,16 +453,12 @@ asio::awaitable<meta::fetched> mirror::fetch_manifest(upstream::registry& reg, c
   if (ec) co_return unavailable(transport_error(ec, reg.id()));
   const auto claimed = res.headers.get("Docker-Content-Digest");
   const auto length = content_length(res.headers);
-  // Some registries refuse HEAD on manifests (405), or leave out the digest or length: GET.
-  if (held && (res.status == 405 || (res.status == 200 && (!length || (!claimed && !req.digest))))) {
-    held.reset();
-    up.method = "GET";
-    res = co_await client_.fetch(reg, up, ec);
-    if (ec) co_return unavailable(transport_error(ec, reg.id()));
-  }
-  // A schema-1 conversion is never remembered (its digest names no stored
-  // manifest, and its bytes are signed anew each time): GET it for this client.
-  if (held && res.status == 200 && bare_media_type(res.headers) == core::media_type::docker_schema1_signed) {
+  // Some registries refuse HEAD on manifests (405), or leave out the digest or length:
+  // GET. So is a schema-1 conversion, never remembered (its digest names no stored
+  // manifest, and its bytes are signed anew each time).
+  if (held && (res.status == 405 ||
+               (res.status == 200 && (!length || (!claimed && !req.digest) ||
+                                      bare_media_type(res.headers) == core::media_type::docker_schema1_signed)))) {
     held.reset();
     up.method = "GET";
     res = co_await client_.fetch(reg, up, ec);
@@ -805,7 +796,7 @@ asio::awaitable<core::reply> mirror::cached_blob(upstream::registry& reg, const 
     // Joining a fill started for another repository: the upstream decides first.
     // The fill's own repository was confirmed as it started (named: GCC 12 and
     // temporaries in co_await).
-    const std::vector<store::source> fill_source{{f->source(), unix_now_ms()}};
+    const std::vector<store::source> fill_source{{f->source(), core::unix_ms()}};
     if (!co_await authorized(reg, req, fill_source, r)) co_return r;
   }
   if (p.failure != store::fill_failure::none || !answered(p)) {
@@ -858,10 +849,9 @@ asio::awaitable<bool> mirror::authorized(upstream::registry& reg, const pull_req
   for (const auto& s : sources) {
     if (s.name == source) known = &s;
   }
-  const auto now = unix_now_ms();
+  const auto now = core::unix_ms();
   if (known && now - known->confirmed < options_.authorization_ttl.count()) co_return true;
   // Unknown here, or confirmed too long ago: the upstream decides (one HEAD).
-  const auto confirmed = known ? known->confirmed : 0;  // `sources` may change under the HEAD
   pull_request head = req;
   head.head = true;
   head.range.clear();
@@ -879,7 +869,7 @@ asio::awaitable<bool> mirror::authorized(upstream::registry& reg, const pull_req
     log::warn("authorization_stale", {{"registry", reg.id()},
                                       {"repository", req.name},
                                       {"digest", req.reference},
-                                      {"confirmed_s_ago", (now - confirmed) / 1000},
+                                      {"confirmed_s_ago", (now - known->confirmed) / 1000},
                                       {"upstream_status", answer.status}});
     co_return true;
   }

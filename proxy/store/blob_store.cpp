@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "core/log.hpp"
 #include "core/verifying_body.hpp"
 #include "metrics/metrics.hpp"
@@ -22,11 +23,6 @@ namespace {
 
 std::int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // "sha256:abcd..." -> ("sha256", "abcd...")
@@ -367,7 +363,7 @@ void blob_store::open() {
     u.bytes += e.size;
     ++u.blobs;
   });
-  u.limit = options_.limit_for(options_.max_bytes > 0 ? 0 : fs_->capacity(options_.dir));
+  u.limit = options_.limit_for(fs_->capacity(options_.dir));
   {
     std::lock_guard lock(mu_);
     usage_ = u;
@@ -388,7 +384,7 @@ void blob_store::confirm_source(const std::string& digest, const std::string& so
   std::lock_guard lock(mu_);  // read-modify-write of one entry
   auto e = index_->get(digest);
   if (!e) return;
-  const auto now = unix_now_ms();
+  const auto now = core::unix_ms();
   auto it =
       std::find_if(e->sources.begin(), e->sources.end(), [&](const store::source& s) { return s.name == source; });
   if (it != e->sources.end()) {
@@ -409,8 +405,8 @@ void blob_store::drop_source(const std::string& digest, const std::string& sourc
 
 std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_code& ec) {
   ec = {};
-  if (!index_->get(digest)) return nullptr;
-  // Counted as a reader before the file is opened: from here on no eviction takes it.
+  // Counted as a reader before the index is read and the file opened: from here on
+  // no eviction takes it.
   {
     std::lock_guard lock(mu_);
     ++open_readers_[digest];
@@ -424,7 +420,7 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_c
       if (!handed_out) s.reader_closed(digest);
     }
   } guard{*this, digest, handed_out};
-  auto e = index_->get(digest);  // again: an eviction may have taken it before we counted
+  auto e = index_->get(digest);
   if (!e) return nullptr;
   const int fd = fs_->open_read(blob_path(digest), ec);
   if (ec == boost::system::errc::no_such_file_or_directory) {
@@ -529,12 +525,14 @@ void blob_store::temp_claimed(std::uint64_t n) {
     u = usage_;
   }
   metrics_.cache_temp_bytes(u.temp);
-  if (u.limit > 0 && u.bytes + u.temp > u.limit) {
-    // Room for what is being written: published blobs go, down to the low watermark
-    // with the temp bytes counted.
-    const auto low = static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark);
-    evict_to(low > u.temp ? low - u.temp : 0);
-  }
+  make_room(u);
+}
+
+void blob_store::make_room(const usage& u) {
+  if (u.limit == 0 || u.bytes + u.temp <= u.limit) return;
+  // Down to the low watermark, with the bytes of fills under way counted.
+  const auto low = static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark);
+  evict_to(low > u.temp ? low - u.temp : 0);
 }
 
 void blob_store::temp_released(std::uint64_t n) {
@@ -579,7 +577,7 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   // Renamed before indexed: a crash in between leaves a verified file the index does
   // not know, never an index entry without its file.
   blob_entry entry{size, media_type, now, now, {}, std::nullopt};
-  if (!source.empty()) entry.sources.push_back({source, unix_now_ms()});
+  if (!source.empty()) entry.sources.push_back({source, core::unix_ms()});
   // The bytes were hashed as they were written; this is the file they are in (after
   // the rename, which changes the ctime).
   if (const auto id = fs_->identify(fd, ec); !ec && id.size == size) entry.verified_as = id;
@@ -593,10 +591,7 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
     u = usage_;
   }
   metrics_.cache_usage(u.bytes, u.blobs);
-  if (u.limit > 0 && u.bytes + u.temp > u.limit) {
-    const auto low = static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark);
-    evict_to(low > u.temp ? low - u.temp : 0);
-  }
+  make_room(u);
   return true;
 }
 

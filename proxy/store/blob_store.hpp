@@ -220,6 +220,8 @@ class blob_store {
   void fill_ended(const std::string& digest);
   // Fills' temp bytes: counted toward max_size, evicting published blobs for room.
   void temp_claimed(std::uint64_t n);
+  // Evicts when published and temp bytes together pass the limit.
+  void make_room(const usage& u);
   void temp_released(std::uint64_t n);
   void disk_failed();
   void reader_closed(const std::string& digest);
