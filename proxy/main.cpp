@@ -212,7 +212,7 @@ int serve(const std::string& config_path) {
     mirrors.push_back(rt->mirrors.back().get());
   }
 
-  for (std::size_t i = 0; i < mirrors.size(); ++i) mirrors[i]->set_fill_peer(mirrors[(i + 1) % mirrors.size()]);
+  for (std::size_t i = 0; i < mirrors.size(); ++i) mirrors[i]->set_fill_peer(*mirrors[(i + 1) % mirrors.size()]);
   rt->pull = std::make_unique<http::server>(contexts, s.server, rt->metrics);
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   // A GET may carry a small body (the OCI conformance suite sends one); it is read

@@ -25,6 +25,20 @@ struct reply {
   std::string registry;
 };
 
+// A copy of a buffered reply (its stream, if any, is not copied): one answer
+// handed to several clients.
+inline reply copy_of(const reply& r) {
+  reply c;
+  c.status = r.status;
+  c.headers = r.headers;
+  c.body = r.body;
+  c.error = r.error;
+  c.head_length = r.head_length;
+  c.upstream_status = r.upstream_status;
+  c.registry = r.registry;
+  return c;
+}
+
 inline reply error_reply(oci_error e) {
   reply r;
   r.status = e.status;

@@ -198,7 +198,7 @@ fill_failure fill::finish() {
   return published ? fill_failure::none : fill_failure::disk;
 }
 
-void fill::fail(fill_failure why, std::optional<upstream_answer> answer) {
+void fill::fail(fill_failure why, std::shared_ptr<const core::reply> answer) {
   std::vector<std::shared_ptr<asio::steady_timer>> wake;
   {
     std::lock_guard lock(mu_);
@@ -220,7 +220,7 @@ fill::progress fill::snapshot() const {
   return state_;
 }
 
-std::optional<upstream_answer> fill::answer() const {
+std::shared_ptr<const core::reply> fill::answer() const {
   std::lock_guard lock(mu_);
   return answer_;
 }

@@ -18,8 +18,7 @@
 
 #include "core/body_source.hpp"
 #include "core/hasher.hpp"
-#include "core/headers.hpp"
-#include "core/oci_error.hpp"
+#include "core/reply.hpp"
 #include "core/wakeup.hpp"
 #include "store/filesystem.hpp"
 #include "store/index.hpp"
@@ -33,20 +32,12 @@ namespace berth::store {
 
 enum class fill_failure {
   none,
-  upstream_answer,  // the upstream answered with an error status (kept in fill::answer())
+  upstream_answer,  // the source answered with an error status (kept in fill::answer())
   upstream_broken,  // the body broke off or stalled
   digest_mismatch,  // the bytes did not hash to the digest (or the length was wrong)
   disk,             // the cache could not write (ENOSPC, EIO, ...)
 };
 std::string_view to_string(fill_failure f);
-
-// An upstream error response, kept so every client of a failed fill gets it.
-struct upstream_answer {
-  unsigned status = 502;
-  core::headers headers;
-  std::string body;
-  std::optional<core::oci_error> error;
-};
 
 class blob_store;
 
@@ -65,7 +56,9 @@ class fill : public std::enable_shared_from_this<fill> {
   // Verifies (then releases the last byte to readers), fsyncs, publishes, indexes.
   // Returns why it failed, or none.
   fill_failure finish();
-  void fail(fill_failure why, std::optional<upstream_answer> answer = std::nullopt);
+  // `answer`: what every client of the fill gets instead of the blob (the source's
+  // error reply, without a stream).
+  void fail(fill_failure why, std::shared_ptr<const core::reply> answer = nullptr);
   std::uint64_t written() const;
 
   // --- readers ---
@@ -80,7 +73,7 @@ class fill : public std::enable_shared_from_this<fill> {
     std::string media_type;
   };
   progress snapshot() const;
-  std::optional<upstream_answer> answer() const;
+  std::shared_ptr<const core::reply> answer() const;
   // Returns when anything changed since `seen_version`, or after `limit`.
   boost::asio::awaitable<void> wait_for_change(std::uint64_t seen_version, std::chrono::milliseconds limit);
   // A reader's own descriptor on the temp file (valid across the rename).
@@ -110,7 +103,7 @@ class fill : public std::enable_shared_from_this<fill> {
   progress state_;
   std::string read_path_;  // the temp file, then the published file
   std::string source_;
-  std::optional<upstream_answer> answer_;
+  std::shared_ptr<const core::reply> answer_;
   core::wakeup_list waiters_;
 };
 

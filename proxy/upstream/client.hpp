@@ -95,20 +95,30 @@ struct response {
   boost::asio::awaitable<void> read_all(std::string& out, std::size_t limit, boost::system::error_code& ec);
 };
 
+// What the mirror asks of an upstream: one exchange with a registry, auth
+// challenges answered and redirects followed. The client implements it; unit tests
+// script it. Used only from its executor's thread.
+class fetcher {
+ public:
+  virtual ~fetcher() = default;
+  // An HTTP error status is a response, not an error; `ec` is set only when no
+  // usable response came.
+  virtual boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec) = 0;
+  // The worker's executor this fetcher belongs to.
+  virtual const boost::asio::any_io_executor& executor() const = 0;
+};
+
 // One per worker thread, used only from that thread's io_context.
-class client {
+class client final : public fetcher {
  public:
   client(boost::asio::any_io_executor executor, pool_options options, metrics::registry& metrics);
-  ~client();
+  ~client() override;
   client(const client&) = delete;
   client& operator=(const client&) = delete;
 
   // Sends `req` to the registry, answering auth challenges and following redirects.
-  // An HTTP error status is a response, not an error; `ec` is set only when no
-  // usable response came.
-  boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec);
-  // The worker's executor this client belongs to.
-  const boost::asio::any_io_executor& executor() const;
+  boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec) override;
+  const boost::asio::any_io_executor& executor() const override;
 
   struct impl;
 

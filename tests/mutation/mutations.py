@@ -14,16 +14,18 @@ MUTATIONS = [
     },
     {
         "name": "serve a cache hit without asking about a new repository",
-        "file": "proxy/mirror/mirror.cpp",
+        "file": "proxy/mirror/blobs.cpp",
         "find": "if (!co_await authorized(reg, req, hit->entry().sources, r)) co_return r;",
         "replace": "(void)0;",
+        "unit": "blobs.AnotherRepositoryGetsACachedBlobOnlyOnceTheUpstreamSaysSo",
         "integration": ["test_blob_cache.py::test_a_hit_is_served_only_where_the_upstream_would_serve_it"],
     },
     {
         "name": "let another repository join a fill unasked",
-        "file": "proxy/mirror/mirror.cpp",
+        "file": "proxy/mirror/blobs.cpp",
         "find": "if (!co_await authorized(reg, req, fill_source, r)) co_return r;",
         "replace": "(void)fill_source;",
+        "unit": "blobs.AJoinedFillIsAuthorizedForTheJoinersRepositoryToo",
         "integration": ["test_faults.py::test_a_client_of_a_denied_repository_joining_a_fill_gets_no_byte"],
     },
     {
@@ -145,9 +147,10 @@ MUTATIONS = [
     },
     {
         "name": "a repository's confirmation for a cached blob never expires",
-        "file": "proxy/mirror/mirror.cpp",
+        "file": "proxy/mirror/blobs.cpp",
         "find": "if (known && now - known->confirmed < options_.authorization_ttl.count()) co_return true;",
         "replace": "if (known) co_return true;",
+        "unit": "blobs.AnExpiredConfirmationStandsWhileTheUpstreamIsDownButNotAfterARefusal",
         "integration": ["test_hostile.py::test_a_cached_blob_is_confirmed_again_after_authorization_ttl"],
     },
     {
@@ -163,5 +166,33 @@ MUTATIONS = [
         "find": "o.public_only = true;  // any host, but not an internal address",
         "replace": "(void)o;",
         "integration": ["test_hostile.py::test_redirects_to_internal_addresses_are_refused_unless_listed"],
+    },
+    {
+        "name": "a resume answered with the whole blob is spliced in",
+        "file": "proxy/mirror/blob_source.cpp",
+        "find": "res.status != 206 || !range || range->rfind(\"bytes \" + std::to_string(offset) + \"-\", 0) != 0 || !res.body",
+        "replace": "!res.body",
+        "unit": "blobs.AResumeAnsweredWithTheWholeBlobIsNotSplicedIn",
+    },
+    {
+        "name": "a fill resumes from the first byte instead of the byte reached",
+        "file": "proxy/mirror/fill_driver.cpp",
+        "find": "source->fetch_range(have, std::nullopt, problem)",
+        "replace": "source->fetch_range(0, std::nullopt, problem)",
+        "unit": "fill_driver.ACutIsContinuedFromTheByteReached",
+    },
+    {
+        "name": "wrong manifest bytes are not asked for again",
+        "file": "proxy/mirror/manifests.cpp",
+        "find": "if (b || !fail.mismatch) co_return b;",
+        "replace": "co_return b;",
+        "unit": "manifests.WrongBytesAreAskedForOnceMoreThenRefusedAndNeverCached",
+    },
+    {
+        "name": "a refused revalidation HEAD is not asked again with GET",
+        "file": "proxy/mirror/manifests.cpp",
+        "find": "if (held && res.status != 200 && res.status < 500 && !req.head) {",
+        "replace": "if (false) {",
+        "unit": "manifests.ARefusedRevalidationGivesAGetClientTheUpstreamsOwnError",
     },
 ]

@@ -1,0 +1,73 @@
+#pragma once
+// Where a fill's bytes come from. The fill driver reads a blob_source and does not
+// care what is behind it: the upstream registry today (upstream_blob_source), another
+// Berth node once nodes share blobs. Tests script one. Whatever the source, every
+// byte is verified against the digest by the fill before it is published or its
+// last byte released.
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/body_source.hpp"
+#include "core/reply.hpp"
+#include "mirror/options.hpp"
+#include "mirror/request.hpp"
+
+namespace berth::metrics {
+class registry;
+}
+namespace berth::upstream {
+class fetcher;
+class registry;
+}  // namespace berth::upstream
+
+namespace berth::mirror {
+
+// The answer to "the whole blob, please".
+struct blob_fetch {
+  // Set when there are no bytes: the answer every client of the fill gets instead
+  // (an upstream error status, an unreachable upstream).
+  std::optional<core::reply> refusal;
+  std::unique_ptr<core::body_source> body;  // null: an empty body
+  std::optional<std::uint64_t> size;        // the blob's size, when announced
+  std::string media_type;                   // bare and well-formed ("application/octet-stream" if not)
+};
+
+class blob_source {
+ public:
+  virtual ~blob_source() = default;
+  // The whole blob from its first byte.
+  virtual boost::asio::awaitable<blob_fetch> fetch() = 0;
+  // Bytes [offset, end) of the blob (end nullopt: to its end), starting exactly at
+  // `offset`; null (and `problem` says why, for the log) when the source cannot.
+  virtual boost::asio::awaitable<std::unique_ptr<core::body_source>> fetch_range(std::uint64_t offset,
+                                                                                 std::optional<std::uint64_t> end,
+                                                                                 std::string& problem) = 0;
+  // Names the source in logs: "<registry>/<repository>" for the upstream.
+  virtual std::string name() const = 0;
+};
+
+// The upstream registry as a blob source: GET /v2/<repository>/blobs/<digest> with
+// Berth's credentials, through `upstream` (which must belong to the executor the
+// source is read on).
+class upstream_blob_source final : public blob_source {
+ public:
+  // `req` names the blob (its digest) and the repository it is fetched for.
+  upstream_blob_source(upstream::fetcher& upstream, upstream::registry& reg, pull_request req,
+                       const mirror_options& options);
+  boost::asio::awaitable<blob_fetch> fetch() override;
+  boost::asio::awaitable<std::unique_ptr<core::body_source>> fetch_range(std::uint64_t offset,
+                                                                         std::optional<std::uint64_t> end,
+                                                                         std::string& problem) override;
+  std::string name() const override;
+
+ private:
+  upstream::fetcher& upstream_;
+  upstream::registry& reg_;
+  pull_request req_;
+  const mirror_options& options_;
+};
+
+}  // namespace berth::mirror
