@@ -296,7 +296,10 @@ int serve(const std::string& config_path) {
   run_worker(*rt->workers.front(), 0);
   for (auto& t : pool) t.join();
   if (rt->watchdog) rt->watchdog->stop();
-  if (rt->store) rt->store->join_background();
+  if (rt->store) {
+    rt->store->join_background();
+    rt->store->flush();  // publishes handed to the disk thread before the stop complete
+  }
   // The runtime is deliberately not torn down: connections cut by the drain
   // deadline still own coroutine frames that point into it, and the process is
   // exiting anyway. The kernel reclaims everything.
@@ -436,7 +439,9 @@ int cache_command(const std::string& verb, const std::string& config_path) {
   if (verb == "stats" || verb == "ls") {
     auto idx = store::index::open(dir + "/index", true);
     std::vector<std::pair<std::string, store::blob_entry>> all;
-    idx->for_each([&](const std::string& d, const store::blob_entry& e) { all.emplace_back(d, e); });
+    if (!idx->for_each([&](const std::string& d, const store::blob_entry& e) { all.emplace_back(d, e); })) {
+      throw std::runtime_error("cache index " + dir + "/index: read error (the log line above says which)");
+    }
     if (verb == "ls") {
       std::sort(all.begin(), all.end(),
                 [](const auto& a, const auto& b) { return a.second.last_access > b.second.last_access; });
@@ -472,7 +477,8 @@ int cache_command(const std::string& verb, const std::string& config_path) {
       std::cout << "removed " << digest << ": " << problem << "\n";
     });
     std::cout << "checked " << r.checked << " blobs (" << human_bytes(r.bytes) << "), " << r.bad << " bad\n";
-    return r.bad == 0 ? 0 : 1;
+    if (!r.complete) std::cout << "the index could not be read to its end: not every blob was checked\n";
+    return r.bad == 0 && r.complete ? 0 : 1;
   }
   const auto u = st.current_usage();
   const auto target = static_cast<std::uint64_t>(static_cast<double>(u.limit) * s.cache->low_watermark);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/body_source.hpp"
+#include "core/failure.hpp"
 #include "core/headers.hpp"
 #include "core/oci_error.hpp"
 
@@ -44,6 +45,9 @@ inline reply error_reply(oci_error e) {
   r.status = e.status;
   r.error = std::move(e);
   return r;
+}
+inline reply error_reply(failure f, std::string message) {
+  return error_reply(error(f, std::move(message)));
 }
 
 }  // namespace berth::core

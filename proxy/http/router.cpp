@@ -50,10 +50,10 @@ bool is_valid_ns(std::string_view ns) {
 
 routed route(std::string_view method, std::string_view target) {
   if (target.size() > k_max_target_length) {
-    return fail("invalid", {414, "NAME_INVALID", "request target is longer than 4096 bytes"});
+    return fail("invalid", core::error(core::failure::target_too_long, "request target is longer than 4096 bytes"));
   }
   auto parsed = boost::urls::parse_origin_form(boost::core::string_view(target.data(), target.size()));
-  if (!parsed) return fail("invalid", core::name_invalid("malformed request target"));
+  if (!parsed) return fail("invalid", core::error(core::failure::name_invalid, "malformed request target"));
   const boost::urls::url_view url = *parsed;
 
   // Encoded slashes and dot segments never reach the grammar checks: reject them
@@ -61,11 +61,12 @@ routed route(std::string_view method, std::string_view target) {
   const std::string_view raw_path(url.encoded_path().data(), url.encoded_path().size());
   if (contains_ci(raw_path, "%2f") || contains_ci(raw_path, "%5c") || contains_ci(raw_path, "%2e") ||
       contains_ci(raw_path, "%00")) {
-    return fail("invalid", core::name_invalid("encoded '/', '\\', '.' or NUL in the request path"));
+    return fail("invalid",
+                core::error(core::failure::name_invalid, "encoded '/', '\\', '.' or NUL in the request path"));
   }
   if (raw_path.find("/./") != std::string_view::npos || raw_path.find("/../") != std::string_view::npos ||
       raw_path.ends_with("/..") || raw_path.ends_with("/.")) {
-    return fail("invalid", core::name_invalid("dot segment in the request path"));
+    return fail("invalid", core::error(core::failure::name_invalid, "dot segment in the request path"));
   }
 
   mirror::pull_request req;
@@ -84,19 +85,22 @@ routed route(std::string_view method, std::string_view target) {
       req.artifact_type = std::string(p.value);
     }
   }
-  if (!is_valid_ns(ns)) return fail("invalid", core::name_invalid("ns is not a registry host name"));
+  if (!is_valid_ns(ns))
+    return fail("invalid", core::error(core::failure::name_invalid, "ns is not a registry host name"));
   req.ns = ns;
 
   std::vector<std::string> segs;
   for (auto s : url.segments()) segs.emplace_back(s);
   if (segs.empty() || segs[0] != "v2")
-    return fail("unsupported", {404, "UNSUPPORTED", "not an OCI distribution endpoint"}, ns);
+    return fail("unsupported", core::error(core::failure::not_an_endpoint, "not an OCI distribution endpoint"), ns);
 
   const bool head = method == "HEAD";
   const bool get = method == "GET";
   if (!get && !head) {
     return fail("unsupported",
-                core::unsupported("Berth is a pull-only mirror: " + std::string(method) + " is not supported"), ns);
+                core::error(core::failure::method_not_allowed,
+                            "Berth is a pull-only mirror: " + std::string(method) + " is not supported"),
+                ns);
   }
   req.head = head;
 
@@ -127,10 +131,13 @@ routed route(std::string_view method, std::string_view target) {
     route_name = "referrers";
     name_end = n - 2;
   } else {
-    return fail("unsupported", {404, "UNSUPPORTED", "no such endpoint (push, catalog and uploads are not served)"}, ns);
+    return fail(
+        "unsupported",
+        core::error(core::failure::not_an_endpoint, "no such endpoint (push, catalog and uploads are not served)"), ns);
   }
   if ((req.kind == mirror::endpoint::tags_list || req.kind == mirror::endpoint::referrers) && head) {
-    return fail(route_name, core::unsupported("HEAD is not supported on this endpoint"), ns);
+    return fail(route_name, core::error(core::failure::method_not_allowed, "HEAD is not supported on this endpoint"),
+                ns);
   }
 
   for (std::size_t i = 1; i < name_end; ++i) {
@@ -138,7 +145,7 @@ routed route(std::string_view method, std::string_view target) {
     req.name += segs[i];
   }
   if (!core::is_valid_name(req.name)) {
-    return fail(route_name, core::name_invalid("invalid repository name"), ns);
+    return fail(route_name, core::error(core::failure::name_invalid, "invalid repository name"), ns);
   }
 
   if (req.kind != mirror::endpoint::tags_list) {
@@ -147,7 +154,9 @@ routed route(std::string_view method, std::string_view target) {
     if (!digest_only && !core::is_valid_tag(req.reference) && !core::parse_digest(req.reference)) {
       // Neither a tag nor a digest names no manifest: 404, as the registry answers
       // (the OCI conformance suite's .INVALID_MANIFEST_NAME), without asking upstream.
-      return fail(route_name, {404, "MANIFEST_UNKNOWN", "no manifest can have this reference: " + req.reference}, ns);
+      return fail(route_name,
+                  core::error(core::failure::manifest_unknown, "no manifest can have this reference: " + req.reference),
+                  ns);
     }
     if (digest_only || core::looks_like_digest(req.reference)) {
       core::digest_problem problem{};
@@ -157,10 +166,10 @@ routed route(std::string_view method, std::string_view target) {
                           : problem == core::digest_problem::bad_encoding
                               ? "digest encoding is not lowercase hex of the right length"
                               : "malformed digest";
-        return fail(route_name, core::digest_invalid(why), ns);
+        return fail(route_name, core::error(core::failure::digest_invalid, why), ns);
       }
     } else if (!core::is_valid_tag(req.reference)) {
-      return fail(route_name, core::manifest_invalid("invalid tag"), ns);
+      return fail(route_name, core::error(core::failure::reference_invalid, "invalid tag"), ns);
     }
   } else {
     // The registry ignores an n or last it cannot use; so does Berth (they are not
@@ -169,7 +178,7 @@ routed route(std::string_view method, std::string_view target) {
     if (req.last && !req.last->empty() && !core::is_valid_tag(*req.last)) req.last.reset();
   }
   if (req.artifact_type && req.artifact_type->size() > 255) {
-    return fail(route_name, core::manifest_invalid("artifactType is too long"), ns);
+    return fail(route_name, core::error(core::failure::reference_invalid, "artifactType is too long"), ns);
   }
   return routed{std::move(req), std::move(route_name), ns};
 }

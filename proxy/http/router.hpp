@@ -5,6 +5,7 @@
 #include <string_view>
 #include <variant>
 
+#include "core/failure.hpp"
 #include "core/oci_error.hpp"
 #include "mirror/request.hpp"
 

@@ -240,7 +240,7 @@ bool server::impl::admit(listener& l, accepted_socket& sock) {
                                      {"detail", "every connection is busy; raise clients.max_connections"}});
   }
   static const std::string busy = [] {
-    const auto body = error_body({503, "UNAVAILABLE", "too many open connections; retry"});
+    const auto body = error_body(core::error(core::failure::overloaded, "too many open connections; retry"));
     return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
            "Connection: close\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -526,22 +526,23 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
     // A malformed request gets an answer before the connection closes.
     core::reply r;
     if (ec == bhttp::error::header_limit) {
-      r = core::error_reply({431, "UNSUPPORTED",
-                             "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes"});
+      r = core::error_reply(core::failure::headers_too_large,
+                            "request headers are larger than " + std::to_string(options.max_header_bytes) + " bytes");
     } else if ((ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) && l.options.pull_only &&
                parser.get().method() != bhttp::verb::unknown && parser.get().method() != bhttp::verb::get &&
                parser.get().method() != bhttp::verb::head) {
       // (The request line is parsed before the Content-Length is refused.)
       // A push (PUT, POST, PATCH with its body): the method is what is refused.
-      r = core::error_reply(core::unsupported(
-          "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported"));
-    } else if (ec == bhttp::error::buffer_overflow) {
-      r = core::error_reply({431, "UNSUPPORTED", "request headers, chunk sizes or trailers are too large"});
-    } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
       r = core::error_reply(
-          {413, "UNSUPPORTED", "request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes"});
+          core::failure::method_not_allowed,
+          "Berth is a pull-only mirror: " + std::string(parser.get().method_string()) + " is not supported");
+    } else if (ec == bhttp::error::buffer_overflow) {
+      r = core::error_reply(core::failure::headers_too_large, "request headers, chunk sizes or trailers are too large");
+    } else if (ec == bhttp::error::unexpected_body || ec == bhttp::error::body_limit) {
+      r = core::error_reply(core::failure::body_too_large,
+                            "request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes");
     } else {
-      r = core::error_reply({400, "UNSUPPORTED", "malformed HTTP request: " + ec.message()});
+      r = core::error_reply(core::failure::bad_request, "malformed HTTP request: " + ec.message());
     }
     std::uint64_t bytes = 0;
     co_await write_reply(conn, r, false, 11, false, bytes);
@@ -562,7 +563,7 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
       h = co_await l.handle(in);
     } catch (const std::exception& ex) {
       log::error("handler_exception", {{"method", in.method}, {"target", in.target}, {"error", ex.what()}});
-      h.reply = core::error_reply({500, "UNKNOWN", "internal error"});
+      h.reply = core::error_reply(core::failure::internal, "internal error");
     }
   }
   const bool keep_alive = req.keep_alive() && !stopping && !refused && !conn.shed.load();

@@ -623,7 +623,7 @@ asio::awaitable<lookup> cache::resolve(const key& k, std::chrono::milliseconds t
   try {
     out = co_await self->run(k, ttl, registry, fetch);
   } catch (...) {
-    finish(lookup{outcome::upstream, std::nullopt, core::error_reply({500, "UNKNOWN", "internal error"})});
+    finish(lookup{outcome::upstream, std::nullopt, core::error_reply(core::failure::internal, "internal error")});
     throw;
   }
   finish(clone(out));

@@ -143,6 +143,12 @@ struct registry::impl {
                                          .Help("Cache writes that failed (disk full, I/O error)")
                                          .Register(*reg)
                                          .Add({});
+  prometheus::Counter& index_errors =
+      BuildCounter()
+          .Name("berth_cache_index_errors_total")
+          .Help("Cache index reads that failed (a read error is not a miss: the request gets 503)")
+          .Register(*reg)
+          .Add({});
   prometheus::Counter& disk_fallbacks = BuildCounter()
                                             .Name("berth_cache_disk_fallbacks_total")
                                             .Help("Blob responses streamed from upstream because the cache disk failed")
@@ -300,6 +306,9 @@ void registry::cache_eviction(std::uint64_t blobs, std::uint64_t bytes) {
 
 void registry::cache_disk_error() {
   impl_->disk_errors.Increment();
+}
+void registry::cache_index_error() {
+  impl_->index_errors.Increment();
 }
 
 std::string registry::serialize() const {

@@ -55,6 +55,7 @@ class registry {
   void cache_temp_bytes(std::uint64_t bytes);  // fills under way, counted toward max_size
   void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
   void cache_disk_error();
+  void cache_index_error();
   void cache_disk_fallback();
   // 1 while the blob cache is in use; 0 when Berth started without it (the directory
   // could not be opened, locked or written) and serves every blob from upstream.

@@ -22,21 +22,28 @@ constexpr std::string_view k_passed_headers[] = {
 
 // The OCI error for an upstream status that came without a usable OCI body.
 core::oci_error error_for_status(unsigned status, endpoint kind, const std::string& what) {
+  using core::failure;
   switch (status) {
-    case 401: return {401, "UNAUTHORIZED", "the upstream registry refused Berth's credentials for " + what};
-    case 403: return {403, "DENIED", "the upstream registry denied access to " + what};
+    case 401:
+      return core::error(failure::upstream_unauthorized,
+                         "the upstream registry refused Berth's credentials for " + what);
+    case 403: return core::error(failure::upstream_denied, "the upstream registry denied access to " + what);
     case 404:
-      if (kind == endpoint::blob) return {404, "BLOB_UNKNOWN", "blob unknown to the upstream registry: " + what};
+      if (kind == endpoint::blob)
+        return core::error(failure::blob_unknown, "blob unknown to the upstream registry: " + what);
       if (kind == endpoint::tags_list)
-        return {404, "NAME_UNKNOWN", "repository unknown to the upstream registry: " + what};
-      return {404, "MANIFEST_UNKNOWN", "manifest unknown to the upstream registry: " + what};
-    case 412: return {412, "DENIED", "the upstream registry's policy forbids pulling " + what};
-    case 429: return {429, "TOOMANYREQUESTS", "the upstream registry is rate limiting: " + what};
+        return core::error(failure::repository_unknown, "repository unknown to the upstream registry: " + what);
+      return core::error(failure::manifest_unknown, "manifest unknown to the upstream registry: " + what);
+    case 412: return core::error(failure::upstream_policy, "the upstream registry's policy forbids pulling " + what);
+    case 429: return core::error(failure::upstream_rate_limited, "the upstream registry is rate limiting: " + what);
     default: break;
   }
-  if (status >= 500)
-    return {status, "UNAVAILABLE", "the upstream registry failed (HTTP " + std::to_string(status) + ") for " + what};
-  return {status, "UNKNOWN", "the upstream registry answered HTTP " + std::to_string(status) + " for " + what};
+  if (status >= 500) {
+    return core::error(failure::upstream_failed,
+                       "the upstream registry failed (HTTP " + std::to_string(status) + ") for " + what, status);
+  }
+  return core::error(failure::upstream_other,
+                     "the upstream registry answered HTTP " + std::to_string(status) + " for " + what, status);
 }
 
 bool is_oci_error_body(const std::string& body) {
@@ -84,12 +91,13 @@ std::string bare_media_type(const core::headers& h) {
 core::reply transport_error(const error_code& ec, const std::string& registry) {
   core::reply r;
   if (ec == upstream::errc::timeout) {
-    r = core::error_reply({504, "UNAVAILABLE", "upstream registry " + registry + " timed out"});
+    r = core::error_reply(core::failure::upstream_timeout, "upstream registry " + registry + " timed out");
   } else if (ec == upstream::errc::pool_exhausted) {
-    r = core::error_reply({503, "UNAVAILABLE", "no connection to upstream registry " + registry + " is free; retry"});
+    r = core::error_reply(core::failure::upstream_busy,
+                          "no connection to upstream registry " + registry + " is free; retry");
     r.headers.add("Retry-After", "1");
   } else {
-    r = core::error_reply({502, "UNAVAILABLE", "upstream registry " + registry + ": " + ec.message()});
+    r = core::error_reply(core::failure::upstream_unreachable, "upstream registry " + registry + ": " + ec.message());
   }
   r.registry = registry;
   return r;

@@ -54,6 +54,15 @@ bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t siz
   return true;
 }
 
+// The cache holds the blob (or cannot tell) but cannot read it now: ask the client
+// to come back.
+core::reply cache_unavailable(const std::string& digest, const boost::system::error_code& ec) {
+  auto r = core::error_reply(core::failure::cache_unavailable,
+                             "the blob cache cannot read " + digest + " now (" + ec.message() + "); retry");
+  r.headers.add("Retry-After", "1");
+  return r;
+}
+
 // Where a follower continues when its fill fails for lack of disk.
 asio::awaitable<std::unique_ptr<core::body_source>> continue_from(std::shared_ptr<blob_source> source,
                                                                   std::uint64_t offset,
@@ -119,7 +128,8 @@ asio::awaitable<core::reply> blob_path::from_upstream(upstream::registry& reg, c
   if (!res.body) {
     // An empty blob.
     if (res.status == 200 && req.digest && core::digest_of("", req.digest->algorithm) != req.digest->str()) {
-      co_return core::error_reply({502, "DIGEST_INVALID", "upstream sent an empty body for " + req.reference});
+      co_return core::error_reply(core::failure::upstream_wrong_bytes,
+                                  "upstream sent an empty body for " + req.reference);
     }
     co_return r;
   }
@@ -142,7 +152,9 @@ asio::awaitable<std::optional<core::reply>> blob_path::cached(upstream::registry
   if (req.head) {
     // A hit is answered from the index, with no upstream traffic once the upstream
     // has said this repository may have the blob.
-    auto e = store_->stat(digest);
+    boost::system::error_code index_ec;
+    auto e = store_->stat(digest, &index_ec);
+    if (index_ec) co_return cache_unavailable(digest, index_ec);
     if (!e) co_return std::nullopt;  // a miss: ask the upstream (HEAD), cache nothing
     if (!co_await authorized(reg, req, e->sources, r)) co_return r;
     metrics_.cache_lookup("hit");
@@ -153,12 +165,9 @@ asio::awaitable<std::optional<core::reply>> blob_path::cached(upstream::registry
   boost::system::error_code open_ec;
   auto hit = store_->lookup(digest, open_ec);
   if (open_ec) {
-    // The blob is there but cannot be opened now (out of descriptors, an I/O error).
-    // Not a miss: a fill would fail the same way. Ask the client to come back.
-    r = core::error_reply(
-        {503, "UNAVAILABLE", "the blob cache cannot open " + digest + " now (" + open_ec.message() + "); retry"});
-    r.headers.add("Retry-After", "1");
-    co_return r;
+    // The blob is there but cannot be opened now (out of descriptors, an I/O error,
+    // an index read error). Not a miss: a fill would fail the same way.
+    co_return cache_unavailable(digest, open_ec);
   }
   if (hit) {
     if (!co_await authorized(reg, req, hit->entry().sources, r)) co_return r;
@@ -217,9 +226,9 @@ asio::awaitable<std::optional<core::reply>> blob_path::cached(upstream::registry
       metrics_.cache_disk_fallback();
       co_return std::nullopt;  // the cache could not take it: stream it instead
     }
-    co_return core::error_reply({502, "UNAVAILABLE",
-                                 "fetching " + digest + " from upstream registry " + reg.id() + " failed (" +
-                                     std::string(store::to_string(p.failure)) + ")"});
+    co_return core::error_reply(core::failure::upstream_unreachable,
+                                "fetching " + digest + " from upstream registry " + reg.id() + " failed (" +
+                                    std::string(store::to_string(p.failure)) + ")");
   }
   r.upstream_status = 200;
   std::uint64_t first = 0, end = 0;
@@ -260,7 +269,7 @@ asio::awaitable<bool> blob_path::authorized(upstream::registry& reg, const pull_
   head.range.clear();
   auto answer = co_await from_upstream(reg, head);
   if (answer.status == 200) {
-    store_->confirm_source(req.reference, source);
+    co_await store_->confirm_source(req.reference, source);
     metrics_.cache_lookup("authorized");
     co_return true;
   }
@@ -276,7 +285,7 @@ asio::awaitable<bool> blob_path::authorized(upstream::registry& reg, const pull_
                                       {"upstream_status", answer.status}});
     co_return true;
   }
-  if (known) store_->drop_source(req.reference, source);
+  if (known) co_await store_->drop_source(req.reference, source);
   metrics_.cache_lookup("denied");
   log::info("cache_hit_denied", {{"registry", reg.id()},
                                  {"repository", req.name},

@@ -54,10 +54,10 @@ asio::awaitable<core::reply> manifest_path::serve(upstream::registry& reg, const
   if (!found.answer) co_return std::move(found.reply);
   const meta::entry& e = *found.answer;
   if (!e.found) {
-    co_return core::error_reply({404, "MANIFEST_UNKNOWN",
-                                 "manifest unknown to the upstream registry: " + req.name + (req.digest ? "@" : ":") +
-                                     req.reference + " (answer remembered for " +
-                                     std::to_string(meta_->options().negative_ttl.count() / 1000) + "s)"});
+    co_return core::error_reply(core::failure::manifest_unknown,
+                                "manifest unknown to the upstream registry: " + req.name + (req.digest ? "@" : ":") +
+                                    req.reference + " (answer remembered for " +
+                                    std::to_string(meta_->options().negative_ttl.count() / 1000) + "s)");
   }
   // A digest's bytes are fixed, but whether a client that does not accept their
   // type may have them is the upstream's call (an index is never given to a client
@@ -95,9 +95,9 @@ asio::awaitable<std::optional<manifest_path::body>> manifest_path::read_once(ups
   co_await res.read_all(bytes, options_.max_manifest_bytes, ec);
   if (ec == upstream::errc::body_too_large) {
     fail.too_large = true;
-    fail.reply = core::error_reply(
-        {502, "MANIFEST_INVALID",
-         "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes"});
+    fail.reply =
+        core::error_reply(core::failure::upstream_too_large,
+                          "upstream manifest is larger than " + std::to_string(options_.max_manifest_bytes) + " bytes");
     co_return std::nullopt;
   }
   if (ec) {
@@ -113,7 +113,8 @@ asio::awaitable<std::optional<manifest_path::body>> manifest_path::read_once(ups
                                    {"repository", req.name},
                                    {"expected", expected},
                                    {"got", computed}});
-    fail.reply = core::error_reply({502, "DIGEST_INVALID", "upstream manifest bytes do not match " + expected});
+    fail.reply =
+        core::error_reply(core::failure::upstream_wrong_bytes, "upstream manifest bytes do not match " + expected);
     fail.mismatch = true;
     co_return std::nullopt;
   }
@@ -136,8 +137,8 @@ asio::awaitable<std::optional<manifest_path::body>> manifest_path::read_once(ups
                                    {"expected", std::string(*claimed)},
                                    {"got", computed}});
     fail.mismatch = true;
-    fail.reply = core::error_reply(
-        {502, "DIGEST_INVALID", "upstream manifest bytes do not match the digest the upstream announced for them"});
+    fail.reply = core::error_reply(core::failure::upstream_wrong_bytes,
+                                   "upstream manifest bytes do not match the digest the upstream announced for them");
     co_return std::nullopt;
   }
   co_return body{std::move(bytes), std::move(computed), false};

@@ -59,7 +59,7 @@ asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
   if (req.kind == endpoint::base) {
     // A ping for a registry Berth does not mirror says so, as every other path does.
     if (!req.ns.empty() && table_.find(req.ns) == nullptr) {
-      co_return core::error_reply(core::name_unknown("registry " + req.ns + " is not mirrored here"));
+      co_return core::error_reply(core::failure::not_mirrored, "registry " + req.ns + " is not mirrored here");
     }
     core::reply r;
     r.headers.add("Content-Type", "application/json");
@@ -68,12 +68,13 @@ asio::awaitable<core::reply> mirror::serve(const pull_request& req) {
   }
   auto* reg = table_.find(req.ns);
   if (reg == nullptr) {
-    co_return core::error_reply(
-        core::name_unknown(req.ns.empty() ? std::string("no ns parameter and no default_registry configured")
-                                          : "registry " + req.ns + " is not mirrored here"));
+    co_return core::error_reply(core::failure::not_mirrored,
+                                req.ns.empty() ? std::string("no ns parameter and no default_registry configured")
+                                               : "registry " + req.ns + " is not mirrored here");
   }
   if (!registry_table::allows(*reg, req.name)) {
-    auto r = core::error_reply(core::name_unknown("repository " + req.name + " is not allowed through this mirror"));
+    auto r = core::error_reply(core::failure::not_mirrored,
+                               "repository " + req.name + " is not allowed through this mirror");
     r.registry = reg->id();
     co_return r;
   }

@@ -176,6 +176,11 @@ fill_failure fill::finish() {
     changed_locked(wake);
   }
   core::wakeup_list::wake(wake);
+  store_.disk_->post([self = shared_from_this(), p] { self->publish_verified(p); });
+  return fill_failure::none;
+}
+
+void fill::publish_verified(const progress& p) {
   error_code ec;
   store_.fs().fsync(write_fd_, ec);
   release_temp();  // publishing counts the bytes as a blob's
@@ -195,7 +200,6 @@ fill_failure fill::finish() {
   }
   published_ = published;
   store_.fill_ended(digest_);  // from now on a lookup finds it (or, unpublished, a new fill starts)
-  return published ? fill_failure::none : fill_failure::disk;
 }
 
 void fill::fail(fill_failure why, std::shared_ptr<const core::reply> answer) {
@@ -273,12 +277,47 @@ open_blob::~open_blob() {
 // ---------------------------------------------------------------------------
 // blob_store
 
-blob_store::blob_store(store_options options, std::shared_ptr<filesystem> fs, metrics::registry& metrics)
-    : options_(std::move(options)), fs_(std::move(fs)), metrics_(metrics) {}
+blob_store::blob_store(store_options options, std::shared_ptr<filesystem> fs, metrics::registry& metrics,
+                       index_opener open_index)
+    : options_(std::move(options)),
+      fs_(std::move(fs)),
+      metrics_(metrics),
+      open_index_(std::move(open_index)),
+      disk_(std::make_unique<disk_thread>(metrics)) {}
 
 blob_store::~blob_store() {
   join_background();
+  disk_.reset();  // runs what is queued first
   if (dir_lock_ >= 0) fs_->close(dir_lock_);
+}
+
+void blob_store::subscribe(std::shared_ptr<observer> o) {
+  observers_.push_back(std::move(o));
+}
+
+void blob_store::tell(const std::function<void(observer&)>& event) {
+  for (const auto& o : observers_) event(*o);
+}
+
+void blob_store::flush() {
+  disk_->flush();
+}
+
+void blob_store::lru_put_locked(const std::string& digest, std::int64_t last_access, std::uint64_t size) {
+  const lru_key key{last_access, ++lru_sequence_};
+  auto [it, fresh] = lru_slots_.try_emplace(digest, lru_slot{key, size});
+  if (!fresh) {
+    lru_.erase(it->second.key);
+    it->second = {key, size};
+  }
+  lru_.emplace(key, digest);
+}
+
+void blob_store::lru_erase_locked(const std::string& digest) {
+  const auto it = lru_slots_.find(digest);
+  if (it == lru_slots_.end()) return;
+  lru_.erase(it->second.key);
+  lru_slots_.erase(it);
 }
 
 std::uint64_t blob_store::reconcile() {
@@ -292,15 +331,20 @@ std::uint64_t blob_store::reconcile() {
           std::lock_guard lock(mu_);
           if (fills_.contains(digest)) continue;  // being published right now: its fill indexes it
         }
-        if (hex.rfind(prefix, 0) != 0 || index_->get(digest)) continue;
+        error_code ec;
+        if (hex.rfind(prefix, 0) != 0 || indexed(digest, ec) || ec) continue;
         const auto size = fs_->file_size(root + "/" + alg + "/" + prefix + "/" + hex);
         if (!size) continue;
         const auto now = unix_now();
         if (!index_->put(digest, blob_entry{*size, "application/octet-stream", now, now, {}, std::nullopt})) continue;
         ++adopted;
-        std::lock_guard lock(mu_);
-        usage_.bytes += *size;
-        ++usage_.blobs;
+        {
+          std::lock_guard lock(mu_);
+          usage_.bytes += *size;
+          ++usage_.blobs;
+          lru_put_locked(digest, now, *size);
+        }
+        tell([&](observer& o) { o.published(digest, *size); });
       }
     }
   }
@@ -348,7 +392,7 @@ void blob_store::open() {
     fs_->make_dirs(options_.dir + sub, ec);
     if (ec) throw std::runtime_error("cache dir " + options_.dir + sub + ": " + ec.message());
   }
-  index_ = index::open(options_.dir + "/index");
+  index_ = open_index_ ? open_index_(options_.dir + "/index") : index::open(options_.dir + "/index");
   if (const auto migrated = index_->migrate(); migrated > 0) {
     log::info("cache_index_migrated", {{"records", migrated}, {"detail", "rewritten in the current format"}});
   }
@@ -359,13 +403,17 @@ void blob_store::open() {
     ++removed;
   }
   usage u;
-  index_->for_each([&](const std::string&, const blob_entry& e) {
-    u.bytes += e.size;
-    ++u.blobs;
-  });
   u.limit = options_.limit_for(fs_->capacity(options_.dir));
   {
+    // The one index scan: sizes for the usage, last accesses for the LRU order.
     std::lock_guard lock(mu_);
+    const bool whole = index_->for_each([&](const std::string& digest, const blob_entry& e) {
+      u.bytes += e.size;
+      ++u.blobs;
+      lru_put_locked(digest, e.last_access, e.size);
+    });
+    if (!whole)
+      throw std::runtime_error("cache index " + options_.dir + "/index: read error while summing it (see the log)");
     usage_ = u;
   }
   metrics_.cache_usage(u.bytes, u.blobs);
@@ -376,14 +424,27 @@ void blob_store::open() {
                              {"temp_files_removed", removed}});
 }
 
-std::optional<blob_entry> blob_store::stat(const std::string& digest) {
-  return index_->get(digest);
+std::optional<blob_entry> blob_store::indexed(const std::string& digest, error_code& ec) {
+  auto e = index_->get(digest, ec);
+  if (ec) metrics_.cache_index_error();
+  return e;
 }
 
-void blob_store::confirm_source(const std::string& digest, const std::string& source) {
+std::optional<blob_entry> blob_store::stat(const std::string& digest, error_code* ec) {
+  error_code ignored;
+  return indexed(digest, ec ? *ec : ignored);
+}
+
+asio::awaitable<void> blob_store::confirm_source(const std::string& digest, const std::string& source) {
+  std::function<void()> task = [this, digest, source] { record_source(digest, source); };
+  co_await disk_->run(std::move(task));
+}
+
+void blob_store::record_source(const std::string& digest, const std::string& source) {
   std::lock_guard lock(mu_);  // read-modify-write of one entry
-  auto e = index_->get(digest);
-  if (!e) return;
+  error_code ec;
+  auto e = indexed(digest, ec);
+  if (!e) return;  // gone, or unreadable: the next hit asks the upstream again
   const auto now = core::unix_ms();
   auto it =
       std::find_if(e->sources.begin(), e->sources.end(), [&](const store::source& s) { return s.name == source; });
@@ -395,12 +456,16 @@ void blob_store::confirm_source(const std::string& digest, const std::string& so
   index_->put(digest, *e);
 }
 
-void blob_store::drop_source(const std::string& digest, const std::string& source) {
-  std::lock_guard lock(mu_);
-  auto e = index_->get(digest);
-  if (!e) return;
-  std::erase_if(e->sources, [&](const store::source& s) { return s.name == source; });
-  index_->put(digest, *e);
+asio::awaitable<void> blob_store::drop_source(const std::string& digest, const std::string& source) {
+  std::function<void()> task = [this, digest, source] {
+    std::lock_guard lock(mu_);
+    error_code ec;
+    auto e = indexed(digest, ec);
+    if (!e) return;
+    std::erase_if(e->sources, [&](const store::source& s) { return s.name == source; });
+    index_->put(digest, *e);
+  };
+  co_await disk_->run(std::move(task));
 }
 
 std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_code& ec) {
@@ -420,15 +485,15 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_c
       if (!handed_out) s.reader_closed(digest);
     }
   } guard{*this, digest, handed_out};
-  auto e = index_->get(digest);
-  if (!e) return nullptr;
+  auto e = indexed(digest, ec);
+  if (!e) return nullptr;  // a miss, or (ec set) an index that cannot be read now
   const int fd = fs_->open_read(blob_path(digest), ec);
   if (ec == boost::system::errc::no_such_file_or_directory) {
     // Indexed but gone (removed by hand, or a crash between index and rename):
     // forget it, it is a miss.
     log::warn("cache_index_stale", {{"digest", digest}, {"error", ec.message()}});
     ec = {};
-    forget(digest);
+    forget(digest, "missing");
     return nullptr;
   }
   if (ec) {
@@ -446,32 +511,44 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_c
   }
   const bool unproven = !e->verified_as || !e->verified_as->same_file_as(id);
   const auto now = unix_now();
-  std::lock_guard lock(mu_);  // the touch is a read-modify-write, like add_source
-  if (now - e->last_access >= k_touch_interval) {
-    if (auto fresh = index_->get(digest)) {
-      fresh->last_access = now;
-      index_->put(digest, *fresh);
-      e = std::move(fresh);
-    }
+  std::lock_guard lock(mu_);
+  if (const auto slot = lru_slots_.find(digest);
+      slot != lru_slots_.end() && now - slot->second.key.first >= k_touch_interval) {
+    // A hit moves the blob to the young end of the LRU now; the index learns it on
+    // the disk thread (a read-modify-write, like record_source).
+    lru_put_locked(digest, now, slot->second.size);
+    e->last_access = now;
+    disk_->post([this, digest, now] {
+      std::lock_guard lock(mu_);
+      error_code ec;
+      if (auto fresh = indexed(digest, ec); fresh && fresh->last_access < now) {
+        fresh->last_access = now;
+        index_->put(digest, *fresh);
+      }
+    });
   }
   handed_out = true;  // the open_blob uncounts itself when the last holder lets go
   return std::make_shared<open_blob>(*this, digest, fd, *e, id, unproven);
 }
 
-bool blob_store::forget(const std::string& digest) {
+bool blob_store::forget(const std::string& digest, std::string_view why) {
   usage u;
   {
     // Check and erase as one step: two that find the same blob gone (an eviction and
-    // a reader, two readers) must not both take its size off the usage.
+    // a reader, two readers) must not both take its size off the usage. The index
+    // entry goes now (not on the disk thread), so no later lookup finds it.
     std::lock_guard lock(mu_);
-    const auto e = index_->get(digest);
+    error_code ec;
+    const auto e = indexed(digest, ec);
     if (!e) return false;
     index_->erase(digest);
+    lru_erase_locked(digest);
     usage_.bytes -= std::min(usage_.bytes, e->size);
     usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
     u = usage_;
   }
   metrics_.cache_usage(u.bytes, u.blobs);
+  tell([&](observer& o) { o.invalidated(digest, why); });
   return true;
 }
 
@@ -479,22 +556,30 @@ void blob_store::damaged(const std::string& digest, const std::string& problem) 
   metrics_.digest_mismatch("cache", "damaged");
   log::error("cache_damaged",
              {{"digest", digest}, {"problem", problem}, {"detail", "dropped; the next request refills it"}});
-  if (!forget(digest)) return;  // dropped already (two readers found it at once)
-  // Readers that have it open keep their descriptor; the name goes now, so a new
-  // fill can publish good bytes under it.
-  fs_->remove(blob_path(digest));
+  if (!forget(digest, "damaged")) return;  // dropped already (two readers found it at once)
+  // Readers that have it open keep their descriptor; the name goes before any new
+  // fill can publish good bytes under it (publishes run on the disk thread too, in order).
+  disk_->post([this, path = blob_path(digest)] { fs_->remove(path); });
 }
 
 void blob_store::proven(const open_blob& blob) {
   error_code ec;
   const auto now = fs_->identify(blob.fd(), ec);
   if (ec || now.size != blob.identity().size || !now.same_file_as(blob.identity())) return;  // changed meanwhile
-  std::lock_guard lock(mu_);  // read-modify-write of one entry
-  auto e = index_->get(blob.digest());
-  if (!e || e->size != now.size) return;
-  e->verified_as = now;
-  index_->put(blob.digest(), *e);
-  log::info("cache_blob_proven", {{"digest", blob.digest()}});
+  disk_->post([this, digest = blob.digest(), now] {
+    std::lock_guard lock(mu_);  // read-modify-write of one entry
+    error_code ec;
+    auto e = indexed(digest, ec);
+    if (!e || e->size != now.size) return;
+    e->verified_as = now;
+    index_->put(digest, *e);
+    log::info("cache_blob_proven", {{"digest", digest}});
+  });
+}
+
+void blob_store::reader_opened(const std::string& digest) {
+  std::lock_guard lock(mu_);
+  ++open_readers_[digest];
 }
 
 void blob_store::reader_closed(const std::string& digest) {
@@ -525,10 +610,25 @@ void blob_store::temp_claimed(std::uint64_t n) {
     u = usage_;
   }
   metrics_.cache_temp_bytes(u.temp);
-  make_room(u);
+  if (u.limit > 0 && u.bytes + u.temp > u.limit) make_room();
 }
 
-void blob_store::make_room(const usage& u) {
+void blob_store::make_room() {
+  if (!disk_->in_this_thread()) {
+    {
+      std::lock_guard lock(mu_);
+      if (std::exchange(eviction_queued_, true)) return;  // one queued eviction is enough
+    }
+    disk_->post([this] {
+      {
+        std::lock_guard lock(mu_);
+        eviction_queued_ = false;
+      }
+      make_room();
+    });
+    return;
+  }
+  const auto u = current_usage();
   if (u.limit == 0 || u.bytes + u.temp <= u.limit) return;
   // Down to the low watermark, with the bytes of fills under way counted.
   const auto low = static_cast<std::uint64_t>(static_cast<double>(u.limit) * options_.low_watermark);
@@ -559,10 +659,11 @@ void blob_store::fill_ended(const std::string& digest) {
 bool blob_store::publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
                          const std::string& media_type, const std::string& source) {
   const auto path = blob_path(digest);
-  if (index_->get(digest)) {
+  error_code read_ec;
+  if (indexed(digest, read_ec)) {
     // Published meanwhile by another fill (a lookup raced with its end): same bytes.
     fs_->remove(temp_path);
-    if (!source.empty()) confirm_source(digest, source);
+    if (!source.empty()) record_source(digest, source);
     return true;
   }
   error_code ec;
@@ -588,10 +689,12 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
     std::lock_guard lock(mu_);
     usage_.bytes += size;
     ++usage_.blobs;
+    lru_put_locked(digest, now, size);
     u = usage_;
   }
   metrics_.cache_usage(u.bytes, u.blobs);
-  make_room(u);
+  tell([&](observer& o) { o.published(digest, size); });
+  make_room();
   return true;
 }
 
@@ -618,35 +721,37 @@ blob_store::usage blob_store::current_usage() const {
 }
 
 std::uint64_t blob_store::evict_to(std::uint64_t target) {
-  struct candidate {
-    std::string digest;
-    blob_entry entry;
-  };
-  std::vector<candidate> all;
-  index_->for_each([&](const std::string& d, const blob_entry& e) { all.push_back({d, e}); });
-  std::sort(all.begin(), all.end(),
-            [](const candidate& a, const candidate& b) { return a.entry.last_access < b.entry.last_access; });
-  std::uint64_t freed = 0;
-  std::uint64_t count = 0;
-  for (const auto& c : all) {
-    {
-      std::lock_guard lock(mu_);
-      if (usage_.bytes <= target) break;
-      // Never from under a reader or a fill; not twice (a reader may have dropped it).
-      if (open_readers_.contains(c.digest) || fills_.contains(c.digest) || !index_->get(c.digest)) continue;
-      index_->erase(c.digest);
-      usage_.bytes -= std::min(usage_.bytes, c.entry.size);
+  // Oldest first from the in-memory LRU order; never from under a reader or a fill.
+  std::vector<std::pair<std::string, std::uint64_t>> gone;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = lru_.begin(); it != lru_.end() && usage_.bytes > target;) {
+      const std::string digest = it->second;
+      if (open_readers_.contains(digest) || fills_.contains(digest)) {
+        ++it;
+        continue;
+      }
+      const auto size = lru_slots_.at(digest).size;
+      index_->erase(digest);
+      usage_.bytes -= std::min(usage_.bytes, size);
       usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
+      lru_slots_.erase(digest);
+      it = lru_.erase(it);
+      gone.emplace_back(digest, size);
     }
-    fs_->remove(blob_path(c.digest));
-    freed += c.entry.size;
-    ++count;
   }
-  if (count > 0) {
+  std::uint64_t freed = 0;
+  for (const auto& [digest, size] : gone) {
+    fs_->remove(blob_path(digest));
+    freed += size;
+    tell([&](observer& o) { o.evicted(digest, size); });
+  }
+  if (!gone.empty()) {
     const auto u = current_usage();
-    metrics_.cache_eviction(count, freed);
+    metrics_.cache_eviction(gone.size(), freed);
     metrics_.cache_usage(u.bytes, u.blobs);
-    log::info("cache_evicted", {{"blobs", count}, {"bytes", freed}, {"remaining_bytes", u.bytes}, {"target", target}});
+    log::info("cache_evicted",
+              {{"blobs", gone.size()}, {"bytes", freed}, {"remaining_bytes", u.bytes}, {"target", target}});
   }
   return freed;
 }
@@ -654,8 +759,8 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
 blob_store::verify_report blob_store::verify(
     const std::function<void(const std::string&, const std::string&)>& on_bad) {
   std::vector<std::pair<std::string, blob_entry>> all;
-  index_->for_each([&](const std::string& d, const blob_entry& e) { all.emplace_back(d, e); });
   verify_report report;
+  report.complete = index_->for_each([&](const std::string& d, const blob_entry& e) { all.emplace_back(d, e); });
   std::vector<char> buf(1 << 20);
   for (const auto& [digest, entry] : all) {
     ++report.checked;
@@ -692,11 +797,7 @@ blob_store::verify_report blob_store::verify(
     ++report.bad;
     on_bad(digest, problem);
     metrics_.digest_mismatch("cache", "verify");
-    index_->erase(digest);
-    fs_->remove(blob_path(digest));
-    std::lock_guard lock(mu_);
-    usage_.bytes -= std::min(usage_.bytes, entry.size);
-    usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
+    if (forget(digest, "failed verification")) fs_->remove(blob_path(digest));
   }
   return report;
 }
@@ -835,9 +936,13 @@ class following_body final : public core::body_source {
         end_(end),
         start_(offset),
         stall_(stall),
-        on_disk_failure_(std::move(on_disk_failure)) {}
+        on_disk_failure_(std::move(on_disk_failure)) {
+    // Counted as a reader: once its fill is published, eviction must still spare it.
+    fill_->store().reader_opened(fill_->digest());
+  }
   ~following_body() override {
     auto& store = fill_store();
+    store.reader_closed(fill_->digest());
     store.fs().close(fd_);
     store.metrics().cache_bytes("upstream", offset_ - start_);
   }

@@ -9,19 +9,23 @@
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "core/body_source.hpp"
 #include "core/hasher.hpp"
 #include "core/reply.hpp"
 #include "core/wakeup.hpp"
+#include "store/disk_thread.hpp"
 #include "store/filesystem.hpp"
 #include "store/index.hpp"
+#include "store/observer.hpp"
 #include "store/options.hpp"
 
 namespace berth::metrics {
@@ -53,8 +57,10 @@ class fill : public std::enable_shared_from_this<fill> {
   bool start(std::optional<std::uint64_t> size, std::string media_type, std::string source = {});
   // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
   bool append(const char* data, std::size_t n);
-  // Verifies (then releases the last byte to readers), fsyncs, publishes, indexes.
-  // Returns why it failed, or none.
+  // Verifies, then releases the last byte to readers and hands the rest (fsync,
+  // rename, directory fsync, index, eviction for room) to the store's disk thread;
+  // new requests become hits once that is done. Returns why verification failed,
+  // or none.
   fill_failure finish();
   // `answer`: what every client of the fill gets instead of the blob (the source's
   // error reply, without a stream).
@@ -85,6 +91,8 @@ class fill : public std::enable_shared_from_this<fill> {
 
  private:
   void changed_locked(std::vector<std::shared_ptr<boost::asio::steady_timer>>& wake);
+  // The disk half of finish(), on the disk thread.
+  void publish_verified(const progress& p);
 
   blob_store& store_;
   const std::string digest_;
@@ -135,7 +143,10 @@ class open_blob {
 
 class blob_store {
  public:
-  blob_store(store_options options, std::shared_ptr<filesystem> fs, metrics::registry& metrics);
+  // Opens the RocksDB index under <dir>/index; tests pass `open_index` to wrap it.
+  using index_opener = std::function<std::unique_ptr<index>(const std::string& path)>;
+  blob_store(store_options options, std::shared_ptr<filesystem> fs, metrics::registry& metrics,
+             index_opener open_index = nullptr);
   ~blob_store();
 
   // Creates the directories, removes temp files a previous run left, opens the index
@@ -150,12 +161,18 @@ class blob_store {
   // Runs reconcile() once on a background thread; join_background() waits for it.
   void start_reconcile();
   void join_background();
+  // Tells `o` about every blob published, evicted or invalidated from now on. Call
+  // before open().
+  void subscribe(std::shared_ptr<observer> o);
+  // Returns once the disk work handed over so far (publishes, evictions, removals)
+  // is done.
+  void flush();
 
   // A published blob, opened for reading; null on a miss. A hit refreshes the
   // blob's last access (at most once a minute). A file whose size is not the
   // indexed one is damaged: dropped, counted, a miss. `ec` is set (and null
-  // returned) when the file exists but cannot be opened now (EMFILE, EIO): that is
-  // not a miss, and the entry stays.
+  // returned) when the file exists but cannot be opened now (EMFILE, EIO), or the
+  // index cannot be read: that is not a miss, and the entry stays.
   std::shared_ptr<open_blob> lookup(const std::string& digest, boost::system::error_code& ec);
   // The blob's bytes did not hash to its digest (or its file is not what the index
   // says): drop it from the index and the disk, count and log it. The next request
@@ -164,13 +181,14 @@ class blob_store {
   // A served blob hashed right: remember its file's identity so that later hits
   // need no hashing while the file stays the same.
   void proven(const open_blob& blob);
-  // The index entry of a published blob (for HEAD), without opening it.
-  std::optional<blob_entry> stat(const std::string& digest);
+  // The index entry of a published blob (for HEAD), without opening it. An index
+  // that cannot be read sets `*ec` (when given) and is counted; it is not a miss.
+  std::optional<blob_entry> stat(const std::string& digest, boost::system::error_code* ec = nullptr);
   // Records that the upstream served `digest` to `source` ("<registry>/<repository>")
-  // just now.
-  void confirm_source(const std::string& digest, const std::string& source);
+  // just now. Runs on the disk thread; the caller resumes once it is recorded.
+  boost::asio::awaitable<void> confirm_source(const std::string& digest, const std::string& source);
   // The upstream refused `digest` to `source`: it is served there no more.
-  void drop_source(const std::string& digest, const std::string& source);
+  boost::asio::awaitable<void> drop_source(const std::string& digest, const std::string& source);
 
   // The fill under way for `digest`, or a new one (`created`: the caller must run it).
   std::shared_ptr<fill> join_or_start(const std::string& digest, const std::string& algorithm, bool& created);
@@ -185,7 +203,8 @@ class blob_store {
   // False for a while after a disk error: new blobs are then streamed without caching.
   bool writable() const;
   // Evicts least recently used blobs (skipping open ones) until at most `target`
-  // bytes remain. Returns the bytes freed.
+  // bytes remain, on the calling thread. Returns the bytes freed. The LRU order is
+  // kept in memory as blobs are published and read: no index scan.
   std::uint64_t evict_to(std::uint64_t target);
 
   // Rehashes every published blob; removes (and reports through `on_bad`) the ones
@@ -194,8 +213,14 @@ class blob_store {
     std::uint64_t checked = 0;
     std::uint64_t bad = 0;
     std::uint64_t bytes = 0;
+    bool complete = true;  // false: the index could not be read to its end
   };
   verify_report verify(const std::function<void(const std::string& digest, const std::string& problem)>& on_bad);
+
+  // A body is reading `digest` (a follower of its fill, which may be published
+  // meanwhile): eviction leaves it alone until reader_closed.
+  void reader_opened(const std::string& digest);
+  void reader_closed(const std::string& digest);
 
   filesystem& fs() { return *fs_; }
   metrics::registry& metrics() { return metrics_; }
@@ -206,24 +231,35 @@ class blob_store {
   friend class fill;
   friend class open_blob;
   std::string new_temp_path(const std::string& digest);
-  // Called by a fill that verified its temp file: rename, index, account, evict.
-  // `fd` is the temp file's open descriptor (its identity is recorded after the rename).
+  // index_->get, with a read error counted.
+  std::optional<blob_entry> indexed(const std::string& digest, boost::system::error_code& ec);
+  // Called by a fill that verified its temp file, on the disk thread: rename, index,
+  // account, evict. `fd` is the temp file's open descriptor (its identity is
+  // recorded after the rename).
   bool publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
                const std::string& media_type, const std::string& source);
   void fill_ended(const std::string& digest);
   // Fills' temp bytes: counted toward max_size, evicting published blobs for room.
   void temp_claimed(std::uint64_t n);
-  // Evicts when published and temp bytes together pass the limit.
-  void make_room(const usage& u);
+  // Evicts when published and temp bytes together pass the limit (on the disk
+  // thread: at once when called there, else queued, once).
+  void make_room();
   void temp_released(std::uint64_t n);
   void disk_failed();
-  void reader_closed(const std::string& digest);
-  // Drops an indexed blob from the index and the usage; false when it was not indexed.
-  bool forget(const std::string& digest);
+  // Drops an indexed blob from the index, the LRU and the usage, and tells the
+  // observers why; false when it was not indexed.
+  bool forget(const std::string& digest, std::string_view why);
+  // The in-memory LRU order (guarded by mu_).
+  void lru_put_locked(const std::string& digest, std::int64_t last_access, std::uint64_t size);
+  void lru_erase_locked(const std::string& digest);
+  void tell(const std::function<void(observer&)>& event);
+  // Adds or refreshes one repository's confirmation, on the calling thread.
+  void record_source(const std::string& digest, const std::string& source);
 
   store_options options_;
   std::shared_ptr<filesystem> fs_;
   metrics::registry& metrics_;
+  index_opener open_index_;
   std::unique_ptr<index> index_;
   int dir_lock_ = -1;  // flock on the cache directory: one Berth (or CLI) per cache
 
@@ -233,7 +269,22 @@ class blob_store {
   usage usage_;
   std::uint64_t temp_counter_ = 0;
   std::chrono::steady_clock::time_point unwritable_until_{};
+  // Published blobs by last access (unix seconds, then the order of the accesses),
+  // oldest first, and each one's slot.
+  using lru_key = std::pair<std::int64_t, std::uint64_t>;
+  struct lru_slot {
+    lru_key key;
+    std::uint64_t size = 0;
+  };
+  std::map<lru_key, std::string> lru_;
+  std::unordered_map<std::string, lru_slot> lru_slots_;
+  std::uint64_t lru_sequence_ = 0;
+  bool eviction_queued_ = false;
+
+  std::vector<std::shared_ptr<observer>> observers_;  // set before open(), read-only after
   std::thread reconciler_;
+  // Last: destroyed first, after running what is queued (which uses everything above).
+  std::unique_ptr<disk_thread> disk_;
 };
 
 // Body sources over the store: a published blob, and a fill under way.

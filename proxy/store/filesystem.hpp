@@ -52,4 +52,37 @@ class filesystem {
 
 std::shared_ptr<filesystem> posix_filesystem();
 
+// Passes every call to another filesystem: a test's faulting filesystem derives
+// from it and overrides only what it breaks.
+class forwarding_filesystem : public filesystem {
+ public:
+  explicit forwarding_filesystem(std::shared_ptr<filesystem> to = posix_filesystem()) : to_(std::move(to)) {}
+  int create(const std::string& path, boost::system::error_code& ec) override { return to_->create(path, ec); }
+  int open_read(const std::string& path, boost::system::error_code& ec) override { return to_->open_read(path, ec); }
+  std::size_t pwrite(int fd, const void* data, std::size_t size, std::uint64_t offset,
+                     boost::system::error_code& ec) override {
+    return to_->pwrite(fd, data, size, offset, ec);
+  }
+  std::size_t pread(int fd, void* data, std::size_t size, std::uint64_t offset,
+                    boost::system::error_code& ec) override {
+    return to_->pread(fd, data, size, offset, ec);
+  }
+  void fsync(int fd, boost::system::error_code& ec) override { to_->fsync(fd, ec); }
+  void fsync_dir(const std::string& dir, boost::system::error_code& ec) override { to_->fsync_dir(dir, ec); }
+  void close(int fd) override { to_->close(fd); }
+  void rename(const std::string& from, const std::string& to, boost::system::error_code& ec) override {
+    to_->rename(from, to, ec);
+  }
+  void remove(const std::string& path) override { to_->remove(path); }
+  std::optional<std::uint64_t> file_size(const std::string& path) override { return to_->file_size(path); }
+  void make_dirs(const std::string& path, boost::system::error_code& ec) override { to_->make_dirs(path, ec); }
+  std::vector<std::string> list(const std::string& dir) override { return to_->list(dir); }
+  std::uint64_t capacity(const std::string& dir) override { return to_->capacity(dir); }
+  file_identity identify(int fd, boost::system::error_code& ec) override { return to_->identify(fd, ec); }
+  int lock_dir(const std::string& dir, boost::system::error_code& ec) override { return to_->lock_dir(dir, ec); }
+
+ private:
+  std::shared_ptr<filesystem> to_;
+};
+
 }  // namespace berth::store

@@ -4,11 +4,13 @@
 #include <rocksdb/options.h>
 
 #include <boost/json.hpp>
+#include <boost/system/errc.hpp>
 #include <charconv>
 #include <stdexcept>
 #include <string_view>
 #include <type_traits>
 
+#include "core/log.hpp"
 #include "core/media_types.hpp"
 
 namespace berth::store {
@@ -116,20 +118,32 @@ class rocks final : public index {
  public:
   explicit rocks(rocksdb::DB* db) : db_(db) {}
 
-  std::optional<blob_entry> get(const std::string& digest) override {
+  std::optional<blob_entry> get(const std::string& digest, boost::system::error_code& ec) override {
+    ec = {};
     std::string v;
-    if (!db_->Get(rocksdb::ReadOptions(), digest, &v).ok()) return std::nullopt;
+    const auto status = db_->Get(rocksdb::ReadOptions(), digest, &v);
+    if (status.IsNotFound()) return std::nullopt;
+    if (!status.ok()) {
+      log::error("cache_index_read_failed", {{"digest", digest}, {"error", status.ToString()}});
+      ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
+      return std::nullopt;
+    }
     return decode_entry(v);
   }
   bool put(const std::string& digest, const blob_entry& e) override {
     return db_->Put(rocksdb::WriteOptions(), digest, encode_entry(e)).ok();
   }
   void erase(const std::string& digest) override { db_->Delete(rocksdb::WriteOptions(), digest); }
-  void for_each(const std::function<void(const std::string&, const blob_entry&)>& fn) override {
+  bool for_each(const std::function<void(const std::string&, const blob_entry&)>& fn) override {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       if (auto e = decode_entry(it->value().ToStringView())) fn(it->key().ToString(), *e);
     }
+    if (!it->status().ok()) {
+      log::error("cache_index_read_failed", {{"scan", true}, {"error", it->status().ToString()}});
+      return false;
+    }
+    return true;
   }
   std::uint64_t migrate() override {
     std::uint64_t changed = 0;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <boost/system/error_code.hpp>
+
 #include "store/filesystem.hpp"
 
 namespace berth::store {
@@ -49,11 +51,14 @@ class index {
   static std::unique_ptr<index> open(const std::string& path, bool read_only = false);
   virtual ~index() = default;
 
-  virtual std::optional<blob_entry> get(const std::string& digest) = 0;
+  // nullopt with `ec` clear: not indexed (or a record that does not decode). A read
+  // error sets `ec` (io_error; RocksDB's reason is logged here): that is not a miss.
+  virtual std::optional<blob_entry> get(const std::string& digest, boost::system::error_code& ec) = 0;
   // False when RocksDB refused the write (logged by the caller).
   virtual bool put(const std::string& digest, const blob_entry& e) = 0;
   virtual void erase(const std::string& digest) = 0;
-  virtual void for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn) = 0;
+  // False when a read error stopped the scan early (logged).
+  virtual bool for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn) = 0;
   // Rewrites legacy (version 1) records in the current format and drops records
   // that cannot be decoded. Returns how many records it rewrote or dropped.
   virtual std::uint64_t migrate() = 0;

@@ -195,4 +195,18 @@ MUTATIONS = [
         "replace": "if (false) {",
         "unit": "manifests.ARefusedRevalidationGivesAGetClientTheUpstreamsOwnError",
     },
+    {
+        "name": "a follower of a fill is not counted as a reader",
+        "file": "proxy/store/blob_store.cpp",
+        "find": "    fill_->store().reader_opened(fill_->digest());\n",
+        "replace": "",
+        "unit": "store_test.AFollowerOfAPublishedFillIsSparedByEviction",
+    },
+    {
+        "name": "eviction ignores the LRU order",
+        "file": "proxy/store/blob_store.cpp",
+        "find": "const lru_key key{last_access, ++lru_sequence_};",
+        "replace": "const lru_key key{0, ++lru_sequence_};",
+        "unit": "store_test.EvictionFollowsAccessOrderAcrossARestart",
+    },
 ]

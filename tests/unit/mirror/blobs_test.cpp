@@ -6,6 +6,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <random>
 
+#include "../store/faulting_index.hpp"
 #include "mirror_fixture.hpp"
 
 using namespace berth;
@@ -302,4 +303,29 @@ TEST_F(blobs, WithoutACacheBlobsStreamVerifiedFromTheUpstream) {
   EXPECT_TRUE(got.error);
   EXPECT_LT(got.bytes.size(), bytes.size());
   EXPECT_EQ(metric("berth_digest_mismatches_total{kind=\"blob\",registry=\"registry.test\"} "), "1");
+}
+
+TEST_F(blobs, AnUnreadableCacheIndexIsA503NotAMissThatFetchesAgain) {
+  auto fail_reads = std::make_shared<std::atomic<bool>>(false);
+  open_index_ = berth::testing::faulting_index_opener(fail_reads);
+  start();
+  const auto bytes = random_bytes(5000, 12);
+  const auto d = registry_.add_blob(bytes);
+  auto first = serve(blob("library/app", d));
+  EXPECT_EQ(drain(first).bytes, bytes);
+  settle();
+  const auto before = up_.calls.size();
+
+  *fail_reads = true;
+  for (auto req : {blob("library/app", d), head(blob("library/app", d))}) {
+    auto r = serve(req);
+    EXPECT_EQ(r.status, 503u);
+    EXPECT_EQ(r.headers.get("Retry-After"), "1");
+    ASSERT_TRUE(r.error);
+    EXPECT_EQ(r.error->code, "UNAVAILABLE");
+  }
+  EXPECT_EQ(up_.calls.size(), before) << "no fill, no upstream request for a blob the cache holds";
+  *fail_reads = false;
+  auto again = serve(blob("library/app", d));
+  EXPECT_EQ(drain(again).bytes, bytes);
 }

@@ -80,6 +80,7 @@ class fill_driver : public ::testing::Test {
     boost::asio::co_spawn(ctx_, mirror::run_fill(f, source_, "registry.test/library/app", metrics_, options_),
                           [](std::exception_ptr e) { EXPECT_FALSE(e) << "run_fill let an exception escape"; });
     ctx_.run_for(10s);
+    store_->flush();  // the publish runs on the store's disk thread
     return f;
   }
 

@@ -117,7 +117,7 @@ class mirror_fixture : public ::testing::Test {
     if (with_store) {
       store::store_options so;
       so.dir = dir_.string();
-      store_ = std::make_unique<store::blob_store>(so, store::posix_filesystem(), metrics_);
+      store_ = std::make_unique<store::blob_store>(so, store::posix_filesystem(), metrics_, open_index_);
       store_->open();
     }
     if (with_meta) meta_ = std::make_unique<meta::cache>(meta_options_, metrics_, nullptr, nullptr);
@@ -143,6 +143,7 @@ class mirror_fixture : public ::testing::Test {
   void settle() {
     ctx_.restart();
     ctx_.run_for(std::chrono::seconds(5));
+    if (store_) store_->flush();  // the publish runs on the store's disk thread
   }
 
   core::reply serve(const mirror::pull_request& req) { return run(mirror_->serve(req)); }
@@ -208,6 +209,7 @@ class mirror_fixture : public ::testing::Test {
   std::filesystem::path dir_;
   mirror::mirror_options options_;
   meta::metadata_options meta_options_;
+  store::blob_store::index_opener open_index_;  // null: the real index
   std::unique_ptr<store::blob_store> store_;
   std::unique_ptr<meta::cache> meta_;
   std::unique_ptr<mirror::mirror> mirror_;

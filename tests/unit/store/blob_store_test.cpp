@@ -9,10 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <random>
+#include <thread>
 #include <utility>
 
 #include "core/hasher.hpp"
+#include "faulting_index.hpp"
 #include "store/index.hpp"
 
 #include <rocksdb/db.h>
@@ -26,23 +29,24 @@ namespace {
 
 // The real filesystem, with faults on demand: ENOSPC once `space_left` runs out,
 // and writes cut short to at most `max_write` bytes.
-class faulting_fs final : public store::filesystem {
+class faulting_fs final : public store::forwarding_filesystem {
  public:
-  std::shared_ptr<store::filesystem> real = store::posix_filesystem();
   std::atomic<std::int64_t> space_left{std::numeric_limits<std::int64_t>::max()};
   std::size_t max_write = 0;                            // 0: no limit
   std::atomic<int> open_error{0};                       // errno for every open_read (0: none)
   std::function<void(const std::string&)> before_open;  // runs inside open_read, to interleave
   std::atomic<int> dir_syncs{0};
+  // The threads the durable steps ran on (fsync, rename, directory fsync).
+  std::mutex mu;
+  std::vector<std::thread::id> durable_threads;
 
-  int create(const std::string& p, boost::system::error_code& ec) override { return real->create(p, ec); }
   int open_read(const std::string& p, boost::system::error_code& ec) override {
     if (const int e = open_error.load()) {
       ec = {e, boost::system::system_category()};
       return -1;
     }
     if (before_open) before_open(p);
-    return real->open_read(p, ec);
+    return forwarding_filesystem::open_read(p, ec);
   }
   std::size_t pwrite(int fd, const void* d, std::size_t n, std::uint64_t off, boost::system::error_code& ec) override {
     if (max_write > 0) n = std::min(n, max_write);
@@ -51,27 +55,27 @@ class faulting_fs final : public store::filesystem {
       return 0;
     }
     space_left -= static_cast<std::int64_t>(n);
-    return real->pwrite(fd, d, n, off, ec);
+    return forwarding_filesystem::pwrite(fd, d, n, off, ec);
   }
-  std::size_t pread(int fd, void* d, std::size_t n, std::uint64_t off, boost::system::error_code& ec) override {
-    return real->pread(fd, d, n, off, ec);
+  void fsync(int fd, boost::system::error_code& ec) override {
+    note_thread();
+    forwarding_filesystem::fsync(fd, ec);
   }
-  void fsync(int fd, boost::system::error_code& ec) override { real->fsync(fd, ec); }
   void fsync_dir(const std::string& d, boost::system::error_code& ec) override {
     ++dir_syncs;
-    real->fsync_dir(d, ec);
+    note_thread();
+    forwarding_filesystem::fsync_dir(d, ec);
   }
-  void close(int fd) override { real->close(fd); }
   void rename(const std::string& a, const std::string& b, boost::system::error_code& ec) override {
-    real->rename(a, b, ec);
+    note_thread();
+    forwarding_filesystem::rename(a, b, ec);
   }
-  void remove(const std::string& p) override { real->remove(p); }
-  std::optional<std::uint64_t> file_size(const std::string& p) override { return real->file_size(p); }
-  void make_dirs(const std::string& p, boost::system::error_code& ec) override { real->make_dirs(p, ec); }
-  std::vector<std::string> list(const std::string& d) override { return real->list(d); }
-  std::uint64_t capacity(const std::string& d) override { return real->capacity(d); }
-  store::file_identity identify(int fd, boost::system::error_code& ec) override { return real->identify(fd, ec); }
-  int lock_dir(const std::string& d, boost::system::error_code& ec) override { return real->lock_dir(d, ec); }
+
+ private:
+  void note_thread() {
+    std::lock_guard lock(mu);
+    durable_threads.push_back(std::this_thread::get_id());
+  }
 };
 
 std::string random_bytes(std::size_t n, unsigned seed) {
@@ -110,7 +114,9 @@ class store_test : public ::testing::Test {
     for (std::size_t i = 0; i < data.size(); i += chunk) {
       if (!f->append(data.data() + i, std::min(chunk, data.size() - i))) return f->snapshot().failure;
     }
-    return f->finish();
+    const auto verified = f->finish();
+    store_->flush();  // the publish runs on the store's disk thread
+    return verified;
   }
   static std::shared_ptr<store::open_blob> lookup(store::blob_store& s, const std::string& digest) {
     boost::system::error_code ec;
@@ -302,6 +308,7 @@ TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerifica
   EXPECT_EQ(received.load(), data.size() - 1);
   EXPECT_FALSE(done.load());
   EXPECT_EQ(f->finish(), store::fill_failure::none);
+  store_->flush();
   reader.join();
   EXPECT_TRUE(done);
   EXPECT_EQ(got, data);
@@ -393,6 +400,7 @@ TEST_F(store_test, AFileOfTheWrongSizeIsDroppedOnOpen) {
   fs::resize_file(s.blob_path(digest), data.size() / 2);
   EXPECT_FALSE(lookup(s, digest));
   EXPECT_FALSE(s.stat(digest));
+  s.flush();  // the file is removed on the disk thread
   EXPECT_FALSE(fs::exists(s.blob_path(digest)));
   EXPECT_EQ(s.current_usage().bytes, 0u);
 }
@@ -421,6 +429,7 @@ TEST_F(store_test, AChangedFileIsHashedWhileServedAndDroppedWhenWrong) {
     EXPECT_FALSE(ended);
     EXPECT_LT(got.size(), end - first);
     EXPECT_FALSE(s.stat(digest)) << "dropped from the index";
+    s.flush();
     EXPECT_FALSE(fs::exists(s.blob_path(digest)));
   }
 }
@@ -437,6 +446,7 @@ TEST_F(store_test, AChangedButRightFileIsProvenOnceThenTrusted) {
   EXPECT_TRUE(ended);
   EXPECT_EQ(got, data.substr(10, 10));
   hit.reset();
+  s.flush();  // the proof is recorded on the disk thread
   auto again = lookup(s, digest);
   ASSERT_TRUE(again);
   EXPECT_FALSE(again->unproven());
@@ -499,14 +509,20 @@ TEST_F(store_test, SourcesAreConfirmedAndDropped) {
   auto& s = open();
   ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
   const auto before = s.stat(digest)->sources;
-  s.confirm_source(digest, "reg/lib/other");
+  asio::io_context ctx;
+  auto run = [&ctx](asio::awaitable<void> task) {
+    asio::co_spawn(ctx, std::move(task), asio::detached);
+    ctx.restart();
+    ctx.run();
+  };
+  run(s.confirm_source(digest, "reg/lib/other"));
   auto e = s.stat(digest);
   ASSERT_TRUE(e->find_source("reg/lib/other"));
   EXPECT_GT(e->find_source("reg/lib/other")->confirmed, 0);
   EXPECT_EQ(e->sources.size(), before.size() + 1);
-  s.confirm_source(digest, "reg/lib/other");  // again: the time moves, no duplicate
+  run(s.confirm_source(digest, "reg/lib/other"));  // again: the time moves, no duplicate
   EXPECT_EQ(s.stat(digest)->sources.size(), before.size() + 1);
-  s.drop_source(digest, "reg/lib/other");
+  run(s.drop_source(digest, "reg/lib/other"));
   EXPECT_FALSE(s.stat(digest)->find_source("reg/lib/other"));
   EXPECT_EQ(s.stat(digest)->sources, before);
 }
@@ -617,11 +633,13 @@ TEST_F(store_test, FillsUnderWayCountTowardTheLimit) {
   bool created = false;
   auto f = s.join_or_start(core::digest_of(big), "sha256", created);
   ASSERT_TRUE(f->start(big.size(), "application/octet-stream"));
+  s.flush();  // the eviction for room runs on the disk thread
   auto u = s.current_usage();
   EXPECT_EQ(u.temp, big.size());
   EXPECT_LE(u.bytes + u.temp, u.limit) << "room made before the bytes are written";
   ASSERT_TRUE(f->append(big.data(), big.size()));
   ASSERT_EQ(f->finish(), store::fill_failure::none);
+  s.flush();
   u = s.current_usage();
   EXPECT_EQ(u.temp, 0u) << "published: counted once, as a blob";
   EXPECT_EQ(u.bytes, big.size());
@@ -644,4 +662,170 @@ TEST(StoreOptions, TheLimitIsBytesOrAShareOfTheFilesystem) {
   EXPECT_EQ(o.limit_for(1000), 800u);
   o.max_bytes = 5;
   EXPECT_EQ(o.limit_for(1000), 5u) << "bytes win over a share";
+}
+
+namespace {
+
+// Records what the store tells its observers, in order.
+struct recorder final : store::observer {
+  std::mutex mu;
+  std::vector<std::string> events;
+  void published(const std::string& d, std::uint64_t size) override {
+    add("published " + d + " " + std::to_string(size));
+  }
+  void evicted(const std::string& d, std::uint64_t size) override { add("evicted " + d + " " + std::to_string(size)); }
+  void invalidated(const std::string& d, std::string_view why) override {
+    add("invalidated " + d + " " + std::string(why));
+  }
+  void add(std::string e) {
+    std::lock_guard lock(mu);
+    events.push_back(std::move(e));
+  }
+};
+
+}  // namespace
+
+TEST_F(store_test, ObserversHearOfEveryBlobPublishedEvictedOrInvalidated) {
+  auto seen = std::make_shared<recorder>();
+  store::store_options o;
+  o.dir = dir_.string();
+  store_ = std::make_unique<store::blob_store>(o, fault_, metrics_);
+  store_->subscribe(seen);
+  store_->open();
+  auto& s = *store_;
+  std::vector<std::string> digests;
+  for (unsigned i = 0; i < 3; ++i) {
+    const auto data = random_bytes(1000 + i, 80 + i);
+    digests.push_back(core::digest_of(data));
+    ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);
+  }
+  s.damaged(digests[0], "scripted");
+  fs::remove(s.blob_path(digests[1]));
+  EXPECT_FALSE(lookup(s, digests[1]));  // indexed, but its file is gone
+  s.evict_to(0);
+  s.flush();
+  const std::vector<std::string> expected = {
+      "published " + digests[0] + " 1000",      "published " + digests[1] + " 1001",
+      "published " + digests[2] + " 1002",      "invalidated " + digests[0] + " damaged",
+      "invalidated " + digests[1] + " missing", "evicted " + digests[2] + " 1002",
+  };
+  EXPECT_EQ(seen->events, expected);
+
+  // A file the index lost is adopted at start-up: published, too.
+  const auto data = random_bytes(500, 90);
+  ASSERT_EQ(fill_with(core::digest_of(data), data), store::fill_failure::none);
+  store_.reset();
+  fs::remove_all(dir_ / "index");
+  store_ = std::make_unique<store::blob_store>(o, fault_, metrics_);
+  auto after = std::make_shared<recorder>();
+  store_->subscribe(after);
+  store_->open();
+  EXPECT_EQ(store_->reconcile(), 1u);
+  EXPECT_EQ(after->events, std::vector<std::string>{"published " + core::digest_of(data) + " 500"});
+}
+
+TEST_F(store_test, TheDurableStepsOfAPublishRunOffTheCallersThread) {
+  auto& s = open();
+  const auto data = random_bytes(4096, 95);
+  const auto digest = core::digest_of(data);
+  bool created = false;
+  auto f = s.join_or_start(digest, "sha256", created);
+  ASSERT_TRUE(f->start(data.size(), "application/octet-stream"));
+  ASSERT_TRUE(f->append(data.data(), data.size()));
+  ASSERT_EQ(f->finish(), store::fill_failure::none);
+  EXPECT_TRUE(f->snapshot().verified) << "readers may have the last byte before the disk work is done";
+  s.flush();
+  ASSERT_TRUE(s.stat(digest));
+  std::lock_guard lock(fault_->mu);
+  ASSERT_EQ(fault_->durable_threads.size(), 3u);  // fsync, rename, directory fsync
+  for (const auto& id : fault_->durable_threads) EXPECT_NE(id, std::this_thread::get_id());
+}
+
+TEST_F(store_test, EvictionFollowsAccessOrderAcrossARestart) {
+  // The LRU order lives in memory; at start-up it is rebuilt from the index's last
+  // accesses, so the oldest blob of the last run goes first.
+  const auto now =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  std::vector<std::string> digests;
+  {
+    open();
+    for (unsigned i = 0; i < 3; ++i) {
+      const auto data = random_bytes(1000, 100 + i);
+      digests.push_back(core::digest_of(data));
+      ASSERT_EQ(fill_with(digests.back(), data), store::fill_failure::none);
+    }
+  }
+  store_.reset();
+  // Last accesses as a previous run left them, in the reverse of the digests' order
+  // (the order the index is read in): the greatest digest is the oldest.
+  std::sort(digests.begin(), digests.end(), std::greater<>());
+  {
+    auto idx = store::index::open((dir_ / "index").string());
+    for (unsigned i = 0; i < 3; ++i) {
+      boost::system::error_code ec;
+      auto e = idx->get(digests[i], ec);
+      ASSERT_TRUE(e);
+      e->last_access = now - 1000 + static_cast<std::int64_t>(i);
+      ASSERT_TRUE(idx->put(digests[i], *e));
+    }
+  }
+  auto& s = open();
+  EXPECT_EQ(s.evict_to(2000), 1000u);
+  EXPECT_FALSE(s.stat(digests[0]));
+  EXPECT_TRUE(s.stat(digests[1]));
+  EXPECT_EQ(s.evict_to(1000), 1000u);
+  EXPECT_FALSE(s.stat(digests[1]));
+  EXPECT_TRUE(s.stat(digests[2]));
+}
+
+TEST_F(store_test, AFollowerOfAPublishedFillIsSparedByEviction) {
+  // A request that joined a fill just before its publish reads the published file
+  // through the fill: it counts as a reader, as a hit does.
+  auto& s = open();
+  const auto data = random_bytes(8192, 110);
+  const auto digest = core::digest_of(data);
+  bool created = false;
+  auto f = s.join_or_start(digest, "sha256", created);
+  ASSERT_TRUE(f->start(data.size(), "application/octet-stream"));
+  boost::system::error_code ec;
+  const int fd = f->open_for_read(ec);
+  ASSERT_FALSE(ec);
+  auto follower = store::fill_body(f, fd, 0, data.size(), std::chrono::seconds(5));
+  ASSERT_TRUE(f->append(data.data(), data.size()));
+  ASSERT_EQ(f->finish(), store::fill_failure::none);
+  f.reset();
+  s.flush();
+  ASSERT_TRUE(s.stat(digest));
+  EXPECT_EQ(s.evict_to(0), 0u) << "the follower is still reading it";
+  EXPECT_TRUE(s.stat(digest));
+  follower.reset();
+  EXPECT_EQ(s.evict_to(0), data.size());
+  EXPECT_FALSE(s.stat(digest));
+}
+
+TEST_F(store_test, AnIndexThatCannotBeReadIsAnErrorNotAMiss) {
+  auto fail_reads = std::make_shared<std::atomic<bool>>(false);
+  store::store_options o;
+  o.dir = dir_.string();
+  store_ = std::make_unique<store::blob_store>(o, fault_, metrics_, berth::testing::faulting_index_opener(fail_reads));
+  store_->open();
+  auto& s = *store_;
+  const auto data = random_bytes(2048, 120);
+  const auto digest = core::digest_of(data);
+  ASSERT_EQ(fill_with(digest, data), store::fill_failure::none);
+
+  *fail_reads = true;
+  boost::system::error_code ec;
+  EXPECT_FALSE(s.lookup(digest, ec));
+  EXPECT_TRUE(ec) << "a read error must not look like a miss";
+  boost::system::error_code stat_ec;
+  EXPECT_FALSE(s.stat(digest, &stat_ec));
+  EXPECT_TRUE(stat_ec);
+  EXPECT_NE(metrics_.serialize().find("berth_cache_index_errors_total 2"), std::string::npos);
+  EXPECT_EQ(s.current_usage().blobs, 1u) << "nothing was dropped";
+
+  *fail_reads = false;
+  auto hit = lookup(s, digest);
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->entry().size, data.size());
 }
