@@ -13,6 +13,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <iterator>
 #include <map>
@@ -112,16 +113,39 @@ struct runtime {
   std::unique_ptr<http::server> pull;
   std::unique_ptr<http::server> admin;
   std::unique_ptr<http::watchdog> watchdog;
+  std::unique_ptr<asio::signal_set> signals;
+  // Held while serving; dropped at the end of the drain so each worker's loop
+  // returns once nothing is left to run.
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::atomic<bool> ready{false};
+  std::atomic<bool> stopping{false};
 };
+
+// How long the workers get, after the drain, to finish what was cut off (sessions
+// closed, fills cancelled); past it they are stopped and the runtime is left to the
+// kernel.
+constexpr std::chrono::seconds k_teardown_limit{5};
+
+// The end of the drain: every connection closed, every upstream connection closed
+// (fills under way fail), nothing new accepted; the workers run dry.
+void stop_everything(runtime& rt) {
+  rt.admin->begin_shutdown();
+  if (rt.watchdog) rt.watchdog->stop();  // the loops stop turning now, on purpose
+  rt.pull->close_all();
+  rt.admin->close_all();
+  for (auto& c : rt.clients) c->shutdown();
+  boost::system::error_code ignored;
+  rt.signals->cancel(ignored);
+  rt.guards.clear();
+  rt.stopping = true;
+  rt.stopping.notify_all();
+}
 
 void drain_then_stop(runtime& rt, std::shared_ptr<asio::steady_timer> timer,
                      std::chrono::steady_clock::time_point deadline) {
   if (rt.pull->open_connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
     log::info("stopped", {{"open_connections", rt.pull->open_connections()}});
-    rt.admin->begin_shutdown();
-    if (rt.watchdog) rt.watchdog->stop();  // the loops stop turning now, on purpose
-    for (auto& w : rt.workers) w->stop();
+    stop_everything(rt);
     return;
   }
   timer->expires_after(std::chrono::milliseconds(50));
@@ -277,8 +301,8 @@ int serve(const std::string& config_path) {
                           {"registries", static_cast<unsigned>(regs.size())},
                           {"config", s.source}});
 
-  asio::signal_set signals(*contexts.front(), SIGTERM, SIGINT);
-  signals.async_wait([&rt = *rt](boost::system::error_code ec, int sig) {
+  rt->signals = std::make_unique<asio::signal_set>(*contexts.front(), SIGTERM, SIGINT);
+  rt->signals->async_wait([&rt = *rt](boost::system::error_code ec, int sig) {
     if (ec) return;
     log::info("shutting_down", {{"signal", sig}, {"open_connections", rt.pull->open_connections()}});
     rt.ready = false;
@@ -288,22 +312,43 @@ int serve(const std::string& config_path) {
     drain_then_stop(rt, std::make_shared<asio::steady_timer>(*rt.workers.front()), deadline);
   });
 
-  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
-  for (auto& w : rt->workers) guards.push_back(asio::make_work_guard(*w));
+  for (auto& w : rt->workers) rt->guards.push_back(asio::make_work_guard(*w));
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&w = *rt->workers[i], i] { run_worker(w, i); });
   if (rt->watchdog) rt->watchdog->start();
+  // Once the drain is over, the workers have k_teardown_limit to run dry.
+  std::promise<void> ran_dry;
+  bool forced = false;
+  std::thread reaper([&rt = *rt, done = ran_dry.get_future(), &forced]() mutable {
+    rt.stopping.wait(false);
+    if (done.wait_for(k_teardown_limit) == std::future_status::ready) return;
+    forced = true;
+    for (auto& w : rt.workers) w->stop();
+  });
   run_worker(*rt->workers.front(), 0);
   for (auto& t : pool) t.join();
+  if (!rt->stopping) {  // a worker's loop ended without a drain (it cannot, but never hang here)
+    rt->stopping = true;
+    rt->stopping.notify_all();
+  }
+  ran_dry.set_value();
+  reaper.join();
   if (rt->watchdog) rt->watchdog->stop();
   if (rt->store) {
     rt->store->join_background();
     rt->store->flush();  // publishes handed to the disk thread before the stop complete
   }
-  // The runtime is deliberately not torn down: connections cut by the drain
-  // deadline still own coroutine frames that point into it, and the process is
-  // exiting anyway. The kernel reclaims everything.
-  (void)rt.release();
+  if (forced) {
+    // Something still ran past the limit (its coroutine frames point into the
+    // runtime): leave it all to the kernel rather than free it under them.
+    log::warn("shutdown_forced", {{"limit_s", static_cast<long long>(k_teardown_limit.count())},
+                                  {"detail", "work was still running; exiting without tearing down"}});
+    (void)rt.release();
+    return 0;
+  }
+  // Nothing is left on any loop: tear everything down, in reverse order of building.
+  rt.reset();
+  log::info("shutdown_complete");
   return 0;
 }
 

@@ -5,7 +5,9 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -31,16 +33,16 @@ struct context {
   context item(std::size_t i) const { return {source, key + "[" + std::to_string(i) + "]"}; }
 };
 
-void check_keys(const YAML::Node& map, const context& ctx, std::initializer_list<const char*> allowed) {
+void check_keys(const YAML::Node& map, const context& ctx, const std::vector<std::string>& allowed) {
   if (!map.IsMap()) ctx.fail(map, "must be a mapping");
   for (const auto& kv : map) {
     if (!kv.first.IsScalar()) ctx.fail(kv.first, "keys must be plain names, not a list or a mapping");
     const auto name = kv.first.as<std::string>();
     bool ok = false;
-    for (const char* a : allowed) ok = ok || name == a;
+    for (const auto& a : allowed) ok = ok || name == a;
     if (!ok) {
       std::string list;
-      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
       ctx.child(name).fail(kv.first, "unknown key (known keys: " + list + ")");
     }
   }
@@ -140,80 +142,6 @@ bool valid_endpoint(const std::string& e) {
 
 void check_readable(const YAML::Node& n, const context& ctx, const std::string& path) {
   if (::access(path.c_str(), R_OK) != 0) ctx.fail(n, "file " + path + " cannot be read");
-}
-
-meta::metadata_options parse_metadata(const YAML::Node& n, const context& ctx) {
-  check_keys(n, ctx,
-             {"redis", "password_file", "key_prefix", "tag_ttl", "tag_ttl_overrides", "max_stale", "negative_ttl",
-              "manifest_ttl", "memory_size", "webhook_secret_file", "secret_file", "timeout", "lock_wait"});
-  meta::metadata_options m;
-  if (n["redis"]) {
-    const auto url = as_string(n["redis"], ctx.child("redis"));
-    std::string why;
-    auto r = meta::parse_redis_url(url, why);
-    if (!r)
-      ctx.child("redis").fail(n["redis"],
-                              "\"" + url + "\" " + why + " (expected redis://[user[:password]@]host:port/db)");
-    m.redis = *r;
-    m.redis_url = "redis://" + (r->username.empty() ? "" : r->username + (r->password.empty() ? "@" : ":***@")) +
-                  (r->host.find(':') != std::string::npos ? "[" + r->host + "]" : r->host) + ":" +
-                  std::to_string(r->port) + "/" + std::to_string(r->db);
-  }
-  if (n["password_file"]) {
-    if (!m.redis) ctx.child("password_file").fail(n["password_file"], "needs metadata.redis");
-    m.password_file = as_string(n["password_file"], ctx.child("password_file"));
-    check_readable(n["password_file"], ctx.child("password_file"), m.password_file);
-    std::string pw;
-    if (!core::read_file(m.password_file, pw) || (pw = core::trim_newlines(pw)).empty())
-      ctx.child("password_file").fail(n["password_file"], "file " + m.password_file + " is empty or unreadable");
-    m.redis->password = pw;
-  }
-  if (n["key_prefix"]) m.key_prefix = as_string(n["key_prefix"], ctx.child("key_prefix"));
-  if (n["tag_ttl"]) m.tag_ttl = as_duration(n["tag_ttl"], ctx.child("tag_ttl"), true);
-  if (auto o = n["tag_ttl_overrides"]) {
-    if (!o.IsSequence()) ctx.child("tag_ttl_overrides").fail(o, "must be a list of {pattern, ttl}");
-    for (std::size_t i = 0; i < o.size(); ++i) {
-      const auto c = ctx.child("tag_ttl_overrides").item(i);
-      check_keys(o[i], c, {"pattern", "ttl"});
-      if (!o[i]["pattern"] || !o[i]["ttl"]) c.fail(o[i], "needs both pattern and ttl");
-      meta::ttl_override t;
-      t.pattern = as_string(o[i]["pattern"], c.child("pattern"));
-      if (t.pattern.empty()) c.child("pattern").fail(o[i]["pattern"], "must not be empty");
-      t.ttl = as_duration(o[i]["ttl"], c.child("ttl"), true);
-      m.tag_ttl_overrides.push_back(t);
-    }
-  }
-  if (n["max_stale"]) m.max_stale = as_duration(n["max_stale"], ctx.child("max_stale"), true);
-  if (n["negative_ttl"]) m.negative_ttl = as_duration(n["negative_ttl"], ctx.child("negative_ttl"), true);
-  if (n["manifest_ttl"]) m.manifest_ttl = as_duration(n["manifest_ttl"], ctx.child("manifest_ttl"));
-  if (n["lock_wait"]) m.lock_wait = as_duration(n["lock_wait"], ctx.child("lock_wait"), true);
-  if (n["memory_size"]) {
-    const auto text = as_string(n["memory_size"], ctx.child("memory_size"));
-    std::uint64_t bytes = 0;
-    double fraction = 0;
-    if (!parse_size(text, bytes, fraction) || fraction > 0 || bytes < (1 << 20))
-      ctx.child("memory_size")
-          .fail(n["memory_size"], "must be a size of at least 1MiB such as 64MiB, not \"" + text + "\"");
-    m.memory_bytes = bytes;
-  }
-  if (n["webhook_secret_file"]) {
-    m.webhook_secret_file = as_string(n["webhook_secret_file"], ctx.child("webhook_secret_file"));
-    if (m.webhook_secret_file.empty() || m.webhook_secret_file.front() != '/')
-      ctx.child("webhook_secret_file").fail(n["webhook_secret_file"], "must be an absolute path");
-  }
-  if (n["secret_file"]) {
-    const auto c = ctx.child("secret_file");
-    if (!m.redis) c.fail(n["secret_file"], "needs metadata.redis (it signs what nodes share there)");
-    m.secret_file = as_string(n["secret_file"], c);
-    check_readable(n["secret_file"], c, m.secret_file);
-    if (!core::read_file(m.secret_file, m.secret) || (m.secret = core::trim_newlines(m.secret)).size() < 16)
-      c.fail(n["secret_file"], "file " + m.secret_file + " must hold a secret of at least 16 characters");
-  }
-  if (n["timeout"]) {
-    const auto t = as_duration(n["timeout"], ctx.child("timeout"));
-    if (m.redis) m.redis->command_timeout = t;  // without a backend there is nothing to time out
-  }
-  return m;
 }
 
 upstream::registry_options parse_registry(const YAML::Node& n, const context& ctx) {
@@ -369,6 +297,373 @@ settings parse(std::string_view yaml, const std::string& source, const env_looku
 }
 
 namespace {
+
+std::string show_ms(std::chrono::milliseconds d) {
+  const auto n = d.count();
+  if (n != 0 && n % 3600000 == 0) return std::to_string(n / 3600000) + "h";
+  if (n != 0 && n % 60000 == 0) return std::to_string(n / 60000) + "m";
+  if (n % 1000 == 0) return std::to_string(n / 1000) + "s";
+  return std::to_string(n) + "ms";
+}
+
+// One row per configuration key: where it sits, how it is read, how it is shown.
+// Parsing, the list of known keys in every error message and render() all walk this
+// table, so a key cannot be parsed but not shown, nor shown with another default.
+struct key_row {
+  std::string section;  // "" (top level), "clients", "upstream", "cache" or "metadata"
+  std::string name;
+  std::function<void(const YAML::Node&, const context&, settings&)> parse;
+  // Writes "name: value"; writes nothing for a key that does not apply (an unset file).
+  std::function<void(YAML::Emitter&, const settings&)> render;
+};
+
+// The field a row reads and shows. A getter, not a pointer to member: the fields sit
+// in different structs (and the cache's in an optional, engaged when its section is there).
+template <class T>
+using field_of = T& (*)(settings&);
+
+template <class T>
+T& field(field_of<T> get, const settings& s) {
+  return get(const_cast<settings&>(s));
+}
+
+void emit(YAML::Emitter& out, const std::string& name, const std::string& value) {
+  out << YAML::Key << name << YAML::Value << value;
+}
+
+key_row duration_row(std::string section, std::string name, field_of<std::chrono::milliseconds> get,
+                     bool zero_ok = false) {
+  return {section, name,
+          [get, zero_ok](const YAML::Node& n, const context& c, settings& s) { get(s) = as_duration(n, c, zero_ok); },
+          [get, name](YAML::Emitter& out, const settings& s) { emit(out, name, show_ms(field(get, s))); }};
+}
+
+template <class T>
+key_row count_row(std::string section, std::string name, field_of<T> get, unsigned long min, unsigned long max) {
+  return {section, name,
+          [get, min, max](const YAML::Node& n, const context& c, settings& s) {
+            get(s) = static_cast<T>(as_count(n, c, min, max));
+          },
+          [get, name](YAML::Emitter& out, const settings& s) { emit(out, name, std::to_string(field(get, s))); }};
+}
+
+key_row bool_row(std::string section, std::string name, field_of<bool> get) {
+  return {
+      section, name, [get](const YAML::Node& n, const context& c, settings& s) { get(s) = as_bool(n, c); },
+      [get, name](YAML::Emitter& out, const settings& s) { out << YAML::Key << name << YAML::Value << field(get, s); }};
+}
+
+key_row listen_row(std::string name, field_of<std::string> get, std::string example) {
+  return {"", name,
+          [get, example](const YAML::Node& n, const context& c, settings& s) {
+            get(s) = as_string(n, c);
+            if (!valid_listen(get(s))) c.fail(n, "must be IP:port such as " + example);
+          },
+          [get, name](YAML::Emitter& out, const settings& s) { emit(out, name, field(get, s)); }};
+}
+
+void render_registries(YAML::Emitter& out, const settings& s) {
+  out << YAML::Key << "registries" << YAML::Value << YAML::BeginSeq;
+  for (const auto& r : s.registries) {
+    out << YAML::BeginMap;
+    out << YAML::Key << "names" << YAML::Value << YAML::Flow << r.names;
+    out << YAML::Key << "endpoint" << YAML::Value << r.endpoint;
+    // Only file names: the secrets in them are never printed.
+    if (!r.credentials.docker_config_file.empty())
+      out << YAML::Key << "credentials" << YAML::Value << r.credentials.docker_config_file;
+    if (!r.credentials.username_file.empty())
+      out << YAML::Key << "username_file" << YAML::Value << r.credentials.username_file;
+    if (!r.credentials.password_file.empty())
+      out << YAML::Key << "password_file" << YAML::Value << r.credentials.password_file;
+    if (!r.repositories.empty()) {
+      // Quoted: a pattern starting with '*' would otherwise read back as a YAML alias.
+      out << YAML::Key << "repositories" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+      for (const auto& p : r.repositories) out << YAML::DoubleQuoted << p;
+      out << YAML::EndSeq;
+    }
+    if (!r.ca_file.empty()) out << YAML::Key << "ca_file" << YAML::Value << r.ca_file;
+    if (!r.realm_hosts.empty()) out << YAML::Key << "realm_hosts" << YAML::Value << YAML::Flow << r.realm_hosts;
+    if (!r.redirect_hosts.empty())
+      out << YAML::Key << "redirect_hosts" << YAML::Value << YAML::Flow << r.redirect_hosts;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+}
+
+// Every key Berth reads, in the order it is read and shown.
+const std::vector<key_row>& key_table() {
+  static const std::vector<key_row> rows = [] {
+    std::vector<key_row> t;
+    // --- top level
+    t.push_back(listen_row(
+        "listen", [](settings& s) -> std::string& { return s.server.listen; }, "127.0.0.1:5050"));
+    t.push_back(listen_row(
+        "admin_listen", [](settings& s) -> std::string& { return s.server.admin_listen; }, "127.0.0.1:9095"));
+    t.push_back(count_row<unsigned>(
+        "", "threads", [](settings& s) -> unsigned& { return s.server.threads; }, 0, 256));
+    t.push_back({"", "log_level",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   if (!log::parse_level(as_string(n, c), s.log_level)) c.fail(n, "must be debug, info, warn or error");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   emit(out, "log_level", std::string(log::level_name(s.log_level)));
+                 }});
+    t.push_back(bool_row("", "access_log", [](settings& s) -> bool& { return s.server.access_log; }));
+    t.push_back(duration_row("", "shutdown_timeout",
+                             [](settings& s) -> std::chrono::milliseconds& { return s.server.shutdown_timeout; }));
+    t.push_back({"", "watchdog_timeout",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   s.server.watchdog_timeout = as_duration(n, c, true);
+                   if (s.server.watchdog_timeout.count() > 0 &&
+                       s.server.watchdog_timeout < std::chrono::milliseconds(500))
+                     c.fail(n, "must be 0s (off) or at least 500ms");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   emit(out, "watchdog_timeout", show_ms(s.server.watchdog_timeout));
+                 }});
+    t.push_back({"", "registries",
+                 [](const YAML::Node& regs, const context& c, settings& s) {
+                   if (!regs.IsSequence() || regs.size() == 0) c.fail(regs, "must be a non-empty list of registries");
+                   std::set<std::string> seen;
+                   for (std::size_t i = 0; i < regs.size(); ++i) {
+                     const auto ctx = c.item(i);
+                     s.registries.push_back(parse_registry(regs[i], ctx));
+                     for (const auto& n : s.registries.back().names) {
+                       if (!seen.insert(upstream::normalize_registry_host(n)).second)
+                         ctx.child("names").fail(regs[i]["names"], "\"" + n + "\" is already used by another registry");
+                     }
+                   }
+                 },
+                 render_registries});
+    t.push_back({"", "default_registry",
+                 [](const YAML::Node& n, const context& c, settings& s) { s.default_registry = as_string(n, c); },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.default_registry.empty()) emit(out, "default_registry", s.default_registry);
+                 }});
+    // --- clients: the connections containerd opens to Berth
+    using ms = std::chrono::milliseconds;
+    t.push_back(duration_row("clients", "idle_timeout", [](settings& s) -> ms& { return s.server.idle_timeout; }));
+    t.push_back(duration_row("clients", "write_timeout", [](settings& s) -> ms& { return s.server.write_timeout; }));
+    t.push_back(count_row<std::size_t>(
+        "clients", "max_header_bytes", [](settings& s) -> std::size_t& { return s.server.max_header_bytes; }, 1024,
+        1 << 20));
+    t.push_back(count_row<std::size_t>(
+        "clients", "max_connections", [](settings& s) -> std::size_t& { return s.server.max_connections; }, 0,
+        1 << 20));
+    t.push_back(count_row<std::size_t>(
+        "clients", "admin_max_connections", [](settings& s) -> std::size_t& { return s.server.admin_max_connections; },
+        0, 1 << 20));
+    // --- upstream: Berth's connections to the registries
+    t.push_back(
+        duration_row("upstream", "connect_timeout", [](settings& s) -> ms& { return s.upstream.connect_timeout; }));
+    t.push_back(
+        duration_row("upstream", "response_timeout", [](settings& s) -> ms& { return s.upstream.response_timeout; }));
+    t.push_back(duration_row("upstream", "read_timeout", [](settings& s) -> ms& { return s.upstream.read_timeout; }));
+    t.push_back(duration_row("upstream", "idle_timeout", [](settings& s) -> ms& { return s.upstream.idle_timeout; }));
+    t.push_back(
+        duration_row("upstream", "pool_wait_timeout", [](settings& s) -> ms& { return s.upstream.pool_wait_timeout; }));
+    t.push_back(count_row<std::size_t>(
+        "upstream", "max_connections_per_host",
+        [](settings& s) -> std::size_t& { return s.upstream.max_connections_per_host; }, 1, 10000));
+    t.push_back(count_row<std::size_t>(
+        "upstream", "max_idle_per_host", [](settings& s) -> std::size_t& { return s.upstream.max_idle_per_host; }, 0,
+        10000));
+    t.push_back(count_row<std::size_t>(
+        "upstream", "max_redirects", [](settings& s) -> std::size_t& { return s.upstream.max_redirects; }, 0, 20));
+    t.push_back({"upstream", "min_rate",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   const auto text = as_string(n, c);
+                   std::uint64_t bytes = 0;
+                   double fraction = 0;
+                   if (text != "0" && (!parse_size(text, bytes, fraction) || fraction > 0))
+                     c.fail(n, "must be bytes per second such as 32KiB (0 for no floor), not \"" + text + "\"");
+                   s.upstream.min_rate = bytes;
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   emit(out, "min_rate", std::to_string(s.upstream.min_rate));  // bytes per second
+                 }});
+    t.push_back(
+        duration_row("upstream", "min_rate_period", [](settings& s) -> ms& { return s.upstream.min_rate_period; }));
+    // --- cache: the node-local blob cache (the section's presence turns it on)
+    t.push_back({"cache", "dir",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   auto& dir = s.cache->dir;
+                   dir = as_string(n, c);
+                   if (dir.empty() || dir.front() != '/') c.fail(n, "must be an absolute path");
+                   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+                 },
+                 [](YAML::Emitter& out, const settings& s) { emit(out, "dir", s.cache->dir); }});
+    t.push_back({"cache", "max_size",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   const auto text = as_string(n, c);
+                   if (!parse_size(text, s.cache->max_bytes, s.cache->max_fraction))
+                     c.fail(n, "must be a size such as 50GiB, 500MB or a percentage such as 80%, not \"" + text + "\"");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   emit(out, "max_size",
+                        s.cache->max_bytes > 0
+                            ? std::to_string(s.cache->max_bytes)
+                            : std::to_string(static_cast<int>(s.cache->max_fraction * 100 + 0.5)) + "%");
+                 }});
+    t.push_back({"cache", "low_watermark",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   const auto text = as_string(n, c);
+                   try {
+                     std::size_t used = 0;
+                     s.cache->low_watermark = std::stod(text, &used);
+                     if (used != text.size()) throw std::invalid_argument(text);
+                   } catch (const std::exception&) {
+                     c.fail(n, "must be a number between 0 and 1");
+                   }
+                   if (!(s.cache->low_watermark > 0 && s.cache->low_watermark < 1))
+                     c.fail(n, "must be between 0 and 1 (exclusive)");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   char watermark[32];
+                   std::snprintf(watermark, sizeof watermark, "%g", s.cache->low_watermark);
+                   emit(out, "low_watermark", watermark);
+                 }});
+    t.push_back(duration_row("cache", "fill_stall_timeout", [](settings& s) -> ms& { return s.cache->reader_stall; }));
+    t.push_back(duration_row(
+        "cache", "authorization_ttl", [](settings& s) -> ms& { return s.cache->authorization_ttl; }, true));
+    t.push_back(bool_row("cache", "zero_copy", [](settings& s) -> bool& { return s.server.zero_copy; }));
+    // --- metadata: manifest answers, node-local or shared through Redis/Dragonfly
+    t.push_back({"metadata", "redis",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   auto& m = s.metadata;
+                   const auto url = as_string(n, c);
+                   std::string why;
+                   auto r = meta::parse_redis_url(url, why);
+                   if (!r) c.fail(n, "\"" + url + "\" " + why + " (expected redis://[user[:password]@]host:port/db)");
+                   m.redis = *r;
+                   m.redis_url = "redis://" +
+                                 (r->username.empty() ? "" : r->username + (r->password.empty() ? "@" : ":***@")) +
+                                 (r->host.find(':') != std::string::npos ? "[" + r->host + "]" : r->host) + ":" +
+                                 std::to_string(r->port) + "/" + std::to_string(r->db);
+                 },
+                 // The URL as parsed, with any password masked.
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (s.metadata.redis) emit(out, "redis", s.metadata.redis_url);
+                 }});
+    t.push_back({"metadata", "password_file",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   auto& m = s.metadata;
+                   if (!m.redis) c.fail(n, "needs metadata.redis");
+                   m.password_file = as_string(n, c);
+                   check_readable(n, c, m.password_file);
+                   std::string pw;
+                   if (!core::read_file(m.password_file, pw) || (pw = core::trim_newlines(pw)).empty())
+                     c.fail(n, "file " + m.password_file + " is empty or unreadable");
+                   m.redis->password = pw;
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.metadata.password_file.empty()) emit(out, "password_file", s.metadata.password_file);
+                 }});
+    t.push_back({"metadata", "key_prefix",
+                 [](const YAML::Node& n, const context& c, settings& s) { s.metadata.key_prefix = as_string(n, c); },
+                 [](YAML::Emitter& out, const settings& s) {
+                   out << YAML::Key << "key_prefix" << YAML::Value << YAML::DoubleQuoted << s.metadata.key_prefix;
+                 }});
+    t.push_back(duration_row(
+        "metadata", "tag_ttl", [](settings& s) -> ms& { return s.metadata.tag_ttl; }, true));
+    t.push_back({"metadata", "tag_ttl_overrides",
+                 [](const YAML::Node& o, const context& ctx, settings& s) {
+                   if (!o.IsSequence()) ctx.fail(o, "must be a list of {pattern, ttl}");
+                   for (std::size_t i = 0; i < o.size(); ++i) {
+                     const auto c = ctx.item(i);
+                     check_keys(o[i], c, {"pattern", "ttl"});
+                     if (!o[i]["pattern"] || !o[i]["ttl"]) c.fail(o[i], "needs both pattern and ttl");
+                     meta::ttl_override t;
+                     t.pattern = as_string(o[i]["pattern"], c.child("pattern"));
+                     if (t.pattern.empty()) c.child("pattern").fail(o[i]["pattern"], "must not be empty");
+                     t.ttl = as_duration(o[i]["ttl"], c.child("ttl"), true);
+                     s.metadata.tag_ttl_overrides.push_back(t);
+                   }
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (s.metadata.tag_ttl_overrides.empty()) return;
+                   out << YAML::Key << "tag_ttl_overrides" << YAML::Value << YAML::BeginSeq;
+                   for (const auto& o : s.metadata.tag_ttl_overrides) {
+                     out << YAML::Flow << YAML::BeginMap << YAML::Key << "pattern" << YAML::Value << YAML::DoubleQuoted
+                         << o.pattern << YAML::Key << "ttl" << YAML::Value << show_ms(o.ttl) << YAML::EndMap;
+                   }
+                   out << YAML::EndSeq;
+                 }});
+    t.push_back(duration_row(
+        "metadata", "max_stale", [](settings& s) -> ms& { return s.metadata.max_stale; }, true));
+    t.push_back(duration_row(
+        "metadata", "negative_ttl", [](settings& s) -> ms& { return s.metadata.negative_ttl; }, true));
+    t.push_back(duration_row("metadata", "manifest_ttl", [](settings& s) -> ms& { return s.metadata.manifest_ttl; }));
+    t.push_back(duration_row(
+        "metadata", "lock_wait", [](settings& s) -> ms& { return s.metadata.lock_wait; }, true));
+    t.push_back({"metadata", "memory_size",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   const auto text = as_string(n, c);
+                   std::uint64_t bytes = 0;
+                   double fraction = 0;
+                   if (!parse_size(text, bytes, fraction) || fraction > 0 || bytes < (1 << 20))
+                     c.fail(n, "must be a size of at least 1MiB such as 64MiB, not \"" + text + "\"");
+                   s.metadata.memory_bytes = bytes;
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   const auto bytes = s.metadata.memory_bytes;
+                   emit(out, "memory_size",
+                        bytes % (1 << 20) == 0 ? std::to_string(bytes >> 20) + "MiB" : std::to_string(bytes));
+                 }});
+    t.push_back({"metadata", "webhook_secret_file",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   auto& f = s.metadata.webhook_secret_file;
+                   f = as_string(n, c);
+                   if (f.empty() || f.front() != '/') c.fail(n, "must be an absolute path");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.metadata.webhook_secret_file.empty())
+                     emit(out, "webhook_secret_file", s.metadata.webhook_secret_file);
+                 }});
+    t.push_back({"metadata", "secret_file",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   auto& m = s.metadata;
+                   if (!m.redis) c.fail(n, "needs metadata.redis (it signs what nodes share there)");
+                   m.secret_file = as_string(n, c);
+                   check_readable(n, c, m.secret_file);
+                   if (!core::read_file(m.secret_file, m.secret) ||
+                       (m.secret = core::trim_newlines(m.secret)).size() < 16)
+                     c.fail(n, "file " + m.secret_file + " must hold a secret of at least 16 characters");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.metadata.secret_file.empty()) emit(out, "secret_file", s.metadata.secret_file);
+                 }});
+    t.push_back({"metadata", "timeout",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   s.metadata.timeout = as_duration(n, c);
+                   if (s.metadata.redis) s.metadata.redis->command_timeout = s.metadata.timeout;
+                 },
+                 [](YAML::Emitter& out, const settings& s) { emit(out, "timeout", show_ms(s.metadata.timeout)); }});
+    return t;
+  }();
+  return rows;
+}
+
+const std::vector<std::string> k_sections = {"clients", "upstream", "cache", "metadata"};
+
+// The names of a section's keys, for check_keys and its error message.
+std::vector<std::string> names_in(const std::string& section) {
+  std::vector<std::string> names;
+  for (const auto& row : key_table()) {
+    if (row.section == section) names.push_back(row.name);
+  }
+  if (section.empty()) names.insert(names.end(), k_sections.begin(), k_sections.end());
+  return names;
+}
+
+void parse_section(const YAML::Node& map, const context& ctx, const std::string& section, settings& s) {
+  check_keys(map, ctx, names_in(section));
+  for (const auto& row : key_table()) {
+    if (row.section != section) continue;
+    if (const auto v = map[row.name]) row.parse(v, ctx.child(row.name), s);
+  }
+}
+
 settings parse_document(std::string_view yaml, const std::string& source, const env_lookup& env) {
   YAML::Node root;
   try {
@@ -379,136 +674,35 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
   }
   const context top{source, ""};
   if (!root.IsDefined() || root.IsNull()) throw config_error(source + ": the file is empty");
-  check_keys(root, top,
-             {"listen", "admin_listen", "threads", "log_level", "access_log", "shutdown_timeout", "registries",
-              "default_registry", "upstream", "clients", "cache", "metadata", "watchdog_timeout"});
   settings s;
   s.source = source;
-  if (root["listen"]) {
-    s.server.listen = as_string(root["listen"], top.child("listen"));
-    if (!valid_listen(s.server.listen))
-      top.child("listen").fail(root["listen"], "must be IP:port such as 127.0.0.1:5050");
-  }
-  if (root["admin_listen"]) {
-    s.server.admin_listen = as_string(root["admin_listen"], top.child("admin_listen"));
-    if (!valid_listen(s.server.admin_listen))
-      top.child("admin_listen").fail(root["admin_listen"], "must be IP:port such as 127.0.0.1:9095");
-  }
-  if (root["threads"])
-    s.server.threads = static_cast<unsigned>(as_count(root["threads"], top.child("threads"), 0, 256));
-  if (root["log_level"]) {
-    const auto l = as_string(root["log_level"], top.child("log_level"));
-    if (!log::parse_level(l, s.log_level))
-      top.child("log_level").fail(root["log_level"], "must be debug, info, warn or error");
-  }
-  if (root["access_log"]) s.server.access_log = as_bool(root["access_log"], top.child("access_log"));
-  if (root["shutdown_timeout"])
-    s.server.shutdown_timeout = as_duration(root["shutdown_timeout"], top.child("shutdown_timeout"));
-  if (root["watchdog_timeout"]) {
-    s.server.watchdog_timeout = as_duration(root["watchdog_timeout"], top.child("watchdog_timeout"), true);
-    if (s.server.watchdog_timeout.count() > 0 && s.server.watchdog_timeout < std::chrono::milliseconds(500))
-      top.child("watchdog_timeout").fail(root["watchdog_timeout"], "must be 0s (off) or at least 500ms");
-  }
-  if (auto c = root["clients"]) {
-    const auto ctx = top.child("clients");
-    check_keys(c, ctx,
-               {"idle_timeout", "write_timeout", "max_header_bytes", "max_connections", "admin_max_connections"});
-    if (c["idle_timeout"]) s.server.idle_timeout = as_duration(c["idle_timeout"], ctx.child("idle_timeout"));
-    if (c["write_timeout"]) s.server.write_timeout = as_duration(c["write_timeout"], ctx.child("write_timeout"));
-    if (c["max_header_bytes"])
-      s.server.max_header_bytes = as_count(c["max_header_bytes"], ctx.child("max_header_bytes"), 1024, 1 << 20);
-    if (c["max_connections"])
-      s.server.max_connections = as_count(c["max_connections"], ctx.child("max_connections"), 0, 1 << 20);
-    if (c["admin_max_connections"])
-      s.server.admin_max_connections =
-          as_count(c["admin_max_connections"], ctx.child("admin_max_connections"), 0, 1 << 20);
-  }
-  if (auto u = root["upstream"]) {
-    const auto ctx = top.child("upstream");
-    check_keys(u, ctx,
-               {"connect_timeout", "response_timeout", "read_timeout", "idle_timeout", "pool_wait_timeout",
-                "max_connections_per_host", "max_idle_per_host", "max_redirects", "min_rate", "min_rate_period"});
-    auto& p = s.upstream;
-    if (u["connect_timeout"]) p.connect_timeout = as_duration(u["connect_timeout"], ctx.child("connect_timeout"));
-    if (u["response_timeout"]) p.response_timeout = as_duration(u["response_timeout"], ctx.child("response_timeout"));
-    if (u["read_timeout"]) p.read_timeout = as_duration(u["read_timeout"], ctx.child("read_timeout"));
-    if (u["idle_timeout"]) p.idle_timeout = as_duration(u["idle_timeout"], ctx.child("idle_timeout"));
-    if (u["pool_wait_timeout"])
-      p.pool_wait_timeout = as_duration(u["pool_wait_timeout"], ctx.child("pool_wait_timeout"));
-    if (u["max_connections_per_host"])
-      p.max_connections_per_host =
-          as_count(u["max_connections_per_host"], ctx.child("max_connections_per_host"), 1, 10000);
-    if (u["max_idle_per_host"])
-      p.max_idle_per_host = as_count(u["max_idle_per_host"], ctx.child("max_idle_per_host"), 0, 10000);
-    if (u["max_redirects"]) p.max_redirects = as_count(u["max_redirects"], ctx.child("max_redirects"), 0, 20);
-    if (u["min_rate"]) {
-      const auto text = as_string(u["min_rate"], ctx.child("min_rate"));
-      std::uint64_t bytes = 0;
-      double fraction = 0;
-      if (text != "0" && (!parse_size(text, bytes, fraction) || fraction > 0))
-        ctx.child("min_rate")
-            .fail(u["min_rate"], "must be bytes per second such as 32KiB (0 for no floor), not \"" + text + "\"");
-      p.min_rate = bytes;
+  if (!root.IsMap()) top.fail(root, "must be a mapping");
+  if (!root["registries"]) throw config_error(source + ": registries: is required (at least one upstream registry)");
+  parse_section(root, top, "", s);
+  for (const auto& section : k_sections) {
+    const auto node = root[section];
+    if (!node) continue;
+    if (section == "cache") {
+      s.cache.emplace();
+      s.cache->max_fraction = 0.8;  // max_size's default
+      if (node.IsMap() && !node["dir"])
+        top.child("cache").fail(node, "dir is required (where blobs, temp files and the index live)");
     }
-    if (u["min_rate_period"]) p.min_rate_period = as_duration(u["min_rate_period"], ctx.child("min_rate_period"));
+    parse_section(node, top.child(section), section, s);
   }
-  if (auto c = root["cache"]) {
-    const auto ctx = top.child("cache");
-    check_keys(c, ctx, {"dir", "max_size", "low_watermark", "fill_stall_timeout", "authorization_ttl", "zero_copy"});
-    if (c["zero_copy"]) s.server.zero_copy = as_bool(c["zero_copy"], ctx.child("zero_copy"));
-    store::store_options o;
-    if (!c["dir"]) ctx.fail(c, "dir is required (where blobs, temp files and the index live)");
-    o.dir = as_string(c["dir"], ctx.child("dir"));
-    if (o.dir.empty() || o.dir.front() != '/') ctx.child("dir").fail(c["dir"], "must be an absolute path");
-    while (o.dir.size() > 1 && o.dir.back() == '/') o.dir.pop_back();
-    if (c["max_size"]) {
-      const auto text = as_string(c["max_size"], ctx.child("max_size"));
-      if (!parse_size(text, o.max_bytes, o.max_fraction)) {
-        ctx.child("max_size")
-            .fail(c["max_size"],
-                  "must be a size such as 50GiB, 500MB or a percentage such as 80%, not \"" + text + "\"");
-      }
-    } else {
-      o.max_fraction = 0.8;
-    }
-    if (c["low_watermark"]) {
-      const auto text = as_string(c["low_watermark"], ctx.child("low_watermark"));
-      try {
-        std::size_t used = 0;
-        o.low_watermark = std::stod(text, &used);
-        if (used != text.size()) throw std::invalid_argument(text);
-      } catch (const std::exception&) {
-        ctx.child("low_watermark").fail(c["low_watermark"], "must be a number between 0 and 1");
-      }
-      if (!(o.low_watermark > 0 && o.low_watermark < 1))
-        ctx.child("low_watermark").fail(c["low_watermark"], "must be between 0 and 1 (exclusive)");
-    }
-    if (c["fill_stall_timeout"]) o.reader_stall = as_duration(c["fill_stall_timeout"], ctx.child("fill_stall_timeout"));
-    if (c["authorization_ttl"])
-      o.authorization_ttl = as_duration(c["authorization_ttl"], ctx.child("authorization_ttl"), true);
-    s.cache = o;
-  }
-  if (auto m = root["metadata"]) s.metadata = parse_metadata(m, top.child("metadata"));
-  const auto regs = root["registries"];
-  if (!regs) throw config_error(source + ": registries: is required (at least one upstream registry)");
-  if (!regs.IsSequence() || regs.size() == 0)
-    top.child("registries").fail(regs, "must be a non-empty list of registries");
-  std::set<std::string> seen;
-  for (std::size_t i = 0; i < regs.size(); ++i) {
-    const auto ctx = top.child("registries").item(i);
-    s.registries.push_back(parse_registry(regs[i], ctx));
-    for (const auto& n : s.registries.back().names) {
-      if (!seen.insert(upstream::normalize_registry_host(n)).second)
-        ctx.child("names").fail(regs[i]["names"], "\"" + n + "\" is already used by another registry");
-    }
-  }
-  if (root["default_registry"]) s.default_registry = as_string(root["default_registry"], top.child("default_registry"));
 
   apply_env(s, env);
 
-  if (!s.default_registry.empty() && !seen.contains(upstream::normalize_registry_host(s.default_registry))) {
-    const YAML::Node where = root["default_registry"] ? root["default_registry"] : root;
-    top.child("default_registry").fail(where, "\"" + s.default_registry + "\" is not one of the registries' names");
+  if (!s.default_registry.empty()) {
+    bool known = false;
+    for (const auto& r : s.registries) {
+      for (const auto& n : r.names)
+        known = known || upstream::normalize_registry_host(n) == upstream::normalize_registry_host(s.default_registry);
+    }
+    if (!known) {
+      const YAML::Node where = root["default_registry"] ? root["default_registry"] : root;
+      top.child("default_registry").fail(where, "\"" + s.default_registry + "\" is not one of the registries' names");
+    }
   }
   if (s.server.listen == s.server.admin_listen && !s.server.listen.ends_with(":0")) {
     top.child("admin_listen")
@@ -575,108 +769,26 @@ settings load_file(const std::string& path, const env_lookup& env) {
 
 std::string render(const settings& s) {
   YAML::Emitter out;
-  auto ms = [](std::chrono::milliseconds d) {
-    const auto n = d.count();
-    if (n != 0 && n % 3600000 == 0) return std::to_string(n / 3600000) + "h";
-    if (n != 0 && n % 60000 == 0) return std::to_string(n / 60000) + "m";
-    if (n % 1000 == 0) return std::to_string(n / 1000) + "s";
-    return std::to_string(n) + "ms";
-  };
   out << YAML::BeginMap;
-  out << YAML::Key << "listen" << YAML::Value << s.server.listen;
-  out << YAML::Key << "admin_listen" << YAML::Value << s.server.admin_listen;
-  out << YAML::Key << "threads" << YAML::Value << s.server.threads;
-  out << YAML::Key << "log_level" << YAML::Value << std::string(log::level_name(s.log_level));
-  out << YAML::Key << "access_log" << YAML::Value << s.server.access_log;
-  out << YAML::Key << "shutdown_timeout" << YAML::Value << ms(s.server.shutdown_timeout);
-  out << YAML::Key << "watchdog_timeout" << YAML::Value << ms(s.server.watchdog_timeout);
-  out << YAML::Key << "clients" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "idle_timeout" << YAML::Value << ms(s.server.idle_timeout);
-  out << YAML::Key << "write_timeout" << YAML::Value << ms(s.server.write_timeout);
-  out << YAML::Key << "max_header_bytes" << YAML::Value << s.server.max_header_bytes;
-  out << YAML::Key << "max_connections" << YAML::Value << s.server.max_connections;
-  out << YAML::Key << "admin_max_connections" << YAML::Value << s.server.admin_max_connections;
-  out << YAML::EndMap;
-  out << YAML::Key << "upstream" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "connect_timeout" << YAML::Value << ms(s.upstream.connect_timeout);
-  out << YAML::Key << "response_timeout" << YAML::Value << ms(s.upstream.response_timeout);
-  out << YAML::Key << "read_timeout" << YAML::Value << ms(s.upstream.read_timeout);
-  out << YAML::Key << "idle_timeout" << YAML::Value << ms(s.upstream.idle_timeout);
-  out << YAML::Key << "pool_wait_timeout" << YAML::Value << ms(s.upstream.pool_wait_timeout);
-  out << YAML::Key << "max_connections_per_host" << YAML::Value << s.upstream.max_connections_per_host;
-  out << YAML::Key << "max_idle_per_host" << YAML::Value << s.upstream.max_idle_per_host;
-  out << YAML::Key << "max_redirects" << YAML::Value << s.upstream.max_redirects;
-  out << YAML::Key << "min_rate" << YAML::Value << s.upstream.min_rate;
-  out << YAML::Key << "min_rate_period" << YAML::Value << ms(s.upstream.min_rate_period);
-  out << YAML::EndMap;
-  out << YAML::Key << "registries" << YAML::Value << YAML::BeginSeq;
-  for (const auto& r : s.registries) {
-    out << YAML::BeginMap;
-    out << YAML::Key << "names" << YAML::Value << YAML::Flow << r.names;
-    out << YAML::Key << "endpoint" << YAML::Value << r.endpoint;
-    // Only file names: the secrets in them are never printed.
-    if (!r.credentials.docker_config_file.empty())
-      out << YAML::Key << "credentials" << YAML::Value << r.credentials.docker_config_file;
-    if (!r.credentials.username_file.empty())
-      out << YAML::Key << "username_file" << YAML::Value << r.credentials.username_file;
-    if (!r.credentials.password_file.empty())
-      out << YAML::Key << "password_file" << YAML::Value << r.credentials.password_file;
-    if (!r.repositories.empty()) {
-      // Quoted: a pattern starting with '*' would otherwise read back as a YAML alias.
-      out << YAML::Key << "repositories" << YAML::Value << YAML::Flow << YAML::BeginSeq;
-      for (const auto& p : r.repositories) out << YAML::DoubleQuoted << p;
-      out << YAML::EndSeq;
+  for (const auto& row : key_table()) {
+    if (row.section.empty()) row.render(out, s);
+  }
+  for (const auto& section : k_sections) {
+    if (section == "cache" && !s.cache) continue;
+    out << YAML::Key << section << YAML::Value << YAML::BeginMap;
+    for (const auto& row : key_table()) {
+      if (row.section == section) row.render(out, s);
     }
-    if (!r.ca_file.empty()) out << YAML::Key << "ca_file" << YAML::Value << r.ca_file;
-    if (!r.realm_hosts.empty()) out << YAML::Key << "realm_hosts" << YAML::Value << YAML::Flow << r.realm_hosts;
-    if (!r.redirect_hosts.empty())
-      out << YAML::Key << "redirect_hosts" << YAML::Value << YAML::Flow << r.redirect_hosts;
     out << YAML::EndMap;
   }
-  out << YAML::EndSeq;
-  if (!s.default_registry.empty()) out << YAML::Key << "default_registry" << YAML::Value << s.default_registry;
-  if (s.cache) {
-    out << YAML::Key << "cache" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "dir" << YAML::Value << s.cache->dir;
-    out << YAML::Key << "max_size" << YAML::Value
-        << (s.cache->max_bytes > 0 ? std::to_string(s.cache->max_bytes)
-                                   : std::to_string(static_cast<int>(s.cache->max_fraction * 100 + 0.5)) + "%");
-    char watermark[32];
-    std::snprintf(watermark, sizeof watermark, "%g", s.cache->low_watermark);
-    out << YAML::Key << "low_watermark" << YAML::Value << std::string(watermark);
-    out << YAML::Key << "fill_stall_timeout" << YAML::Value << ms(s.cache->reader_stall);
-    out << YAML::Key << "authorization_ttl" << YAML::Value << ms(s.cache->authorization_ttl);
-    out << YAML::Key << "zero_copy" << YAML::Value << s.server.zero_copy;
-    out << YAML::EndMap;
-  }
-  const auto& m = s.metadata;
-  out << YAML::Key << "metadata" << YAML::Value << YAML::BeginMap;
-  // The URL as parsed, with any password masked; the password file is named, never read out.
-  if (m.redis) out << YAML::Key << "redis" << YAML::Value << m.redis_url;
-  if (!m.password_file.empty()) out << YAML::Key << "password_file" << YAML::Value << m.password_file;
-  out << YAML::Key << "key_prefix" << YAML::Value << YAML::DoubleQuoted << m.key_prefix;
-  out << YAML::Key << "tag_ttl" << YAML::Value << ms(m.tag_ttl);
-  if (!m.tag_ttl_overrides.empty()) {
-    out << YAML::Key << "tag_ttl_overrides" << YAML::Value << YAML::BeginSeq;
-    for (const auto& o : m.tag_ttl_overrides) {
-      out << YAML::Flow << YAML::BeginMap << YAML::Key << "pattern" << YAML::Value << YAML::DoubleQuoted << o.pattern
-          << YAML::Key << "ttl" << YAML::Value << ms(o.ttl) << YAML::EndMap;
-    }
-    out << YAML::EndSeq;
-  }
-  out << YAML::Key << "max_stale" << YAML::Value << ms(m.max_stale);
-  out << YAML::Key << "negative_ttl" << YAML::Value << ms(m.negative_ttl);
-  out << YAML::Key << "manifest_ttl" << YAML::Value << ms(m.manifest_ttl);
-  out << YAML::Key << "memory_size" << YAML::Value
-      << (m.memory_bytes % (1 << 20) == 0 ? std::to_string(m.memory_bytes >> 20) + "MiB"
-                                          : std::to_string(m.memory_bytes));
-  if (m.redis) out << YAML::Key << "timeout" << YAML::Value << ms(m.redis->command_timeout);
-  if (m.redis) out << YAML::Key << "lock_wait" << YAML::Value << ms(m.lock_wait);
-  if (!m.webhook_secret_file.empty()) out << YAML::Key << "webhook_secret_file" << YAML::Value << m.webhook_secret_file;
-  if (!m.secret_file.empty()) out << YAML::Key << "secret_file" << YAML::Value << m.secret_file;
-  out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
+}
+
+std::vector<std::string> known_keys() {
+  std::vector<std::string> keys;
+  for (const auto& row : key_table()) keys.push_back(row.section.empty() ? row.name : row.section + "." + row.name);
+  return keys;
 }
 
 }  // namespace berth::config

@@ -41,7 +41,11 @@ settings load_file(const std::string& path, const env_lookup& env = process_env)
 settings parse(std::string_view yaml, const std::string& source, const env_lookup& env = process_env);
 
 // The effective config as YAML, with every secret left out (files are named, never read out).
+// Every key Berth reads is shown, with its value or default (files only when set).
 std::string render(const settings& s);
+// Every key Berth reads, as "section.key" ("listen" at the top level), in the order
+// they are read; registries' own keys are not listed.
+std::vector<std::string> known_keys();
 
 // "30s", "250ms", "5m", "1h", "2h30m", or a plain number of seconds. False if malformed.
 bool parse_duration(std::string_view text, std::chrono::milliseconds& out);

@@ -202,6 +202,13 @@ void server::begin_shutdown() {
   }
 }
 
+void server::close_all() {
+  std::lock_guard lock(impl_->mu);
+  for (const auto& c : impl_->connections) {
+    asio::post(c->stream.get_executor(), [c] { close_socket(*c); });
+  }
+}
+
 std::size_t server::open_connections() const {
   std::lock_guard lock(impl_->mu);
   return impl_->connections.size();

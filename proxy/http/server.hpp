@@ -73,6 +73,9 @@ class server {
   // Stops accepting, closes idle keep-alive connections, and asks busy ones to
   // close after their current response. Thread-safe.
   void begin_shutdown();
+  // Closes every connection, busy ones too (the drain deadline passed): their
+  // sessions end at once. Thread-safe.
+  void close_all();
   std::size_t open_connections() const;
 
   struct impl;

@@ -30,6 +30,9 @@ struct metadata_options {
   std::chrono::milliseconds negative_ttl{10000};
   // How long shared manifest bytes live in the backend (immutable; re-hashed on read).
   std::chrono::milliseconds manifest_ttl{7LL * 24 * 3600 * 1000};
+  // How long a command to the backend may take (metadata.timeout): past it the
+  // backend counts as down for that request. Copied into redis->command_timeout.
+  std::chrono::milliseconds timeout{500};
   // How long another node's upstream request may hold the cluster-wide lock.
   std::chrono::milliseconds lock_timeout{10000};
   // How long a request waits for another node's answer before asking the upstream

@@ -741,10 +741,10 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
     }
   }
   std::uint64_t freed = 0;
-  for (const auto& [digest, size] : gone) {
-    fs_->remove(blob_path(digest));
-    freed += size;
-    tell([&](observer& o) { o.evicted(digest, size); });
+  for (const auto& blob : gone) {
+    fs_->remove(blob_path(blob.first));
+    freed += blob.second;
+    tell([&blob](observer& o) { o.evicted(blob.first, blob.second); });
   }
   if (!gone.empty()) {
     const auto u = current_usage();

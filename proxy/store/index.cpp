@@ -3,6 +3,10 @@
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 
+#include <cstdarg>
+#include <cstdio>
+
+#include <atomic>
 #include <boost/json.hpp>
 #include <boost/system/errc.hpp>
 #include <charconv>
@@ -114,9 +118,35 @@ std::optional<blob_entry> decode_entry(std::string_view record) {
 
 namespace {
 
+// RocksDB's own messages go to Berth's log (errors only), never to a LOG
+// file in the cache directory: on a full disk that file's failed writes made
+// RocksDB abort when it was closed.
+class rocks_logger final : public rocksdb::Logger {
+ public:
+  rocks_logger() : rocksdb::Logger(rocksdb::InfoLogLevel::ERROR_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::ERROR_LEVEL, format, ap); }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char line[1024];
+    std::vsnprintf(line, sizeof line, format, ap);
+    log::error("rocksdb", {{"db", "cache index"}, {"message", std::string_view(line)}});
+  }
+};
+
 class rocks final : public index {
  public:
   explicit rocks(rocksdb::DB* db) : db_(db) {}
+  // RocksDB (built with assertions in Debian) aborts when a handle whose write failed
+  // (ENOSPC, EIO) is closed: such a handle is left to the kernel, as a crash would
+  // leave it; the write-ahead log brings the index back on the next open.
+  ~rocks() override {
+    std::uint64_t background_errors = 0;
+    db_->GetIntProperty("rocksdb.background-errors", &background_errors);
+    if (write_failed_ || background_errors > 0) (void)db_.release();
+  }
+  rocks(const rocks&) = delete;
+  rocks& operator=(const rocks&) = delete;
 
   std::optional<blob_entry> get(const std::string& digest, boost::system::error_code& ec) override {
     ec = {};
@@ -131,9 +161,9 @@ class rocks final : public index {
     return decode_entry(v);
   }
   bool put(const std::string& digest, const blob_entry& e) override {
-    return db_->Put(rocksdb::WriteOptions(), digest, encode_entry(e)).ok();
+    return written(db_->Put(rocksdb::WriteOptions(), digest, encode_entry(e)));
   }
-  void erase(const std::string& digest) override { db_->Delete(rocksdb::WriteOptions(), digest); }
+  void erase(const std::string& digest) override { written(db_->Delete(rocksdb::WriteOptions(), digest)); }
   bool for_each(const std::function<void(const std::string&, const blob_entry&)>& fn) override {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -152,10 +182,10 @@ class rocks final : public index {
       const auto v = it->value().ToStringView();
       auto e = decode_entry(v);
       if (!e) {
-        db_->Delete(rocksdb::WriteOptions(), it->key());
+        written(db_->Delete(rocksdb::WriteOptions(), it->key()));
         ++changed;
       } else if (legacy_entry(v)) {
-        db_->Put(rocksdb::WriteOptions(), it->key(), encode_entry(*e));
+        written(db_->Put(rocksdb::WriteOptions(), it->key(), encode_entry(*e)));
         ++changed;
       }
     }
@@ -163,7 +193,12 @@ class rocks final : public index {
   }
 
  private:
+  bool written(const rocksdb::Status& s) {
+    if (!s.ok()) write_failed_ = true;
+    return s.ok();
+  }
   std::unique_ptr<rocksdb::DB> db_;
+  std::atomic<bool> write_failed_{false};
 };
 
 }  // namespace
@@ -181,6 +216,10 @@ std::unique_ptr<index> index::open(const std::string& path, bool read_only) {
   options.max_open_files = 64;
   options.keep_log_file_num = 2;
   options.IncreaseParallelism(2);
+  // Closing writes nothing (the write-ahead log already holds every write): a full
+  // disk cannot fail the close, and the exit is quick.
+  options.avoid_flush_during_shutdown = true;
+  options.info_log = std::make_shared<rocks_logger>();
   rocksdb::DB* db = nullptr;
   const auto status =
       read_only ? rocksdb::DB::OpenForReadOnly(options, path, &db) : rocksdb::DB::Open(options, path, &db);

@@ -1,6 +1,7 @@
 #include "upstream/client.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -16,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/hasher.hpp"
 #include "core/log.hpp"
@@ -54,6 +56,7 @@ class category_impl : public boost::system::error_category {
       case errc::pool_exhausted: return "no upstream connection available";
       case errc::body_too_large: return "upstream response too large";
       case errc::token_failed: return "upstream token service failed";
+      case errc::shutting_down: return "Berth is shutting down";
     }
     return "upstream error";
   }
@@ -184,6 +187,13 @@ namespace {
 struct connection {
   connection(asio::any_io_executor ex, origin o, std::string k)
       : org(std::move(o)), key(std::move(k)), t(std::move(ex)) {}
+  ~connection() {
+    if (busy_set != nullptr) busy_set->erase(this);
+  }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+  // The pool's set of connections in use, while this one is in it (shutdown closes them).
+  std::unordered_set<connection*>* busy_set = nullptr;
   origin org;
   std::string key;
   transport t;
@@ -209,6 +219,27 @@ struct client::impl {
   pool_options options;
   metrics::registry& metrics;
   std::unordered_map<std::string, host_slot> hosts;
+  std::unordered_set<connection*> busy;
+  bool stopping = false;
+
+  // Takes `c` into use: counted in `busy` until it is released or destroyed.
+  std::unique_ptr<connection> in_use(std::unique_ptr<connection> c) {
+    busy.insert(c.get());
+    c->busy_set = &busy;
+    return c;
+  }
+
+  void shutdown() {
+    stopping = true;
+    for (auto& [key, slot] : hosts) {
+      slot.idle.clear();  // their transports close and cancel their timers
+      while (!slot.waiters.empty()) {
+        slot.waiters.front()->cancel();
+        slot.waiters.pop_front();
+      }
+    }
+    for (auto* c : busy) c->close();  // the reads and writes under way fail now
+  }
 
   impl(asio::any_io_executor ex, pool_options o, metrics::registry& m)
       : executor(std::move(ex)), options(o), metrics(m) {}
@@ -222,9 +253,11 @@ struct client::impl {
   }
 
   void release(std::unique_ptr<connection> c, bool reusable) {
+    busy.erase(c.get());
+    c->busy_set = nullptr;
     auto& slot = hosts[c->key];
     if (slot.active > 0) --slot.active;
-    if (reusable && slot.idle.size() < options.max_idle_per_host) {
+    if (reusable && !stopping && slot.idle.size() < options.max_idle_per_host) {
       c->idle_since = clock_type::now();
       slot.idle.push_back(std::move(c));
     } else {
@@ -238,6 +271,10 @@ struct client::impl {
                                                        error_code& ec) {
     const std::string key =
         o.str() + (o.public_only ? "|public|" : "|") + std::to_string(reinterpret_cast<std::uintptr_t>(&tls));
+    if (stopping) {
+      ec = errc::shutting_down;
+      co_return nullptr;
+    }
     auto& slot = hosts[key];
     const auto now = clock_type::now();
     while (!slot.idle.empty()) {
@@ -246,7 +283,7 @@ struct client::impl {
       if (now - c->idle_since < options.idle_timeout && c->looks_alive()) {
         ++slot.active;
         reused = true;
-        co_return c;
+        co_return in_use(std::move(c));
       }
       c->close();
     }
@@ -261,6 +298,10 @@ struct client::impl {
       slot.waiters.push_back(t);
       error_code ignored;
       co_await t->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      if (stopping) {
+        ec = errc::shutting_down;
+        co_return nullptr;
+      }
       // An idle connection may have come back while we waited.
       if (!slot.idle.empty()) {
         auto c = std::move(slot.idle.back());
@@ -268,7 +309,7 @@ struct client::impl {
         if (c->looks_alive()) {
           ++slot.active;
           reused = true;
-          co_return c;
+          co_return in_use(std::move(c));
         }
         c->close();
       }
@@ -277,12 +318,13 @@ struct client::impl {
     reused = false;
     auto c = std::make_unique<connection>(executor, o, key);
     co_await connect(*c, tls, ec);
+    if (!ec && stopping) ec = errc::shutting_down;
     if (ec) {
       --slot.active;
       wake_one(slot);
       co_return nullptr;
     }
-    co_return c;
+    co_return in_use(std::move(c));
   }
 
   asio::awaitable<void> connect(connection& c, ssl::context& tls, error_code& ec) {
@@ -569,6 +611,10 @@ asio::awaitable<void> response::read_all(std::string& out, std::size_t limit, er
 client::client(asio::any_io_executor executor, pool_options options, metrics::registry& metrics)
     : impl_(std::make_unique<impl>(std::move(executor), options, metrics)) {}
 client::~client() = default;
+void client::shutdown() {
+  asio::post(impl_->executor, [i = impl_.get()] { i->shutdown(); });
+}
+
 const asio::any_io_executor& client::executor() const {
   return impl_->executor;
 }

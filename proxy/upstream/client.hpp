@@ -35,6 +35,7 @@ enum class errc {
   body_too_large,    // read_all over its limit
   token_failed,      // the token service did not answer usefully
   redirect_refused,  // a redirect to a host outside redirect_hosts, or to an internal address
+  shutting_down,     // the client was shut down: no new connections
 };
 const boost::system::error_category& error_category();
 inline boost::system::error_code make_error_code(errc e) {
@@ -119,6 +120,10 @@ class client final : public fetcher {
   // Sends `req` to the registry, answering auth challenges and following redirects.
   boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec) override;
   const boost::asio::any_io_executor& executor() const override;
+  // For shutdown: closes every connection, idle or busy (their reads fail at once),
+  // and refuses new ones (errc::shutting_down). Thread-safe: runs on the client's
+  // executor.
+  void shutdown();
 
   struct impl;
 

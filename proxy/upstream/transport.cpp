@@ -64,6 +64,7 @@ transport::~transport() {
 }
 
 void transport::close() {
+  dog_->timer.cancel();  // a closed connection keeps no timer (and no event loop) alive
   if (ssl_ != nullptr) {
     SSL_free(ssl_);
     ssl_ = nullptr;

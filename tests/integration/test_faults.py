@@ -489,3 +489,28 @@ def test_a_clients_authorization_never_reaches_the_upstream(world, start_berth, 
     seen = [a for a in faulty.authorizations if a]
     assert any(a.startswith("Bearer ") for a in seen), "Berth's own token reached the upstream"
     assert not any(client_token in a or client_basic in a for a in seen), "a client's Authorization was forwarded"
+
+
+def test_sigterm_with_a_fill_under_way_tears_everything_down_in_order(start_berth, faulty, image):
+    """The drain deadline passes with a client downloading a blob that is still being
+    filled from a trickling upstream. Berth closes the client, cancels the fill (its
+    upstream connection is closed), lets every worker run dry and tears the runtime
+    down: exit 0 soon after the deadline, `shutdown_complete` logged, no temp file left."""
+    b = start_berth(extra_top="shutdown_timeout: 1s\n")
+    faulty.add("GET", f"/blobs/{image['layer']}$", times=1, trickle=4096)
+    sock = socket.create_connection(("127.0.0.1", b.port), timeout=30)
+    sock.sendall(f"GET {blob_target(image['layer'])} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    tmp = os.path.join(b.cache_dir, "tmp")
+    assert os.listdir(tmp), "the fill is under way"
+    signalled = time.monotonic()
+    b.proc.send_signal(signal.SIGTERM)
+    code = b.proc.wait(timeout=15)
+    took = time.monotonic() - signalled
+    sock.close()
+    assert code == 0
+    assert took < 4, f"{took:.1f}s from SIGTERM to exit with a 1s shutdown_timeout"
+    log = b.log()
+    assert '"event":"shutdown_complete"' in log and "shutdown_forced" not in log, log[-2000:]
+    assert os.listdir(tmp) == [], "the cancelled fill's temp file was removed"
+    assert not os.path.exists(cached_file(b, image["layer"])), "nothing unverified was published"

@@ -184,6 +184,7 @@ def test_sigterm_lets_in_flight_responses_finish(world, tmp_path):
     assert "sha256:" + h.hexdigest() == big
     assert b.proc.wait(timeout=30) == 0
     assert '"event":"shutting_down"' in b.log()
+    assert '"event":"shutdown_complete"' in b.log()
 
 
 def test_tags_list_link_is_rewritten_to_the_proxy(tmp_path):
@@ -259,5 +260,7 @@ def test_sigterm_drain_readyz_idle_connections_and_the_deadline(world, tmp_path)
     assert 1.5 < took < 4.5, f"the drain lasted {took:.1f}s for a 2s shutdown_timeout"
     stopped = [json.loads(l) for l in b.log().splitlines() if '"event":"stopped"' in l]
     assert stopped and stopped[0]["open_connections"] == 1, "stopped by the deadline, the stuck download still open"
+    # The stuck download was closed and the runtime torn down in order, not abandoned.
+    assert '"event":"shutdown_complete"' in b.log() and "shutdown_forced" not in b.log()
     idle.close()
     stuck.close()

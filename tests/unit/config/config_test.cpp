@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -316,4 +318,101 @@ TEST(Config, FuzzFindingsAreCleanErrors) {
   EXPECT_NE(error_of(head + "cache: {dir: /x, max_size: 999999999999999TiB}\n").find("cache.max_size"),
             std::string::npos)
       << "a size that would wrap around 64 bits";
+}
+
+namespace {
+
+// "key" at the start of a line (after indentation, a "- " or a "# "), as the example
+// file writes keys, commented or not.
+bool mentions_key(const std::string& text, const std::string& key) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto at = line.find_first_not_of(" -#");
+    if (at != std::string::npos && line.compare(at, key.size() + 1, key + ":") == 0) return true;
+  }
+  return false;
+}
+
+std::string leaf(const std::string& dotted) {
+  return dotted.substr(dotted.rfind('.') == std::string::npos ? 0 : dotted.rfind('.') + 1);
+}
+
+// The value the example file gives `key` in `section` (uncommented), or "".
+std::string example_value(const std::string& text, const std::string& section, const std::string& key) {
+  std::istringstream in(text);
+  std::string line, current;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] != ' ' && line.find(':') != std::string::npos) current = line.substr(0, line.find(':'));
+    const auto at = line.find_first_not_of(' ');
+    const bool top = at == 0;
+    if ((top ? std::string() : current) != section) continue;
+    if (line.compare(at, key.size() + 1, key + ":") != 0) continue;
+    auto v = line.substr(at + key.size() + 1);
+    v = v.substr(0, v.find(" #"));
+    v.erase(0, v.find_first_not_of(' '));
+    v.erase(v.find_last_not_of(' ') + 1);
+    return v;
+  }
+  return {};
+}
+
+}  // namespace
+
+// One table drives parsing, the known-key lists and rendering: a key set in the file
+// is shown by check-config, and every key Berth reads is documented in the example.
+TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
+  const auto dir = std::filesystem::temp_directory_path() / ("berth-config-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  for (const char* f : {"pw", "secret", "webhook", "ca"}) {
+    std::ofstream(dir / f) << "an-obviously-fake-secret-of-some-length\n";
+  }
+  const std::string d = dir.string();
+  const std::string full =
+      "listen: 127.0.0.1:5051\nadmin_listen: 127.0.0.1:9096\nthreads: 3\nlog_level: warn\n"
+      "access_log: false\nshutdown_timeout: 7s\nwatchdog_timeout: 2s\n"
+      "registries: [{names: [r.example]}]\ndefault_registry: r.example\n"
+      "clients: {idle_timeout: 61s, write_timeout: 62s, max_header_bytes: 2048, "
+      "max_connections: 10, admin_max_connections: 11}\n"
+      "upstream: {connect_timeout: 6s, response_timeout: 31s, read_timeout: 32s, idle_timeout: 51s,"
+      " pool_wait_timeout: 11s, max_connections_per_host: 65, max_idle_per_host: 17,"
+      " max_redirects: 6, min_rate: 1000, min_rate_period: 33s}\n"
+      "cache: {dir: /var/lib/x, max_size: 1GiB, low_watermark: 0.7, fill_stall_timeout: 61s,"
+      " authorization_ttl: 6m, zero_copy: false}\n"
+      "metadata: {redis: 'redis://h:6379/1', password_file: " +
+      d +
+      "/pw, key_prefix: 'b:', tag_ttl: 61s, tag_ttl_overrides: [{pattern: 'v*', ttl: 9m}],"
+      " max_stale: 23h, negative_ttl: 11s, manifest_ttl: 167h, lock_wait: 3s,"
+      " memory_size: 65MiB, webhook_secret_file: " +
+      d + "/webhook, secret_file: " + d + "/secret, timeout: 600ms}\n";
+  const auto shown = config::render(config::parse(full, "full.yaml", no_env));
+  // What was set is what is shown: the rendering parses back to the same rendering.
+  EXPECT_EQ(config::render(config::parse(shown, "shown.yaml", no_env)), shown);
+  std::ifstream example_file(std::string(BERTH_SOURCE_DIR) + "/config/berth.example.yaml");
+  const std::string example((std::istreambuf_iterator<char>(example_file)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(example.empty());
+  const auto keys = config::known_keys();
+  EXPECT_GE(keys.size(), 40u);
+  for (const auto& key : keys) {
+    EXPECT_TRUE(mentions_key(shown, leaf(key))) << key << " is read but not shown:\n" << shown;
+    EXPECT_TRUE(mentions_key(example, leaf(key))) << key << " is missing from config/berth.example.yaml";
+  }
+  // And the example's values are the defaults: it parses to what check-config shows
+  // for a file with registries alone, apart from what the example sets on purpose.
+  const auto defaults =
+      config::render(config::parse("registries: [{names: [r.example]}]\ncache: {dir: /x}\n", "min.yaml", no_env));
+  const std::set<std::string> on_purpose = {"registries", "default_registry", "cache.dir",
+                                            "metadata.tag_ttl_overrides"};
+  const auto example_shown = config::render(config::parse(example, "berth.example.yaml", no_env));
+  for (const auto& key : keys) {
+    if (on_purpose.contains(key)) continue;
+    const auto dot = key.find('.');
+    const std::string section = dot == std::string::npos ? "" : key.substr(0, dot);
+    if (example_value(example, section, leaf(key)).empty()) continue;  // commented out: an option, no default
+    // Both as check-config shows them, so "60s" and "1m" compare equal.
+    EXPECT_EQ(example_value(example_shown, section, leaf(key)), example_value(defaults, section, leaf(key)))
+        << key << ": the example shows another default";
+  }
+  std::filesystem::remove_all(dir);
 }
