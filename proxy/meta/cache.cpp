@@ -124,20 +124,8 @@ std::string random_token() {
   return std::to_string(rng()) + std::to_string(rng());
 }
 
-core::reply clone(const core::reply& r) {
-  core::reply c;
-  c.status = r.status;
-  c.headers = r.headers;
-  c.body = r.body;
-  c.error = r.error;
-  c.head_length = r.head_length;
-  c.upstream_status = r.upstream_status;
-  c.registry = r.registry;
-  return c;
-}
-
 lookup clone(const lookup& l) {
-  return {l.how, l.answer, clone(l.reply)};
+  return {l.how, l.answer, core::copy_of(l.reply)};
 }
 
 // Manifest bytes as stored in the local and shared tiers: media type, newline, bytes.

@@ -26,9 +26,22 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     """In CI (CI=true) a skipped test is a failure: every skip reason here is one CI
     can fix (a package to install, root to run as). BERTH_ALLOW_SKIPS=1 opts out,
-    e.g. for a sanitizer run whose RSS checks cannot mean anything."""
+    e.g. for a sanitizer run whose RSS checks cannot mean anything.
+
+    A sanitizer report in any Berth's log (a leak at exit, a memory error, undefined
+    behaviour: the CI runs this suite against an ASan+UBSan build with leak checks on)
+    fails the session too, whichever test started that Berth."""
     if _skipped and os.environ.get("CI") == "true" and os.environ.get("BERTH_ALLOW_SKIPS") != "1":
         print("\nCI=true and tests were skipped (set BERTH_ALLOW_SKIPS=1 to allow):\n  " + "\n  ".join(_skipped))
+        session.exitstatus = 1
+    findings = list(harness.SANITIZER_FINDINGS)
+    base = session.config._tmp_path_factory.getbasetemp()
+    for root, _, files in os.walk(base):
+        for name in files:
+            if name == "berth.log" and (found := harness.sanitizer_findings_in(os.path.join(root, name))):
+                findings.append(f"{os.path.join(root, name)}: {found}")
+    if findings:
+        print("\nsanitizer reports in Berth logs:\n  " + "\n  ".join(sorted(set(findings))))
         session.exitstatus = 1
 
 

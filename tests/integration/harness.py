@@ -20,6 +20,7 @@ import http.server
 import io
 import json
 import os
+import re
 import random
 import shutil
 import signal
@@ -506,6 +507,24 @@ auth:
         return self.requests_seen()
 
 
+# What a sanitized Berth (the CI's ASan+UBSan build) prints when it finds a bug: a
+# leak at exit, a memory error, undefined behaviour. Any of them fails the session.
+_SANITIZER_LINE = re.compile(r"ERROR: (LeakSanitizer|AddressSanitizer)|\.\w+:\d+:\d+: runtime error:")
+SANITIZER_FINDINGS = []
+
+
+def sanitizer_findings_in(path):
+    """The first sanitizer report line in a Berth log, or None."""
+    try:
+        with open(path, "rb") as f:
+            for line in f.read().decode(errors="replace").splitlines():
+                if _SANITIZER_LINE.search(line):
+                    return line
+    except OSError:
+        pass
+    return None
+
+
 class Berth(Process):
     def __init__(self, binary, directory, config_text, env=None, prefix=()):
         """prefix: a command Berth runs under (prlimit, say)."""
@@ -537,6 +556,12 @@ class Berth(Process):
 
         wait_for(listening, what="berth to listen")
         return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        rc = super().stop(sig, timeout)
+        if (found := sanitizer_findings_in(self.log_path)) is not None:
+            SANITIZER_FINDINGS.append(f"{self.log_path}: {found}")
+        return rc
 
     @property
     def url(self):

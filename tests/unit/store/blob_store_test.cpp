@@ -118,6 +118,22 @@ class store_test : public ::testing::Test {
     store_->flush();  // the publish runs on the store's disk thread
     return verified;
   }
+  // A fill of `data` started, and a client following it from byte 0.
+  struct followed {
+    std::shared_ptr<store::fill> fill;
+    std::unique_ptr<core::body_source> follower;
+  };
+  followed start_followed(const std::string& data) {
+    bool created = false;
+    auto f = store_->join_or_start(core::digest_of(data), "sha256", created);
+    EXPECT_TRUE(created);
+    EXPECT_TRUE(f->start(data.size(), "application/octet-stream"));
+    boost::system::error_code ec;
+    const int fd = f->open_for_read(ec);
+    EXPECT_FALSE(ec);
+    auto body = store::fill_body(f, fd, 0, data.size(), std::chrono::seconds(5));
+    return {std::move(f), std::move(body)};
+  }
   static std::shared_ptr<store::open_blob> lookup(store::blob_store& s, const std::string& digest) {
     boost::system::error_code ec;
     auto hit = s.lookup(digest, ec);
@@ -265,16 +281,11 @@ TEST_F(store_test, EvictionIsLeastRecentlyUsedAndSparesOpenBlobs) {
 }
 
 TEST_F(store_test, FollowersReadTheGrowingFileAndGetTheLastByteOnlyAfterVerification) {
-  auto& s = open();
+  open();
   const auto data = random_bytes(300000, 7);
-  const auto digest = core::digest_of(data);
-  bool created = false;
-  auto f = s.join_or_start(digest, "sha256", created);
-  ASSERT_TRUE(f->start(data.size(), "application/octet-stream"));
-  boost::system::error_code ec;
-  const int fd = f->open_for_read(ec);
-  ASSERT_FALSE(ec);
-  auto body = store::fill_body(f, fd, 0, data.size(), std::chrono::seconds(5));
+  auto started = start_followed(data);  // (no structured binding: lambdas below capture them)
+  auto& f = started.fill;
+  auto& body = started.follower;
   asio::io_context reader_ctx(1);
   std::string got;  // the reader thread's; read here only after join()
   std::atomic<std::size_t> received{0};
@@ -784,13 +795,9 @@ TEST_F(store_test, AFollowerOfAPublishedFillIsSparedByEviction) {
   auto& s = open();
   const auto data = random_bytes(8192, 110);
   const auto digest = core::digest_of(data);
-  bool created = false;
-  auto f = s.join_or_start(digest, "sha256", created);
-  ASSERT_TRUE(f->start(data.size(), "application/octet-stream"));
-  boost::system::error_code ec;
-  const int fd = f->open_for_read(ec);
-  ASSERT_FALSE(ec);
-  auto follower = store::fill_body(f, fd, 0, data.size(), std::chrono::seconds(5));
+  auto started = start_followed(data);
+  auto& f = started.fill;
+  auto& follower = started.follower;
   ASSERT_TRUE(f->append(data.data(), data.size()));
   ASSERT_EQ(f->finish(), store::fill_failure::none);
   f.reset();
