@@ -141,7 +141,7 @@ void stop_everything(runtime& rt) {
   rt.stopping.notify_all();
 }
 
-void drain_then_stop(runtime& rt, std::shared_ptr<asio::steady_timer> timer,
+void drain_then_stop(runtime& rt, const std::shared_ptr<asio::steady_timer>& timer,
                      std::chrono::steady_clock::time_point deadline) {
   if (rt.pull->open_connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
     log::info("stopped", {{"open_connections", rt.pull->open_connections()}});

@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -331,7 +332,7 @@ void emit(YAML::Emitter& out, const std::string& name, const std::string& value)
   out << YAML::Key << name << YAML::Value << value;
 }
 
-key_row duration_row(std::string section, std::string name, field_of<std::chrono::milliseconds> get,
+key_row duration_row(const std::string& section, const std::string& name, field_of<std::chrono::milliseconds> get,
                      bool zero_ok = false) {
   return {section, name,
           [get, zero_ok](const YAML::Node& n, const context& c, settings& s) { get(s) = as_duration(n, c, zero_ok); },
@@ -339,7 +340,8 @@ key_row duration_row(std::string section, std::string name, field_of<std::chrono
 }
 
 template <class T>
-key_row count_row(std::string section, std::string name, field_of<T> get, unsigned long min, unsigned long max) {
+key_row count_row(const std::string& section, const std::string& name, field_of<T> get, unsigned long min,
+                  unsigned long max) {
   return {section, name,
           [get, min, max](const YAML::Node& n, const context& c, settings& s) {
             get(s) = static_cast<T>(as_count(n, c, min, max));
@@ -347,13 +349,13 @@ key_row count_row(std::string section, std::string name, field_of<T> get, unsign
           [get, name](YAML::Emitter& out, const settings& s) { emit(out, name, std::to_string(field(get, s))); }};
 }
 
-key_row bool_row(std::string section, std::string name, field_of<bool> get) {
+key_row bool_row(const std::string& section, const std::string& name, field_of<bool> get) {
   return {
       section, name, [get](const YAML::Node& n, const context& c, settings& s) { get(s) = as_bool(n, c); },
       [get, name](YAML::Emitter& out, const settings& s) { out << YAML::Key << name << YAML::Value << field(get, s); }};
 }
 
-key_row listen_row(std::string name, field_of<std::string> get, std::string example) {
+key_row listen_row(const std::string& name, field_of<std::string> get, const std::string& example) {
   return {"", name,
           [get, example](const YAML::Node& n, const context& c, settings& s) {
             get(s) = as_string(n, c);
@@ -501,9 +503,8 @@ const std::vector<key_row>& key_table() {
                  },
                  [](YAML::Emitter& out, const settings& s) {
                    emit(out, "max_size",
-                        s.cache->max_bytes > 0
-                            ? std::to_string(s.cache->max_bytes)
-                            : std::to_string(static_cast<int>(s.cache->max_fraction * 100 + 0.5)) + "%");
+                        s.cache->max_bytes > 0 ? std::to_string(s.cache->max_bytes)
+                                               : std::to_string(std::lround(s.cache->max_fraction * 100)) + "%");
                  }});
     t.push_back({"cache", "low_watermark",
                  [](const YAML::Node& n, const context& c, settings& s) {

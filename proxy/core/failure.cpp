@@ -28,7 +28,7 @@ failure_answer answer_for(failure f) {
     case failure::upstream_busy: return {503, "UNAVAILABLE"};
     case failure::upstream_wrong_bytes: return {502, "DIGEST_INVALID"};
     case failure::upstream_too_large: return {502, "MANIFEST_INVALID"};
-    case failure::cache_unavailable: return {503, "UNAVAILABLE"};
+    case failure::cache_unavailable:
     case failure::overloaded: return {503, "UNAVAILABLE"};
     case failure::internal: return {500, "UNKNOWN"};
   }

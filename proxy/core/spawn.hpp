@@ -12,7 +12,7 @@ namespace berth::core {
 template <class Executor, class Task, class OnFailure>
 void spawn(Executor&& ex, Task&& task, OnFailure failed) {
   boost::asio::co_spawn(std::forward<Executor>(ex), std::forward<Task>(task),
-                        [failed = std::move(failed)](std::exception_ptr e) {
+                        [failed = std::move(failed)](const std::exception_ptr& e) {
                           if (!e) return;
                           try {
                             std::rethrow_exception(e);

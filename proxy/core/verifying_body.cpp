@@ -28,7 +28,9 @@ bool verifying_body::verified(error_code& ec) {
 asio::awaitable<std::size_t> verifying_body::read(asio::mutable_buffer buf, error_code& ec) {
   ec = {};
   if (done_) co_return 0;
-  if (size_) co_return co_await read_sized(buf, ec);
+  if (size_) {
+    co_return co_await read_sized(buf, ec);
+  }
   co_return co_await read_unsized(buf, ec);
 }
 

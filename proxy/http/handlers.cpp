@@ -112,7 +112,9 @@ asio::awaitable<handled> serve_admin(metrics::registry& metrics, const admin_sta
                                      const webhook_target& webhook, incoming in) {
   const auto q = in.target.find('?');
   const std::string path = in.target.substr(0, q);
-  if (path == "/webhooks/harbor") co_return co_await serve_webhook(metrics, webhook, in);
+  if (path == "/webhooks/harbor") {
+    co_return co_await serve_webhook(metrics, webhook, in);
+  }
   if (path == "/debug/block" && state.block_loop && in.method == "POST") {
     std::size_t loop = 0;
     long long ms = 0;

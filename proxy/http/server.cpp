@@ -597,7 +597,9 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
                           {"registry", h.reply.registry},
                           {"complete", ok}});
   }
-  if (refused && ok) co_await linger(conn);  // the unread body
+  if (refused && ok) {
+    co_await linger(conn);  // the unread body
+  }
   const bool again = ok && keep_alive;
   co_return again;
 }

@@ -23,7 +23,7 @@ watchdog::watchdog(std::vector<boost::asio::io_context*> loops, std::chrono::mil
       on_stuck_(std::move(on_stuck)),
       beats_(new std::atomic<std::int64_t>[loops_.size()], std::default_delete<std::atomic<std::int64_t>[]>()) {
   const auto now = ticks();
-  for (std::size_t i = 0; i < loops_.size(); ++i) beats_[i] = now;
+  for (std::size_t i = 0; i < loops_.size(); ++i) beats_.get()[i] = now;
 }
 
 watchdog::~watchdog() {
@@ -46,7 +46,7 @@ void watchdog::stop() {
 bool watchdog::live() const {
   const auto now = ticks();
   for (std::size_t i = 0; i < loops_.size(); ++i) {
-    if (now - beats_[i].load(std::memory_order_relaxed) > limit_.count() / 2) return false;
+    if (now - beats_.get()[i].load(std::memory_order_relaxed) > limit_.count() / 2) return false;
   }
   return true;
 }
@@ -57,13 +57,13 @@ void watchdog::run() {
   std::unique_lock lock(mu_);
   while (!stopping_) {
     for (std::size_t i = 0; i < loops_.size(); ++i) {
-      boost::asio::post(*loops_[i], [beats = beats_, i] { beats[i].store(ticks(), std::memory_order_relaxed); });
+      boost::asio::post(*loops_[i], [beats = beats_, i] { beats.get()[i].store(ticks(), std::memory_order_relaxed); });
     }
     cv_.wait_for(lock, interval, [this] { return stopping_; });
     if (stopping_) break;
     const auto now = ticks();
     for (std::size_t i = 0; i < loops_.size(); ++i) {
-      const auto late = now - beats_[i].load(std::memory_order_relaxed);
+      const auto late = now - beats_.get()[i].load(std::memory_order_relaxed);
       if (late > limit_.count()) {
         lock.unlock();
         on_stuck_(i, std::chrono::milliseconds(late));

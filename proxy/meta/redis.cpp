@@ -158,7 +158,7 @@ struct redis_client::impl {
       return nullptr;
     }
     redisSetTimeout(c, to_timeval(options.command_timeout));
-    auto run = [&](std::vector<std::string> argv) {
+    auto run = [&](const std::vector<std::string>& argv) {
       std::vector<const char*> args;
       std::vector<size_t> lens;
       for (const auto& a : argv) {

@@ -111,8 +111,9 @@ asio::awaitable<core::reply> blob_path::from_upstream(upstream::registry& reg, c
       co_return r;  // dropping res.body closes that connection: no blob is downloaded
     }
   }
-  if (res.status != 200 && res.status != 206)
+  if (res.status != 200 && res.status != 206) {
     co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+  }
 
   core::reply r;
   r.status = res.status;
@@ -285,7 +286,9 @@ asio::awaitable<bool> blob_path::authorized(upstream::registry& reg, const pull_
                                       {"upstream_status", answer.status}});
     co_return true;
   }
-  if (known) co_await store_->drop_source(req.reference, source);
+  if (known) {
+    co_await store_->drop_source(req.reference, source);
+  }
   metrics_.cache_lookup("denied");
   log::info("cache_hit_denied", {{"registry", reg.id()},
                                  {"repository", req.name},

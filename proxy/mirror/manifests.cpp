@@ -40,7 +40,9 @@ asio::awaitable<core::reply> manifest_path::serve(upstream::registry& reg, const
   // A client naming none of the four manifest types (no Accept at all, or schema 1)
   // is passed through: the registry answers it with a schema-1 conversion or an
   // error, neither of which the cache can vouch for.
-  if (meta_ == nullptr || cls == 0) co_return co_await pass_through(reg, req);
+  if (meta_ == nullptr || cls == 0) {
+    co_return co_await pass_through(reg, req);
+  }
 
   const std::string& registry = reg.id();
   const auto k = req.digest ? meta::key::digest(registry, req.name, req.reference)
@@ -62,8 +64,9 @@ asio::awaitable<core::reply> manifest_path::serve(upstream::registry& reg, const
   // A digest's bytes are fixed, but whether a client that does not accept their
   // type may have them is the upstream's call (an index is never given to a client
   // that did not ask for one).
-  if (!mt::class_accepts(cls, e.media_type) || (req.digest && e.digest != req.reference))
+  if (!mt::class_accepts(cls, e.media_type) || (req.digest && e.digest != req.reference)) {
     co_return co_await pass_through(reg, req);
+  }
 
   core::reply r;
   r.upstream_status = found.how == meta::outcome::upstream ? 200 : 0;
@@ -203,7 +206,9 @@ asio::awaitable<meta::fetched> manifest_path::fetch(upstream::registry& reg, con
                                                     unsigned accept_class, const std::optional<meta::entry>& known) {
   meta::fetched out;
   std::optional<meta::manifest> held;
-  if (known && known->found) held = co_await meta_->get_manifest(known->digest);
+  if (known && known->found) {
+    held = co_await meta_->get_manifest(known->digest);
+  }
 
   upstream::request up;
   up.target = upstream_target(req);
@@ -250,7 +255,9 @@ asio::awaitable<meta::fetched> manifest_path::fetch(upstream::registry& reg, con
     } else {
       // The tag moved. Its new manifest may be one we hold already; else GET it.
       auto now_held = co_await meta_->get_manifest(e.digest);
-      if (!now_held) now_held = co_await download(reg, req, e.digest, accept_class, out);
+      if (!now_held) {
+        now_held = co_await download(reg, req, e.digest, accept_class, out);
+      }
       if (!now_held) co_return out;
       e.size = now_held->bytes.size();
       e.media_type = now_held->media_type;
@@ -307,7 +314,9 @@ asio::awaitable<core::reply> manifest_path::pass_through(upstream::registry& reg
     res = co_await upstream_.fetch(reg, up, ec);
     if (ec) co_return transport_error(ec, reg.id());
   }
-  if (res.status != 200) co_return co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
+  if (res.status != 200) {
+    co_return co_await upstream_error_reply(res, req, options_.max_manifest_bytes);
+  }
 
   if (req.head && !res.body) {
     core::reply r;

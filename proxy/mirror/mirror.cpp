@@ -112,7 +112,9 @@ asio::awaitable<core::reply> mirror::listing(upstream::registry& reg, const pull
   error_code ec;
   auto res = co_await upstream_.fetch(reg, up, ec);
   if (ec) co_return transport_error(ec, reg.id());
-  if (res.status != 200) co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+  if (res.status != 200) {
+    co_return co_await upstream_error_reply(res, req, options_.max_error_body_bytes);
+  }
 
   core::reply r;
   r.upstream_status = res.status;

@@ -25,7 +25,7 @@ bool repository_matches(std::string_view pattern, std::string_view name) {
   return !name.empty() && pattern[0] == name[0] && repository_matches(pattern.substr(1), name.substr(1));
 }
 
-registry_table::registry_table(std::vector<upstream::registry*> registries, std::string default_registry)
+registry_table::registry_table(std::vector<upstream::registry*> registries, const std::string& default_registry)
     : registries_(std::move(registries)) {
   if (!default_registry.empty()) default_ = find(default_registry);
 }

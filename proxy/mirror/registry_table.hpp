@@ -18,7 +18,7 @@ bool repository_matches(std::string_view pattern, std::string_view name);
 
 class registry_table {
  public:
-  registry_table(std::vector<upstream::registry*> registries, std::string default_registry);
+  registry_table(std::vector<upstream::registry*> registries, const std::string& default_registry);
 
   // nullptr when no registry answers to this ns (or ns is empty and there is no default).
   upstream::registry* find(std::string_view ns) const;

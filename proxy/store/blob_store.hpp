@@ -47,7 +47,7 @@ class blob_store;
 
 class fill : public std::enable_shared_from_this<fill> {
  public:
-  fill(blob_store& store, std::string digest, std::string algorithm);
+  fill(blob_store& store, std::string digest, const std::string& algorithm);
   ~fill();
 
   // --- the writer: one coroutine ---

@@ -76,7 +76,7 @@ std::string origin::str() const {
 }
 
 std::string origin::host_header() const {
-  const std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
   if ((scheme == "https" && port == "443") || (scheme == "http" && port == "80")) return h;
   return h + ":" + port;
 }
@@ -185,8 +185,8 @@ std::string registry::load_credentials() {
 namespace {
 
 struct connection {
-  connection(asio::any_io_executor ex, origin o, std::string k)
-      : org(std::move(o)), key(std::move(k)), t(std::move(ex)) {}
+  connection(const asio::any_io_executor& ex, origin o, std::string k)
+      : org(std::move(o)), key(std::move(k)), t(ex) {}
   ~connection() {
     if (busy_set != nullptr) busy_set->erase(this);
   }
@@ -283,7 +283,7 @@ struct client::impl {
       if (now - c->idle_since < options.idle_timeout && c->looks_alive()) {
         ++slot.active;
         reused = true;
-        co_return in_use(std::move(c));
+        co_return in_use(std::move(c));  // NOLINT(clang-analyzer-cplusplus.Move): the coroutine's split body
       }
       c->close();
     }
@@ -441,7 +441,7 @@ class parsed_body final : public pooled_body {
           received_ += produced;
           co_return produced;
         }
-        if (used > 0) continue;
+        if (used > 0 || !conn_) continue;  // (finished: the loop ends)
       }
       conn_->t.set_deadline(pool_.options.read_timeout);
       const auto n = co_await conn_->t.read_some(conn_->buffer.prepare(64 * 1024), ec);

@@ -38,7 +38,7 @@ bool internal_address(const asio::ip::address& a) {
 }  // namespace
 
 struct transport::watchdog {
-  explicit watchdog(asio::any_io_executor ex) : timer(std::move(ex)) {}
+  explicit watchdog(const asio::any_io_executor& ex) : timer(ex) {}
   asio::steady_timer timer;
   tcp::socket* socket = nullptr;  // null once the transport is gone
   clock_type::time_point deadline = clock_type::time_point::max();
@@ -53,7 +53,8 @@ void arm_dog(const std::shared_ptr<transport::watchdog>& dog);
 
 }  // namespace
 
-transport::transport(asio::any_io_executor executor) : socket_(executor), dog_(std::make_shared<watchdog>(executor)) {
+transport::transport(const asio::any_io_executor& executor)
+    : socket_(executor), dog_(std::make_shared<watchdog>(executor)) {
   dog_->socket = &socket_;
 }
 

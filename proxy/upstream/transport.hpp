@@ -23,7 +23,7 @@ namespace berth::upstream {
 
 class transport {
  public:
-  explicit transport(boost::asio::any_io_executor executor);
+  explicit transport(const boost::asio::any_io_executor& executor);
   ~transport();
   transport(const transport&) = delete;
   transport& operator=(const transport&) = delete;
