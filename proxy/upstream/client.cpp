@@ -185,8 +185,7 @@ std::string registry::load_credentials() {
 namespace {
 
 struct connection {
-  connection(const asio::any_io_executor& ex, origin o, std::string k)
-      : org(std::move(o)), key(std::move(k)), t(ex) {}
+  connection(const asio::any_io_executor& ex, origin o, std::string k) : org(std::move(o)), key(std::move(k)), t(ex) {}
   ~connection() {
     if (busy_set != nullptr) busy_set->erase(this);
   }
