@@ -16,7 +16,10 @@
 The machine is shared and noisy (and wrk shares its two cores): compare within a
 run, read the ratios.
 
-    BERTH_BIN=build/proxy/berth python3 bench/meta.py [--rounds 3] [--seconds 8]
+    BERTH_BIN=build/proxy/berth python3 bench/meta.py [--rounds 3] [--seconds 8] [--warm-only]
+
+BERTH_BASELINE_BIN=<another build> adds that build (embedded, 1 thread) to the same
+interleaved rounds: a regression check of a change, like with like.
 """
 
 import argparse
@@ -72,6 +75,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--nodes", default="1,5,20")
+    ap.add_argument("--warm-only", action="store_true", help="skip the cluster simulation")
     args = ap.parse_args()
     binary = os.environ.get("BERTH_BIN", "build/proxy/berth")
     load = os.environ.get("BERTH_LOADGEN", os.path.join(os.path.dirname(binary), "..", "bench", "berth_loadgen"))
@@ -85,8 +89,8 @@ def main():
         redis = harness.RedisServer(os.path.join(work, "redis")).start()
         stop.append(redis.stop)
 
-        def berth(tag, metadata="", threads=0):
-            b = harness.Berth(binary, os.path.join(work, tag), f"""listen: 127.0.0.1:0
+        def berth(tag, metadata="", threads=0, exe=binary):
+            b = harness.Berth(exe, os.path.join(work, tag), f"""listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 access_log: false
 threads: {threads}
@@ -114,6 +118,9 @@ metadata:
         peers["Berth, embedded, 1 thread"] = f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"
         b = berth("redis", f"  redis: {redis.url}\n", threads=1)
         peers["Berth, redis-server backend, 1 thread"] = f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"
+        if os.environ.get("BERTH_BASELINE_BIN"):
+            b = berth("baseline", threads=1, exe=os.environ["BERTH_BASELINE_BIN"])
+            peers["Berth baseline build, embedded, 1 thread"] = f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"
         b = berth("embedded-default")
         peers["Berth, embedded, default threads"] = f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"
         d = os.path.join(work, "registry-proxy")
@@ -148,6 +155,8 @@ metadata:
                       f"{rps / base:.1f}x |")
 
         # 2. Cluster simulation.
+        if args.warm_only:
+            return
         print("\n## Cluster simulation: N Berth processes pull library/app:v1's manifests at once\n")
         print("| nodes | upstream manifest requests, redis backend | upstream manifest requests, embedded |")
         print("|---|---|---|")

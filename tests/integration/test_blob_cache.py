@@ -269,6 +269,9 @@ def test_cache_cli_stats_ls_verify_gc(world, cached_berth, tmp_path):
     blobs = world["image"]["blobs"][:3]
     for d in blobs:
         assert harness.http_request(f"{b.url}/v2/library/app/blobs/{d}?ns={REGISTRY_NAME}")[0] == 200
+    # A client has its last byte once the blob is verified; the publish (fsync, rename,
+    # index) follows on the store's disk thread.
+    harness.wait_for(lambda: b.metric("berth_cache_fills_total", result="completed") == 3, what="the publishes")
     cli = lambda *a: subprocess.run([berth_binary(), "cache", *a, "--config", b.config_path],  # noqa: E731
                                     capture_output=True, text=True, timeout=60)
     # Read-only commands work while Berth runs; verify and gc refuse with a reason.
