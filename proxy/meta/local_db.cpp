@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include <atomic>
+#include <filesystem>
 #include <stdexcept>
 
 #include "core/log.hpp"
@@ -90,6 +91,10 @@ std::unique_ptr<local_db> local_db::open(const std::string& path) {
   // disk cannot fail the close, and the exit is quick.
   options.avoid_flush_during_shutdown = true;
   options.info_log = std::make_shared<rocks_logger>();
+  // Made first: RocksDB logs an error when it finds no directory to read (it would
+  // create it), which on every new cache would look like a fault.
+  std::error_code ignored;
+  std::filesystem::create_directories(path, ignored);
   rocksdb::DB* db = nullptr;
   const auto status = rocksdb::DB::Open(options, path, &db);
   if (!status.ok()) throw std::runtime_error("metadata store " + path + ": " + status.ToString());

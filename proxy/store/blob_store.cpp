@@ -319,7 +319,7 @@ void blob_store::lru_put_locked(const std::string& digest, std::int64_t last_acc
     lru_.erase(it->second.key);
     it->second = {key, size};
   }
-  lru_.emplace(key, digest);
+  lru_.emplace(key, &it->first);  // a node's key stays put until the node is erased
 }
 
 void blob_store::lru_erase_locked(const std::string& digest) {
@@ -738,7 +738,7 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
   {
     std::lock_guard lock(mu_);
     for (auto it = lru_.begin(); it != lru_.end() && usage_.bytes > target;) {
-      const std::string digest = it->second;
+      const std::string digest = *it->second;
       if (open_readers_.contains(digest) || fills_.contains(digest)) {
         ++it;
         continue;

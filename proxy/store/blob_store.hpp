@@ -276,7 +276,7 @@ class blob_store {
     lru_key key;
     std::uint64_t size = 0;
   };
-  std::map<lru_key, std::string> lru_;
+  std::map<lru_key, const std::string*> lru_;  // points at the digest, lru_slots_' key
   std::unordered_map<std::string, lru_slot> lru_slots_;
   std::uint64_t lru_sequence_ = 0;
   bool eviction_queued_ = false;

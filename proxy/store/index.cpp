@@ -10,6 +10,7 @@
 #include <boost/json.hpp>
 #include <boost/system/errc.hpp>
 #include <charconv>
+#include <filesystem>
 #include <stdexcept>
 #include <string_view>
 #include <type_traits>
@@ -220,6 +221,10 @@ std::unique_ptr<index> index::open(const std::string& path, bool read_only) {
   // disk cannot fail the close, and the exit is quick.
   options.avoid_flush_during_shutdown = true;
   options.info_log = std::make_shared<rocks_logger>();
+  // Made first: RocksDB logs an error when it finds no directory to read (it would
+  // create it), which on every new cache would look like a fault.
+  std::error_code ignored;
+  if (!read_only) std::filesystem::create_directories(path, ignored);
   rocksdb::DB* db = nullptr;
   const auto status =
       read_only ? rocksdb::DB::OpenForReadOnly(options, path, &db) : rocksdb::DB::Open(options, path, &db);
