@@ -70,7 +70,10 @@ asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, std::shared_ptr<b
     }
     f->finish();
   } catch (const std::exception& e) {
-    log::error("cache_fill_exception", {{"digest", f->digest()}, {"error", e.what()}});
+    // As core::spawn's handler would (logged and counted alike), but here the fill's
+    // followers are told at once and the exception goes no further.
+    log::error("task_exception", {{"task", "fill"}, {"digest", f->digest()}, {"error", e.what()}});
+    metrics.task_exception("fill");
     f->fail(store::fill_failure::upstream_broken);
   }
 }
