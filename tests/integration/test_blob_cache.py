@@ -179,6 +179,9 @@ def test_head_on_a_hit_needs_no_upstream(world, cached_berth):
     url = f"{b.url}/v2/library/app/blobs/{layer}?ns={REGISTRY_NAME}"
     s, _, body = harness.http_request(url)
     assert s == 200
+    # The publish follows the client's last byte on the store's disk thread; until it
+    # is indexed a HEAD is a miss, asked upstream.
+    harness.wait_for(lambda: b.metric("berth_cache_fills_total", result="completed") == 1, what="the publish")
     before = len(world["registry"].settled_requests())
     s, h, hb = harness.http_request(url, method="HEAD")
     assert s == 200 and hb == b"" and int(h["Content-Length"]) == len(body) and h["Docker-Content-Digest"] == layer
