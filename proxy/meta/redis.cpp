@@ -195,8 +195,8 @@ struct redis_client::impl {
   void back_off() {
     std::lock_guard lock(mu);
     failures = std::min(failures + 1, 6);
-    retry_after = clock_type::now() +
-                  std::min<clock_type::duration>(std::chrono::milliseconds(100 << failures), std::chrono::seconds(5));
+    retry_after = clock_type::now() + std::min<clock_type::duration>(options.retry_backoff * (1 << (failures - 1)),
+                                                                     std::chrono::seconds(5));
   }
 
   // Sleeps up to `d`, in short steps so that a stop is noticed. False when stopping.
@@ -312,15 +312,19 @@ struct redis_client::impl {
         finish(j, std::nullopt);
         continue;
       }
-      if (c == nullptr) {
-        {
-          std::lock_guard lock(mu);
-          if (started < retry_after) {  // backing off: fail fast, the caller has other tiers
-            metrics.meta_command("down", std::chrono::duration<double>(0));
-            finish(j, std::nullopt);
-            continue;
-          }
+      {
+        // Backing off (this or another connection failed or timed out): fail fast,
+        // the caller has other tiers. Every connection obeys it, also one still
+        // open: a stalled backend stalls them all, so trying the next one would
+        // cost another full timeout.
+        std::lock_guard lock(mu);
+        if (started < retry_after) {
+          metrics.meta_command("down", std::chrono::duration<double>(0));
+          finish(j, std::nullopt);
+          continue;
         }
+      }
+      if (c == nullptr) {
         std::string why;
         c = connect(why);
         if (c == nullptr) {
@@ -371,6 +375,13 @@ struct redis_client::impl {
         metrics.meta_command("error", clock_type::now() - started);
         finish(j, std::nullopt);
         continue;
+      }
+      if (!up.load()) {  // answered on a connection that outlived the failure of another
+        {
+          std::lock_guard lock(mu);
+          failures = 0;
+        }
+        set_up(true, "");
       }
       metrics.meta_command(all_ok ? "ok" : "reply_error", clock_type::now() - started);
       finish(j, std::move(out));

@@ -30,6 +30,9 @@ struct redis_options {
   std::chrono::milliseconds connect_timeout{1000};
   std::chrono::milliseconds command_timeout{500};
   std::size_t connections = 2;
+  // After a failure or timeout every command fails fast for this long, doubled for each
+  // failure in a row, at most 5 s; the first command after it tries again.
+  std::chrono::milliseconds retry_backoff{200};
 };
 
 // redis://[user[:password]@]host[:port][/db]. Returns nullopt and sets `error` if malformed.

@@ -46,6 +46,14 @@ inline bool accepting(int port) {
   return ok;
 }
 
+// How many backend commands ended with `result` ("ok", "error", "timeout", "down"),
+// read from the text of /metrics.
+inline long backend_commands(const std::string& metrics_text, const std::string& result) {
+  const std::string key = "berth_metadata_backend_commands_total{result=\"" + result + "\"} ";
+  const auto at = metrics_text.find(key);
+  return at == std::string::npos ? 0 : std::stol(metrics_text.substr(at + key.size()));
+}
+
 class redis_server {
  public:
   explicit redis_server(int port, std::string password = {}) : port_(port), password_(std::move(password)) { start(); }

@@ -137,6 +137,28 @@ TEST(Redis, AStalledBackendTimesOut) {
   EXPECT_TRUE(back);
 }
 
+TEST(Redis, AStallOnOneConnectionMakesEveryConnectionFailFast) {
+  // Two connections; the first command to meet the stall pays the timeout. The
+  // others, on either connection, must fail at once while the client backs off:
+  // the second connection is still open, but a stalled backend stalls it too.
+  const int port = free_port();
+  redis_server server(port);
+  metrics::registry m;
+  auto o = options(port);
+  o.connections = 2;
+  o.retry_backoff = std::chrono::seconds(5);  // nothing below outlasts it
+  meta::redis_client c(o, m);
+  ASSERT_TRUE(run(c, {"PING"}));
+  ASSERT_TRUE(run(c, {"PING"}));
+  server.pause();
+  EXPECT_FALSE(run(c, {"PING"}));
+  for (int i = 0; i < 6; ++i) EXPECT_FALSE(run(c, {"PING"}));
+  server.resume();
+  const auto text = m.serialize();
+  EXPECT_EQ(berth::testing::backend_commands(text, "error"), 1) << text;
+  EXPECT_EQ(berth::testing::backend_commands(text, "down"), 6) << text;
+}
+
 TEST(Redis, PipelinedCommandsAnswerInOrder) {
   const int port = free_port();
   redis_server server(port);
