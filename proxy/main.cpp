@@ -1,4 +1,5 @@
 // Berth: the command line, and the only place that wires the modules together.
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
@@ -7,7 +8,6 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <ctime>
@@ -24,6 +24,7 @@
 #include "containerd/hosts_toml.hpp"
 #include "core/log.hpp"
 #include "http/handlers.hpp"
+#include "http/handover.hpp"
 #include "http/server.hpp"
 #include "http/watchdog.hpp"
 #include "meta/cache.hpp"
@@ -113,12 +114,69 @@ struct runtime {
   std::unique_ptr<http::server> pull;
   std::unique_ptr<http::server> admin;
   std::unique_ptr<http::watchdog> watchdog;
-  std::unique_ptr<asio::signal_set> signals;
+  std::unique_ptr<http::handover_server> handover;
+  // Opens the cache once a predecessor has released it (see attach_cache).
+  std::thread attacher;
   // Held while serving; dropped at the end of the drain so each worker's loop
   // returns once nothing is left to run.
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::atomic<bool> ready{false};
+  std::atomic<bool> draining{false};
   std::atomic<bool> stopping{false};
+  // The connection to the successor this process handed its listeners to; -1 if none.
+  std::atomic<int> successor{-1};
+};
+
+// SIGTERM and SIGINT: blocked in every thread and taken by one thread of their own,
+// so that none is lost to a handler that is gone (after a hand-over, Berth waits for
+// the SIGTERM that ends its pod with nothing else left running).
+class signal_watch {
+ public:
+  signal_watch() {
+    sigset_t set = signals();
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread exists: all inherit it
+    thread_ = std::thread([this] { run(); });
+  }
+  ~signal_watch() {
+    done_ = true;
+    thread_.join();
+  }
+  signal_watch(const signal_watch&) = delete;
+  signal_watch& operator=(const signal_watch&) = delete;
+
+  // What a signal does from now on (on the signal thread); null: only remember it.
+  void on_signal(std::function<void(int)> f) {
+    std::lock_guard lock(mu_);
+    handler_ = std::move(f);
+  }
+  // Blocks until a signal has come (at once if one came already).
+  void wait() { received_.wait(0); }
+
+ private:
+  static sigset_t signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    return set;
+  }
+  void run() {
+    const sigset_t set = signals();
+    while (!done_) {
+      timespec step{0, 100'000'000};
+      const int sig = sigtimedwait(&set, nullptr, &step);
+      if (sig <= 0) continue;
+      received_ = sig;
+      received_.notify_all();
+      std::lock_guard lock(mu_);
+      if (handler_) handler_(sig);
+    }
+  }
+  std::mutex mu_;
+  std::function<void(int)> handler_;
+  std::atomic<int> received_{0};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
 };
 
 // How long the workers get, after the drain, to finish what was cut off (sessions
@@ -134,8 +192,6 @@ void stop_everything(runtime& rt) {
   rt.pull->close_all();
   rt.admin->close_all();
   for (auto& c : rt.clients) c->shutdown();
-  boost::system::error_code ignored;
-  rt.signals->cancel(ignored);
   rt.guards.clear();
   rt.stopping = true;
   rt.stopping.notify_all();
@@ -152,7 +208,83 @@ void drain_then_stop(runtime& rt, const std::shared_ptr<asio::steady_timer>& tim
   timer->async_wait([&rt, timer, deadline](boost::system::error_code) { drain_then_stop(rt, timer, deadline); });
 }
 
+// Stops accepting and drains: on SIGTERM, or once a successor accepts on the
+// listeners this process handed it. Runs on the first worker; once only.
+void begin_drain(runtime& rt, std::string_view why) {
+  if (rt.draining.exchange(true)) return;
+  log::info("shutting_down", {{"reason", why}, {"open_connections", rt.pull->open_connections()}});
+  rt.ready = false;
+  rt.metrics.set_ready(false);
+  rt.pull->begin_shutdown();
+  // On SIGTERM the admin port stays up for the drain (/readyz says 503); after a
+  // hand-over it is the successor's, and its probes must reach the successor only.
+  if (rt.successor >= 0) rt.admin->begin_shutdown();
+  const auto deadline = std::chrono::steady_clock::now() + rt.settings.server.shutdown_timeout;
+  drain_then_stop(rt, std::make_shared<asio::steady_timer>(*rt.workers.front()), deadline);
+}
+
+// Where a running Berth offers its listeners to its successor: server.handover_socket,
+// by default beside the cache (a hostPath both pods of a DaemonSet update share).
+std::string handover_path(const config::settings& s) {
+  if (s.server.handover_socket == "none") return {};
+  if (!s.server.handover_socket.empty()) return s.server.handover_socket;
+  return s.cache ? s.cache->dir + "/handover.sock" : std::string();
+}
+
+// Opens the blob cache and the metadata's local copy. Throws when the cache cannot
+// be opened (its directory locked by another Berth, read-only, ...).
+void open_cache(runtime& rt) {
+  const auto& s = rt.settings;
+  auto store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt.metrics);
+  store->open();
+  store->start_reconcile();  // off the start-up path
+  rt.store = std::move(store);
+  rt.metrics.cache_up(true);
+}
+
+std::unique_ptr<meta::local_db> open_local_metadata(const config::settings& s) {
+  const std::string dir = s.cache->dir + "/metadata";
+  try {
+    return meta::local_db::open(dir);
+  } catch (const std::exception& e) {
+    log::error("metadata_local_unavailable", {{"dir", dir}, {"error", e.what()}});
+    return nullptr;
+  }
+}
+
+// A successor serves uncached while its predecessor drains; this opens the cache as
+// soon as the predecessor says it has closed it (or is gone), and hands it to every
+// worker's mirror. Runs on rt.attacher.
+void attach_cache(runtime& rt, http::inherited_listeners predecessor) {
+  const auto started = std::chrono::steady_clock::now();
+  bool released = false;
+  std::string last_error;
+  while (!rt.stopping) {
+    released = released || predecessor.wait_released(std::chrono::milliseconds(250));
+    if (!released && std::chrono::steady_clock::now() - started < rt.settings.server.shutdown_timeout) continue;
+    try {
+      open_cache(rt);
+    } catch (const std::exception& e) {
+      if (last_error != e.what()) log::warn("cache_waiting", {{"dir", rt.settings.cache->dir}, {"error", e.what()}});
+      last_error = e.what();
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      continue;
+    }
+    rt.metadata->attach_local(open_local_metadata(rt.settings));
+    for (std::size_t i = 0; i < rt.workers.size(); ++i) {
+      asio::post(*rt.workers[i], [m = rt.mirrors[i].get(), st = rt.store.get()] { m->attach_store(st); });
+    }
+    log::info("cache_attached",
+              {{"dir", rt.settings.cache->dir},
+               {"after_ms", static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                       std::chrono::steady_clock::now() - started)
+                                                       .count())}});
+    return;
+  }
+}
+
 int serve(const std::string& config_path) {
+  signal_watch signals;  // first: every thread started after it blocks the signals
   auto rt = std::make_unique<runtime>();
   rt->settings = config::load_file(config_path);
   auto& s = rt->settings;
@@ -168,14 +300,26 @@ int serve(const std::string& config_path) {
   }
   std::vector<upstream::registry*> regs;
   for (auto& r : rt->registries) regs.push_back(r.get());
-  if (s.cache) {
+  // A Berth already serving on this node (the one this one replaces) hands over its
+  // listeners, and its cache once it has drained.
+  const auto handover = handover_path(s);
+  http::inherited_listeners predecessor;
+  if (!handover.empty()) {
+    try {
+      predecessor = http::take_over(handover);
+    } catch (const std::exception& e) {
+      log::warn("handover_failed", {{"socket", handover}, {"error", e.what()}});
+    }
+  }
+  if (s.cache && predecessor.received()) {
+    log::info("cache_deferred",
+              {{"dir", s.cache->dir}, {"detail", "serving uncached until the Berth handing over releases the cache"}});
+    rt->metrics.cache_up(false);
+  } else if (s.cache) {
     // A cache that cannot be opened (a read-only or full filesystem, a directory
     // another Berth holds) does not stop the node's pulls: Berth serves without it.
     try {
-      rt->store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt->metrics);
-      rt->store->open();
-      rt->store->start_reconcile();  // off the start-up path
-      rt->metrics.cache_up(true);
+      open_cache(*rt);
     } catch (const std::exception& e) {
       log::error(
           "cache_unavailable",
@@ -195,13 +339,7 @@ int serve(const std::string& config_path) {
   if (mopts.redis) backend = std::make_shared<meta::redis_client>(*mopts.redis, rt->metrics);
   std::unique_ptr<meta::local_db> local;
   const std::string local_dir = s.cache ? s.cache->dir + "/metadata" : std::string();
-  if (!local_dir.empty() && rt->store) {
-    try {
-      local = meta::local_db::open(local_dir);
-    } catch (const std::exception& e) {
-      log::error("metadata_local_unavailable", {{"dir", local_dir}, {"error", e.what()}});
-    }
-  }
+  if (rt->store) local = open_local_metadata(s);
   log::info("metadata", {{"mode", backend ? "shared" : "embedded"},
                          {"redis", mopts.redis_url},
                          {"local_dir", local ? local_dir : std::string()},
@@ -248,12 +386,13 @@ int serve(const std::string& config_path) {
                                       .max_body_bytes = 4096,
                                       .pull_only = true,
                                       .gate = nullptr,
-                                      .max_connections = fds.mirror});
+                                      .max_connections = fds.mirror},
+                                     predecessor.take("mirror", s.server.listen));
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
   // Where the watchdog leaves its reason for the next run: beside the cache.
-  const std::string exit_record = rt->store ? s.cache->dir + "/last-exit" : std::string();
+  const std::string exit_record = s.cache ? s.cache->dir + "/last-exit" : std::string();
   if (!exit_record.empty()) {
     if (const auto why = http::take_exit_record(exit_record); !why.empty()) {
       log::warn("previous_exit", {{"reason", why}});
@@ -286,7 +425,32 @@ int serve(const std::string& config_path) {
                          .max_body_bytes = http::admin_max_body_bytes,
                          .pull_only = false,
                          .gate = http::make_admin_gate(rt->metrics, webhook),
-                         .max_connections = fds.admin});
+                         .max_connections = fds.admin},
+                        predecessor.take("admin", s.server.admin_listen));
+  if (predecessor.received()) {
+    predecessor.confirm();  // the predecessor stops accepting: its sockets are ours now
+    if (s.cache)
+      rt->attacher = std::thread([&rt = *rt, p = std::move(predecessor)]() mutable { attach_cache(rt, std::move(p)); });
+  }
+  if (!handover.empty()) {
+    try {
+      rt->handover = std::make_unique<http::handover_server>(
+          handover,
+          [&rt = *rt] {
+            std::map<std::string, http::handover_server::listener> out;
+            if (rt.draining) return out;
+            for (auto [name, fd] : rt.pull->listening_copies()) out[name] = {rt.settings.server.listen, fd};
+            for (auto [name, fd] : rt.admin->listening_copies()) out[name] = {rt.settings.server.admin_listen, fd};
+            return out;
+          },
+          [&rt = *rt](int channel) {
+            rt.successor = channel;
+            asio::post(*rt.workers.front(), [&rt] { begin_drain(rt, "handed_over"); });
+          });
+    } catch (const std::exception& e) {
+      log::warn("handover_unavailable", {{"socket", handover}, {"error", e.what()}});
+    }
+  }
   rt->ready = true;
   rt->metrics.set_ready(true);
   log::info("listening", {{"listen", s.server.listen},
@@ -301,15 +465,8 @@ int serve(const std::string& config_path) {
                           {"registries", static_cast<unsigned>(regs.size())},
                           {"config", s.source}});
 
-  rt->signals = std::make_unique<asio::signal_set>(*contexts.front(), SIGTERM, SIGINT);
-  rt->signals->async_wait([&rt = *rt](boost::system::error_code ec, int sig) {
-    if (ec) return;
-    log::info("shutting_down", {{"signal", sig}, {"open_connections", rt.pull->open_connections()}});
-    rt.ready = false;
-    rt.metrics.set_ready(false);
-    rt.pull->begin_shutdown();
-    const auto deadline = std::chrono::steady_clock::now() + rt.settings.server.shutdown_timeout;
-    drain_then_stop(rt, std::make_shared<asio::steady_timer>(*rt.workers.front()), deadline);
+  signals.on_signal([&rt = *rt](int sig) {
+    asio::post(*rt.workers.front(), [&rt, sig] { begin_drain(rt, sig == SIGINT ? "SIGINT" : "SIGTERM"); });
   });
 
   for (auto& w : rt->workers) rt->guards.push_back(asio::make_work_guard(*w));
@@ -333,6 +490,9 @@ int serve(const std::string& config_path) {
   }
   ran_dry.set_value();
   reaper.join();
+  signals.on_signal(nullptr);  // from here a signal is only remembered
+  if (rt->attacher.joinable()) rt->attacher.join();
+  rt->handover.reset();  // its thread ends; a successor's socket file stays
   if (rt->watchdog) rt->watchdog->stop();
   if (rt->store) {
     rt->store->join_background();
@@ -347,8 +507,17 @@ int serve(const std::string& config_path) {
     return 0;
   }
   // Nothing is left on any loop: tear everything down, in reverse order of building.
+  const int successor = rt->successor.exchange(-1);
   rt.reset();
   log::info("shutdown_complete");
+  if (successor >= 0) {
+    // The cache is closed: the successor may open it. In a DaemonSet update this pod
+    // is deleted once the new one is ready; exiting before that would make the kubelet
+    // restart it, and the restarted Berth would take the listeners back.
+    http::send_released(successor);
+    log::info("handed_over_waiting", {{"detail", "the successor serves; waiting for SIGTERM to exit"}});
+    signals.wait();
+  }
   return 0;
 }
 

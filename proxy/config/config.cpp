@@ -437,6 +437,16 @@ const std::vector<key_row>& key_table() {
                    }
                  },
                  render_registries});
+    t.push_back({"", "handover_socket",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   s.server.handover_socket = as_string(n, c);
+                   const auto& v = s.server.handover_socket;
+                   if (!v.empty() && v != "none" && v.front() != '/') c.fail(n, "must be an absolute path or none");
+                   if (v.size() > 107) c.fail(n, "must be at most 107 bytes (a Unix socket path)");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.server.handover_socket.empty()) emit(out, "handover_socket", s.server.handover_socket);
+                 }});
     t.push_back({"", "default_registry",
                  [](const YAML::Node& n, const context& c, settings& s) { s.default_registry = as_string(n, c); },
                  [](YAML::Emitter& out, const settings& s) {

@@ -25,6 +25,10 @@ struct server_options {
   bool access_log = true;
   // Send file-backed bodies (cache hits) with sendfile(2) instead of read+write.
   bool zero_copy = true;
+  // The Unix socket on which a running Berth hands its listeners to the Berth that
+  // replaces it (a DaemonSet update). Empty: handover.sock in the cache directory
+  // (no hand-over without a cache); "none": off.
+  std::string handover_socket;
 };
 
 }  // namespace berth::http

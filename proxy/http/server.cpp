@@ -1,6 +1,8 @@
 #include "http/server.hpp"
 
+#include <fcntl.h>
 #include <sys/sendfile.h>
+#include <unistd.h>
 #include <array>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
@@ -82,6 +84,8 @@ struct connection_state {
   // Picked to be closed for room: closed at once if idle, else after its current
   // reply (never kept alive), so the listener's limit holds.
   std::atomic<bool> shed{false};
+  // Whether a request has been read on it yet. On this connection's thread only.
+  bool used = false;
   void set_idle(bool v) {
     if (v) idle_since.store(clock_type::now().time_since_epoch().count(), std::memory_order_relaxed);
     idle.store(v, std::memory_order_release);
@@ -94,8 +98,20 @@ struct listener {
   listener_options options;
   std::size_t open = 0;  // guarded by server::impl::mu
   std::atomic<clock_type::rep> refused_logged{0};
+  // A copy of the listening socket kept to hand to a successor; -1 once shutdown
+  // began. Guarded by server::impl::mu.
+  int handover_fd = -1;
   explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
+  ~listener() {
+    if (handover_fd >= 0) ::close(handover_fd);
+  }
+  listener(const listener&) = delete;
+  listener& operator=(const listener&) = delete;
 };
+
+// On shutdown, how long a connection accepted just before it has to send its first
+// request.
+constexpr std::chrono::seconds k_first_request_grace{1};
 
 void close_socket(connection_state& c) {
   error_code ignored;
@@ -168,26 +184,60 @@ server::server(std::vector<asio::io_context*> workers, server_options options, m
 
 server::~server() = default;
 
-unsigned short server::listen(const std::string& address, handler h, listener_options options) {
+unsigned short server::listen(const std::string& address, handler h, listener_options options, int inherited_fd) {
   auto l = std::make_unique<listener>(*impl_->workers.front());
   l->handle = std::move(h);
   l->options = std::move(options);
   const auto ep = parse_listen(address);
-  l->acceptor.open(ep.protocol());
-  l->acceptor.set_option(tcp::acceptor::reuse_address(true));
   error_code ec;
-  l->acceptor.bind(ep, ec);
-  if (ec) throw std::runtime_error("cannot listen on " + address + ": " + ec.message());
-  l->acceptor.listen(asio::socket_base::max_listen_connections);
+  if (inherited_fd >= 0) {
+    // The same socket, its accept queue included: nothing waiting in it is lost.
+    l->acceptor.assign(ep.protocol(), inherited_fd, ec);
+    if (ec) {
+      ::close(inherited_fd);
+      throw std::runtime_error("cannot accept on the socket handed over for " + address + ": " + ec.message());
+    }
+  } else {
+    l->acceptor.open(ep.protocol());
+    l->acceptor.set_option(tcp::acceptor::reuse_address(true));
+    l->acceptor.bind(ep, ec);
+    if (ec) throw std::runtime_error("cannot listen on " + address + ": " + ec.message());
+    l->acceptor.listen(asio::socket_base::max_listen_connections);
+  }
   const auto port = l->acceptor.local_endpoint().port();
   auto& ref = *l;
-  impl_->listeners.push_back(std::move(l));
+  {
+    std::lock_guard lock(impl_->mu);
+    l->handover_fd = ::fcntl(l->acceptor.native_handle(), F_DUPFD_CLOEXEC, 0);
+    impl_->listeners.push_back(std::move(l));
+  }
   core::spawn(*impl_->workers.front(), impl_->accept_loop(ref), impl_->on_exception("accept"));
   return port;
 }
 
+std::map<std::string, int> server::listening_copies() const {
+  std::lock_guard lock(impl_->mu);
+  std::map<std::string, int> out;
+  if (impl_->stopping) return out;
+  for (const auto& l : impl_->listeners) {
+    if (l->handover_fd < 0) continue;
+    const int fd = ::fcntl(l->handover_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) out[l->options.name] = fd;
+  }
+  return out;
+}
+
 void server::begin_shutdown() {
-  impl_->stopping = true;
+  {
+    // The copies kept for a successor go first: a listening socket nobody accepts
+    // on must close now, so that clients are refused at once and fall back.
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+    for (auto& l : impl_->listeners) {
+      if (l->handover_fd >= 0) ::close(l->handover_fd);
+      l->handover_fd = -1;
+    }
+  }
   for (auto& l : impl_->listeners) {
     asio::post(l->acceptor.get_executor(), [&a = l->acceptor] {
       error_code ignored;
@@ -197,7 +247,19 @@ void server::begin_shutdown() {
   std::lock_guard lock(impl_->mu);
   for (const auto& c : impl_->connections) {
     asio::post(c->stream.get_executor(), [c] {
-      if (c->idle) close_socket(*c);
+      if (!c->idle) return;  // busy: closed after its reply (never kept alive now)
+      if (c->used) {
+        // Idle between requests: closed now. A client whose next request meets the
+        // close retries it on a new connection (HTTP/1.1 §9.3.1; Go's transport does).
+        close_socket(*c);
+        return;
+      }
+      // Accepted, its first request not read yet: a client that just connected has
+      // nothing to retry, so its request gets a moment to arrive and is answered.
+      auto t = std::make_shared<asio::steady_timer>(c->stream.get_executor(), k_first_request_grace);
+      t->async_wait([c, t](error_code) {
+        if (c->idle) close_socket(*c);
+      });
     });
   }
 }
@@ -522,7 +584,10 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
   }
   // Busy only once the whole request is in: a client that announces a body and never
   // sends it stays idle, so it can be shed to make room.
-  if (!ec) conn.set_idle(false);
+  if (!ec) {
+    conn.set_idle(false);
+    conn.used = true;
+  }
   if (ec) {
     // A closed, timed-out or reset connection between requests is normal.
     if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||

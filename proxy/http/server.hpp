@@ -6,6 +6,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,8 +68,14 @@ class server {
   ~server();
 
   // Binds "host:port" (port 0 picks one) and starts accepting. Throws on a bad
-  // address or a bind failure. Returns the bound port.
-  unsigned short listen(const std::string& address, handler h, listener_options options);
+  // address or a bind failure. Returns the bound port. With `inherited_fd` (a
+  // listening socket a predecessor handed over, now owned by the server) it accepts
+  // on that socket instead of binding.
+  unsigned short listen(const std::string& address, handler h, listener_options options, int inherited_fd = -1);
+
+  // Copies (dup) of the listening sockets, by listener name, for a successor; the
+  // caller closes them. Empty once shutdown has begun. Thread-safe.
+  std::map<std::string, int> listening_copies() const;
 
   // Stops accepting, closes idle keep-alive connections, and asks busy ones to
   // close after their current response. Thread-safe.

@@ -263,7 +263,10 @@ struct cache::impl {
   metadata_options options;
   metrics::registry& metrics;
   std::shared_ptr<redis_client> backend;
-  std::unique_ptr<local_db> local;
+  // The node-local copy: set once, at start or later (attach_local, when a
+  // predecessor has released the cache directory), never taken away.
+  std::unique_ptr<local_db> local_owned;
+  std::atomic<local_db*> local{nullptr};
   memory_tier memory;
   // Answers confirmed before this time (unix ms) may have missed an invalidation
   // (the subscription was down): they are checked against the backend before use.
@@ -274,7 +277,12 @@ struct cache::impl {
   std::unordered_map<std::string, std::shared_ptr<flight>> flights;
 
   impl(metadata_options o, metrics::registry& m, std::shared_ptr<redis_client> b, std::unique_ptr<local_db> l)
-      : options(std::move(o)), metrics(m), backend(std::move(b)), local(std::move(l)), memory(options.memory_bytes) {
+      : options(std::move(o)),
+        metrics(m),
+        backend(std::move(b)),
+        local_owned(std::move(l)),
+        memory(options.memory_bytes) {
+    local = local_owned.get();
     longest_ttl = options.tag_ttl;
     for (const auto& t : options.tag_ttl_overrides) longest_ttl = std::max(longest_ttl, t.ttl);
   }
@@ -327,8 +335,9 @@ struct cache::impl {
 
   // ---- the tiers ----
   std::optional<entry> local_get(const key& k) {
-    if (!local) return std::nullopt;
-    auto v = local->get("e:" + k.flat());
+    auto* db = local.load();
+    if (db == nullptr) return std::nullopt;
+    auto v = db->get("e:" + k.flat());
     if (!v) return std::nullopt;
     return decode(*v);
   }
@@ -344,7 +353,7 @@ struct cache::impl {
 
   asio::awaitable<void> store(const key& k, const entry& e) {
     memory.put(k, e);
-    if (local) local->put("e:" + k.flat(), encode(e));
+    if (auto* db = local.load()) db->put("e:" + k.flat(), encode(e));
     if (backend) {
       const auto group = backend_key(k.group);
       const auto keep =
@@ -357,7 +366,7 @@ struct cache::impl {
 
   asio::awaitable<void> drop(const key& k) {
     memory.erase(k);
-    if (local) local->erase("e:" + k.flat());
+    if (auto* db = local.load()) db->erase("e:" + k.flat());
     if (backend) {
       std::vector<std::string> hdel{"HDEL", backend_key(k.group), k.field};
       co_await backend->command(std::move(hdel));
@@ -366,7 +375,7 @@ struct cache::impl {
 
   void drop_group_locally(const std::string& group) {
     memory.erase_group(group);
-    if (local) local->erase_prefix("e:" + group + "#");
+    if (auto* db = local.load()) db->erase_prefix("e:" + group + "#");
   }
 
   // ---- one lookup ----
@@ -388,7 +397,7 @@ struct cache::impl {
         if (!best || s.validated_ms >= best->validated_ms) {
           best = s;
           memory.put(k, s);
-          if (local) local->put("e:" + k.flat(), encode(s));
+          if (auto* db = local.load()) db->put("e:" + k.flat(), encode(s));
           if (fresh(s, ttl, now)) co_return lookup{hit(s, outcome::shared_hit), best, {}};
         }
       }
@@ -404,7 +413,7 @@ struct cache::impl {
       } else if (taken && taken->type == reply::kind::nil) {
         if (auto peer = co_await wait_for_peer(k, lock_key, best ? best->validated_ms : 0)) {
           memory.put(k, *peer);
-          if (local) local->put("e:" + k.flat(), encode(*peer));
+          if (auto* db = local.load()) db->put("e:" + k.flat(), encode(*peer));
           co_return lookup{peer->found ? outcome::coalesced : outcome::negative, peer, {}};
         }
         // The holder finished without an answer (the upstream failed or refused) or
@@ -508,29 +517,39 @@ const metadata_options& cache::options() const {
   return impl_->options;
 }
 
-void cache::start() {
-  auto& i = *impl_;
-  if (i.local) {
-    // Drop answers too old to serve even stale, then manifests no answer points at.
-    const auto oldest = now_ms() - (i.options.max_stale + i.longest_ttl + i.options.negative_ttl).count();
-    std::set<std::string> wanted;
-    std::size_t dropped = 0;
-    i.local->sweep("e:", [&](const std::string&, const std::string& v) {
-      auto e = decode(v);
-      if (!e || e->validated_ms < oldest) {
-        ++dropped;
-        return false;
-      }
-      if (e->found) wanted.insert(e->digest);
-      return true;
-    });
-    i.local->sweep("m:", [&](const std::string& k, const std::string&) {
-      if (wanted.contains(k.substr(2))) return true;
+// Drops answers too old to serve even stale, then manifests no answer points at.
+static void sweep_local(local_db& db, const metadata_options& options, std::chrono::milliseconds longest_ttl) {
+  const auto oldest = now_ms() - (options.max_stale + longest_ttl + options.negative_ttl).count();
+  std::set<std::string> wanted;
+  std::size_t dropped = 0;
+  db.sweep("e:", [&](const std::string&, const std::string& v) {
+    auto e = decode(v);
+    if (!e || e->validated_ms < oldest) {
       ++dropped;
       return false;
-    });
-    log::info("metadata_local_store", {{"answers_kept", wanted.size()}, {"dropped", dropped}});
-  }
+    }
+    if (e->found) wanted.insert(e->digest);
+    return true;
+  });
+  db.sweep("m:", [&](const std::string& k, const std::string&) {
+    if (wanted.contains(k.substr(2))) return true;
+    ++dropped;
+    return false;
+  });
+  log::info("metadata_local_store", {{"answers_kept", wanted.size()}, {"dropped", dropped}});
+}
+
+void cache::attach_local(std::unique_ptr<local_db> local) {
+  auto& i = *impl_;
+  if (!local || i.local.load() != nullptr) return;
+  sweep_local(*local, i.options, i.longest_ttl);
+  i.local_owned = std::move(local);
+  i.local.store(i.local_owned.get(), std::memory_order_release);
+}
+
+void cache::start() {
+  auto& i = *impl_;
+  if (auto* db = i.local.load()) sweep_local(*db, i.options, i.longest_ttl);
   if (i.backend) {
     std::weak_ptr<impl> weak = impl_;
     i.backend->subscribe(
@@ -631,14 +650,14 @@ asio::awaitable<void> cache::confirm(const key& k, const entry& confirmed) {
 asio::awaitable<std::optional<manifest>> cache::get_manifest(const std::string& digest) {
   auto self = impl_;
   if (auto m = self->memory.get_manifest(digest)) co_return m;
-  if (self->local) {
-    if (auto v = self->local->get("m:" + digest)) {
+  if (auto* db = self->local.load()) {
+    if (auto v = db->get("m:" + digest)) {
       auto m = unpack(*v);
       if (m && genuine(*m, digest)) {
         self->memory.put_manifest(digest, *m);
         co_return m;
       }
-      self->local->erase("m:" + digest);
+      db->erase("m:" + digest);
       self->metrics.meta_corrupt("local");
       log::error("metadata_corrupt", {{"tier", "local"}, {"digest", digest}});
     }
@@ -651,7 +670,7 @@ asio::awaitable<std::optional<manifest>> cache::get_manifest(const std::string& 
       auto m = unpack(r->str);
       if (m && genuine(*m, digest)) {
         self->memory.put_manifest(digest, *m);
-        if (self->local) self->local->put("m:" + digest, r->str);
+        if (auto* db = self->local.load()) db->put("m:" + digest, r->str);
         co_return m;
       }
       {
@@ -669,7 +688,7 @@ asio::awaitable<void> cache::put_manifest(const std::string& digest, const manif
   auto self = impl_;
   const auto packed = pack(m);
   self->memory.put_manifest(digest, m);
-  if (self->local) self->local->put("m:" + digest, packed);
+  if (auto* db = self->local.load()) db->put("m:" + digest, packed);
   if (self->backend) {
     {
       std::vector<std::string> set{"SET", self->backend_key("manifest:" + digest), packed, "PX",

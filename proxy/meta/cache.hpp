@@ -96,6 +96,9 @@ class cache {
   // Listens for other nodes' invalidations (when there is a backend) and drops
   // expired local entries. Call once, before serving.
   void start();
+  // Adds the node-local copy to a cache built without one (its directory was a
+  // predecessor's until now). Ignored when there is one already. Thread-safe.
+  void attach_local(std::unique_ptr<local_db> local);
 
   // The answer for `k`. `registry` and `kind` ("tag", "digest") label the metrics.
   boost::asio::awaitable<lookup> resolve(const key& k, std::chrono::milliseconds ttl, std::string_view registry,

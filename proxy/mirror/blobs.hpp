@@ -37,6 +37,9 @@ class blob_path {
   // hashing, writing) and the clients reading it use different cores. Defaults to
   // this path's own.
   void set_fill_upstream(upstream::fetcher& upstream) { fill_upstream_ = &upstream; }
+  // Adds the cache to a path built without one. REQUIRES: on this path's worker
+  // thread; a request under way keeps what it started with.
+  void attach_store(store::blob_store* store) { store_ = store; }
 
  private:
   // The answer from the cache: a hit, a fill to follow, or an error; nullopt when

@@ -41,6 +41,9 @@ class mirror {
   // Where this mirror's fills run: another worker's mirror, so that a fill (TLS,
   // hashing, writing) and the clients reading it use different cores. Defaults to itself.
   void set_fill_peer(mirror& peer) { blobs_.set_fill_upstream(peer.upstream_); }
+  // Adds the blob cache to a mirror built without one (a predecessor held it).
+  // REQUIRES: on this mirror's worker thread.
+  void attach_store(store::blob_store* store) { blobs_.attach_store(store); }
 
  private:
   // tags/list and referrers: passed through, the Link header pointed back here.

@@ -372,7 +372,7 @@ TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
   const std::string full =
       "listen: 127.0.0.1:5051\nadmin_listen: 127.0.0.1:9096\nthreads: 3\nlog_level: warn\n"
       "access_log: false\nshutdown_timeout: 7s\nwatchdog_timeout: 2s\n"
-      "registries: [{names: [r.example]}]\ndefault_registry: r.example\n"
+      "registries: [{names: [r.example]}]\ndefault_registry: r.example\nhandover_socket: /run/b.sock\n"
       "clients: {idle_timeout: 61s, write_timeout: 62s, max_header_bytes: 2048, "
       "max_connections: 10, admin_max_connections: 11}\n"
       "upstream: {connect_timeout: 6s, response_timeout: 31s, read_timeout: 32s, idle_timeout: 51s,"

@@ -1,0 +1,249 @@
+"""Upgrades and restarts (issue #16): a new Berth takes the listening sockets of the
+one it replaces on the same ports, as a DaemonSet update with maxSurge: 1 starts it,
+and no client request fails or gets a wrong byte on the way."""
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+
+import harness
+from conftest import REGISTRY_NAME, ROBOT, berth_binary, write_docker_config
+
+NS = urllib.parse.quote(REGISTRY_NAME)
+
+
+def node_config(world, directory, port, admin_port, cache_dir, extra=""):
+    secret = os.path.join(directory, "dockerconfigjson")
+    os.makedirs(directory, exist_ok=True)
+    write_docker_config(secret, REGISTRY_NAME, ROBOT, world["robot_password"])
+    return f"""listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin_port}
+threads: 2
+registries:
+  - names: [{REGISTRY_NAME}]
+    endpoint: {world['registry'].endpoint}
+    credentials: {secret}
+    ca_file: {world['pki'].ca_file}
+default_registry: {REGISTRY_NAME}
+cache:
+  dir: {cache_dir}
+{extra}"""
+
+
+class PullLoop(threading.Thread):
+    """A containerd-like client on one keep-alive connection: HEAD the tag, GET the
+    index and the amd64 manifest by digest, GET blobs; every body is hashed against
+    its digest. As Go's transport (containerd's) does, a request is sent again on a
+    new connection only when a *reused* connection is closed before any byte of the
+    answer (the server closed it while idle, RFC 9112 §9.3.1); anything else, a
+    refused or reset new connection, a status other than 200, a short or wrong body,
+    is a failure. `rate` (bytes/s) slows the reading, so a big blob spans the
+    hand-over."""
+
+    def __init__(self, port, image, blobs, rate=None, rounds=None):
+        super().__init__(daemon=True)
+        self.port, self.image, self.blobs, self.rate, self.rounds = port, image, blobs, rate, rounds
+        self.stop = threading.Event()
+        self.failures, self.requests, self.retries = [], 0, 0
+        self.conn = None
+
+    def _exchange(self, method, path, accept):
+        fresh = self.conn is None or self.conn.sock is None
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            self.conn.request(method, path, headers={"Accept": accept} if accept else {})
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            self.conn.close()
+            if fresh:
+                raise AssertionError(f"{method} {path}: a new connection failed: {e!r}") from e
+            self.retries += 1
+            self.conn.request(method, path, headers={"Accept": accept} if accept else {})
+            r = self.conn.getresponse()
+        h = hashlib.sha256()
+        got = 0
+        started = time.monotonic()
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            got += len(chunk)
+            if self.rate:
+                ahead = got / self.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        if r.getheader("Connection", "").lower() == "close":
+            self.conn.close()
+        length = r.getheader("Content-Length")
+        if method == "GET" and length is not None and int(length) != got:
+            raise AssertionError(f"{method} {path}: {got} bytes of {length}")
+        self.requests += 1
+        return r.status, r, "sha256:" + h.hexdigest()
+
+    def one_round(self):
+        base = "/v2/library/app"
+        s, r, _ = self._exchange("HEAD", f"{base}/manifests/v1?ns={NS}", harness.CONTAINERD_ACCEPT)
+        assert s == 200, f"HEAD tag: {s}"
+        index = r.getheader("Docker-Content-Digest")
+        assert index == self.image["index"], index
+        for digest in (index, self.image["manifests"]["amd64"]):
+            s, _, got = self._exchange("GET", f"{base}/manifests/{digest}?ns={NS}", harness.CONTAINERD_ACCEPT)
+            assert s == 200 and got == digest, f"GET {digest}: {s} {got}"
+        for digest in self.blobs:
+            s, _, got = self._exchange("GET", f"{base}/blobs/{digest}?ns={NS}", None)
+            assert s == 200 and got == digest, f"GET blob {digest}: {s} {got}"
+
+    def run(self):
+        done = 0
+        while not self.stop.is_set() and (self.rounds is None or done < self.rounds):
+            try:
+                self.one_round()
+            except Exception as e:  # noqa: BLE001 - every failure is recorded and asserted on
+                self.failures.append(repr(e))
+                if self.conn:
+                    self.conn.close()
+                self.conn = None
+            done += 1
+
+
+def small_blobs(image):
+    return [b for b in image["blobs"] if b != image["big_layer"]]
+
+
+def wait_in_log(b, event, timeout=30.0):
+    harness.wait_for(lambda: f'"event":"{event}"' in b.log(), timeout=timeout, what=f"{event} in {b.log_path}")
+
+
+def test_a_successor_takes_over_the_ports_without_a_failed_request(world, tmp_path):
+    image = world["image"]
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    old = harness.Berth(berth_binary(), str(tmp_path / "old"), config).start()
+    new = None
+    loops = []
+    try:
+        # Warm the cache through the old one: after the hand-over, the new one serves
+        # the same blobs from the cache it took over.
+        warm = PullLoop(port, image, image["blobs"], rounds=1)
+        warm.run()
+        assert warm.failures == []
+        harness.wait_for(lambda: old.metric("berth_cache_objects") >= len(image["blobs"]), what="blobs published")
+
+        loops = [PullLoop(port, image, small_blobs(image)) for _ in range(3)]
+        # One slow reader of the 200 MB layer: its transfer runs across the hand-over
+        # and must finish from the old process while the new one takes new requests.
+        slow = PullLoop(port, image, [image["big_layer"]], rate=40 << 20)
+        loops.append(slow)
+        for loop in loops:
+            loop.start()
+        time.sleep(1.5)
+        before = sum(loop.requests for loop in loops)
+
+        new = harness.Berth(berth_binary(), str(tmp_path / "new"), config).start()
+        assert new.port == port and new.admin_port == admin_port
+        wait_in_log(old, "handed_over")
+        assert '"event":"handover_received"' in new.log()
+        # The old one drains (the slow transfer included), closes its cache, and waits.
+        wait_in_log(old, "handed_over_waiting", timeout=40)
+        wait_in_log(new, "cache_attached", timeout=10)
+        assert old.alive(), "exited before its SIGTERM: the kubelet would restart it"
+        # The DaemonSet controller deletes the old pod once the new one is ready.
+        assert old.stop(timeout=10) == 0
+        time.sleep(2.0)
+        after_attach = sum(loop.requests for loop in loops)
+        time.sleep(1.5)
+    finally:
+        for loop in loops:
+            loop.stop.set()
+        for loop in loops:
+            loop.join(timeout=60)
+    try:
+        failures = [f for loop in loops for f in loop.failures]
+        print(f"requests {sum(loop.requests for loop in loops)} (before the successor {before}), "
+              f"sent again after an idle close {sum(loop.retries for loop in loops)}, failed {len(failures)}")
+        assert failures == [], failures
+        total = sum(loop.requests for loop in loops)
+        assert before > 20 and total > after_attach > before, (before, after_attach, total)
+        assert slow.requests >= 2, "the slow reader's transfer did not complete"
+        served_old = len(old.access_log())
+        served_new = len(new.access_log())
+        assert served_old > 0 and served_new > 0, (served_old, served_new)
+        # The new one serves from the cache it took over: hits, no upstream fetch.
+        assert new.metric("berth_cache_up") == 1
+        assert new.metric("berth_cache_requests_total", result="hit") > 0
+        assert new.metric("berth_cache_requests_total", result="miss") == 0
+        # Admin requests reach the new process only.
+        s, _, body = harness.http_request(f"http://127.0.0.1:{admin_port}/readyz")
+        assert s == 200, body
+    finally:
+        assert new.stop() == 0
+    # The cache is intact: every blob rehashes to its digest.
+    r = subprocess.run([berth_binary(), "cache", "verify", "-c", new.config_path], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"checked {len(image['blobs'])} blobs" in r.stdout and ", 0 bad" in r.stdout, r.stdout
+
+
+def test_a_successor_that_never_accepts_leaves_the_runner_serving(world, tmp_path):
+    """Whoever connects to the hand-over socket and takes the descriptors, but never
+    says it accepts on them (a successor that crashes during start-up), changes
+    nothing: the runner keeps accepting and a later successor can still take over."""
+    image = world["image"]
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    b = harness.Berth(berth_binary(), str(tmp_path / "b"),
+                      node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)).start()
+    try:
+        path = os.path.join(cache, "handover.sock")
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(path)
+        msg, fds, _, _ = socket.recv_fds(s, 4096, 8)
+        assert msg.startswith(b"berth-handover 1\n") and len(fds) == 2, msg
+        for fd in fds:
+            os.close(fd)
+        s.close()  # gone without "accepting"
+        wait_in_log(b, "handover_abandoned", timeout=10)
+        loop = PullLoop(port, image, small_blobs(image), rounds=2)
+        loop.run()
+        assert loop.failures == [] and loop.requests > 0
+        assert '"event":"shutting_down"' not in b.log()
+        # And the next one is still offered the listeners.
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(path)
+        msg, fds, _, _ = socket.recv_fds(s, 4096, 8)
+        assert len(fds) == 2
+        for fd in fds:
+            os.close(fd)
+        s.close()
+    finally:
+        assert b.stop() == 0
+
+
+def test_after_a_crash_the_stale_handover_socket_is_replaced(world, tmp_path):
+    image = world["image"]
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    first = harness.Berth(berth_binary(), str(tmp_path / "first"), config).start()
+    first.stop(sig=signal.SIGKILL)
+    assert os.path.exists(os.path.join(cache, "handover.sock"))  # left behind
+    second = harness.Berth(berth_binary(), str(tmp_path / "second"), config).start()
+    try:
+        assert '"event":"handover_received"' not in second.log()
+        assert second.metric("berth_cache_up") == 1
+        loop = PullLoop(port, image, small_blobs(image), rounds=1)
+        loop.run()
+        assert loop.failures == []
+    finally:
+        assert second.stop() == 0
