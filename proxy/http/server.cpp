@@ -519,7 +519,10 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
   // Bounded: Beast does not limit a chunk-size line (extensions) or the trailers, so
   // without a cap one connection could make the buffer grow without end.
   beast::flat_buffer buffer(options.max_header_bytes + 64 * 1024);
-  while (!stopping) {
+  // Once shutdown has begun no reply is kept alive, so the loop ends after the
+  // current one; a connection accepted just before still has its first request
+  // answered.
+  for (;;) {
     bool again = false;
     try {
       again = co_await serve_one(*conn, l, worker, buffer);
@@ -539,7 +542,8 @@ asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& 
   // The body's size is judged after the gate (below): a refusal for the secret comes
   // before one for the size.
   parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-  conn.stream.expires_after(options.idle_timeout);
+  conn.stream.expires_after(stopping && !conn.used ? std::chrono::milliseconds(k_first_request_grace)
+                                                   : options.idle_timeout);
   error_code ec;
   co_await bhttp::async_read_header(conn.stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
   incoming in;

@@ -126,3 +126,105 @@ TEST(Server, TheGateRefusesBeforeTheBodyIsRead) {
   EXPECT_EQ(let_in.data.substr(0, 12), "HTTP/1.1 200");
   EXPECT_NE(let_in.data.find("read"), std::string::npos);
 }
+
+namespace {
+
+http::handler answer_ok() {
+  return [](const http::incoming&) -> asio::awaitable<http::handled> {
+    http::handled h;
+    h.reply.body = "ok";
+    co_return h;
+  };
+}
+
+http::listener_options plain_listener() {
+  return {.name = "test",
+          .access_log = false,
+          .max_body_bytes = 0,
+          .pull_only = false,
+          .gate = nullptr,
+          .max_connections = 0};
+}
+
+// A connected client socket (2 s receive timeout); -1 if the connect failed.
+int connect_to(unsigned short port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads one response with a Content-Length of at most a few bytes, or until the
+// connection ends. "" if nothing came.
+std::string read_some(int fd) {
+  std::string out;
+  char buf[4096];
+  while (out.find("\r\n\r\n") == std::string::npos || out.find("ok") == std::string::npos) {
+    const auto n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+bool closed_by_peer(int fd) {
+  char c;
+  return ::recv(fd, &c, 1, 0) == 0;
+}
+
+template <class F>
+bool within(std::chrono::milliseconds limit, F&& cond) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return cond();
+}
+
+}  // namespace
+
+TEST(Server, OnShutdownAJustAcceptedConnectionStillHasItsFirstRequestAnswered) {
+  // A client that connected just before the drain began has nothing to retry: its
+  // request, arriving a moment later, is answered (and the connection closed after).
+  running_server s(answer_ok(), plain_listener());
+  const int fd = connect_to(s.port);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(within(std::chrono::seconds(2), [&] { return s.srv.open_connections() == 1; }));
+  s.srv.begin_shutdown();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::string req = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  const auto r = read_some(fd);
+  EXPECT_EQ(r.substr(0, 12), "HTTP/1.1 200") << r;
+  EXPECT_NE(r.find("Connection: close"), std::string::npos) << r;
+  EXPECT_TRUE(closed_by_peer(fd));
+  ::close(fd);
+}
+
+TEST(Server, OnShutdownAKeepAliveConnectionBetweenRequestsClosesAtOnceAndASilentOneAfterTheGrace) {
+  running_server s(answer_ok(), plain_listener());
+  const int used = connect_to(s.port);
+  const int silent = connect_to(s.port);
+  ASSERT_GE(used, 0);
+  ASSERT_GE(silent, 0);
+  const std::string req = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(used, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  ASSERT_EQ(read_some(used).substr(0, 12), "HTTP/1.1 200");
+  ASSERT_TRUE(within(std::chrono::seconds(2), [&] { return s.srv.open_connections() == 2; }));
+  s.srv.begin_shutdown();
+  // The used one goes first: it is closed while the silent one is still open.
+  EXPECT_TRUE(closed_by_peer(used));
+  EXPECT_EQ(s.srv.open_connections(), 1u) << "the silent connection waits out its grace";
+  EXPECT_TRUE(closed_by_peer(silent)) << "closed once the grace is over (the read times out at 2 s)";
+  ::close(used);
+  ::close(silent);
+}
