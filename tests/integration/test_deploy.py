@@ -75,7 +75,10 @@ def test_daemonset_properties(rendered):
     spec = ds["spec"]
     pod = spec["template"]["spec"]
     assert spec["updateStrategy"]["type"] == "RollingUpdate"
-    assert spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"]
+    # Upgrades never leave a node without a serving Berth: the new pod starts beside
+    # the old one (surge), takes its sockets, and only then is the old one deleted.
+    assert spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["updateStrategy"]["rollingUpdate"]["maxSurge"]
     assert pod["hostNetwork"] is True
     assert pod["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in pod["tolerations"]
@@ -84,8 +87,10 @@ def test_daemonset_properties(rendered):
     assert berth["args"][:1] == ["serve"]
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert berth[probe]["httpGet"]["path"] == path
-        assert berth[probe]["httpGet"]["port"] == "metrics"
-    assert [p["containerPort"] for p in berth["ports"] if p["name"] == "metrics"] == [9095]
+        assert berth[probe]["httpGet"]["port"] == 9095
+    # No declared ports: with hostNetwork each would be a hostPort, and the surge pod
+    # could not be scheduled beside the old one.
+    assert "ports" not in berth and all("ports" not in c for c in pod["initContainers"])
     res = berth["resources"]
     assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
     sc = berth["securityContext"]
@@ -99,6 +104,9 @@ def test_daemonset_properties(rendered):
     assert vols["cache"]["hostPath"]["path"] == "/var/lib/berth"
     mounts = {m["name"]: m for m in berth["volumeMounts"]}
     assert mounts["cache"]["mountPath"] == "/var/lib/berth"
+    # The hand-over socket lives in the cache hostPath, which both pods mount.
+    cfg = yaml.safe_load(cm["data"]["berth.yaml"])
+    assert cfg["cache"]["dir"] == "/var/lib/berth" and cfg.get("handover_socket", "") == ""
     # The Secret is mounted as a directory (no subPath), so rotations reach Berth.
     assert vols["harbor-pull"]["secret"]["secretName"] == "harbor-pull"
     assert "subPath" not in mounts["harbor-pull"]
