@@ -22,6 +22,7 @@
 
 #include "config/config.hpp"
 #include "containerd/hosts_toml.hpp"
+#include "core/hasher.hpp"
 #include "core/log.hpp"
 #include "http/handlers.hpp"
 #include "http/handover.hpp"
@@ -35,6 +36,7 @@
 #include "mirror/registry_table.hpp"
 #include "store/blob_store.hpp"
 #include "upstream/client.hpp"
+#include "upstream/credentials.hpp"
 #include "upstream/token_cache.hpp"
 
 namespace asio = boost::asio;
@@ -562,13 +564,30 @@ struct containerd_args {
   std::string ca;
   std::string dial_timeout = "1s";
   std::string config;
+  bool fallback_credentials = false;
 };
 
-// With --config, each registry name's fallback is that registry's endpoint and CA.
+// With --config, each registry name's fallback is that registry's endpoint and CA,
+// and with --fallback-credentials the robot's Basic credentials for it.
 struct fallback {
   std::string server;
   std::string ca;
+  std::string authorization;
 };
+
+// "Basic <base64 user:password>" for the robot of `r`; throws when it has none.
+std::string robot_authorization(const upstream::registry_options& r) {
+  if (r.credentials.empty()) {
+    throw std::runtime_error("--fallback-credentials: registry " + r.id() + " has no credentials in the config");
+  }
+  upstream::credentials_provider robot(r.credentials);
+  if (const auto err = robot.load_now(); !err.empty()) {
+    throw std::runtime_error("--fallback-credentials: registry " + r.id() + ": " + err);
+  }
+  const auto c = robot.get();
+  if (!c) throw std::runtime_error("--fallback-credentials: registry " + r.id() + ": no credentials");
+  return "Basic " + core::base64_encode(c->username + ":" + c->password);
+}
 
 // Registries and mirror URL from the flags, or from a Berth config file; for each
 // registry from the config, its endpoint and ca_file as containerd's fallback.
@@ -577,7 +596,8 @@ std::map<std::string, fallback> resolve_containerd_args(containerd_args& a) {
   if (!a.config.empty()) {
     const auto s = config::load_file(a.config);
     for (const auto& r : s.registries) {
-      for (const auto& n : r.names) fallbacks[n] = {r.endpoint, r.ca_file};
+      const std::string authorization = a.fallback_credentials ? robot_authorization(r) : std::string();
+      for (const auto& n : r.names) fallbacks[n] = {r.endpoint, r.ca_file, authorization};
     }
     if (a.registries.empty()) {
       for (const auto& r : s.registries) a.registries.insert(a.registries.end(), r.names.begin(), r.names.end());
@@ -590,6 +610,9 @@ std::map<std::string, fallback> resolve_containerd_args(containerd_args& a) {
       a.mirror = "http://" + listen;
     }
   }
+  if (a.fallback_credentials && a.config.empty()) {
+    throw std::runtime_error("--fallback-credentials takes the robot from the Berth config: give --config");
+  }
   if (a.registries.empty()) throw std::runtime_error("name at least one --registry (or give --config)");
   if (a.mirror.empty()) throw std::runtime_error("give --mirror (or --config)");
   return fallbacks;
@@ -598,10 +621,14 @@ std::map<std::string, fallback> resolve_containerd_args(containerd_args& a) {
 int containerd_command(const std::string& verb, containerd_args a) {
   const auto fallbacks = resolve_containerd_args(a);
   for (const auto& registry : a.registries) {
-    containerd::hosts_options o{registry, a.mirror, a.server, a.dial_timeout, a.ca};
+    containerd::hosts_options o{registry, a.mirror, a.server, a.dial_timeout, a.ca, ""};
     if (auto it = fallbacks.find(registry); it != fallbacks.end()) {
       if (o.server.empty()) o.server = it->second.server;
       if (o.ca.empty()) o.ca = it->second.ca;
+      o.fallback_authorization = it->second.authorization;
+    }
+    if (a.fallback_credentials && o.fallback_authorization.empty()) {
+      throw std::runtime_error("--fallback-credentials: " + registry + " is not a name of a registry in the config");
     }
     if (verb == "print") {
       std::optional<std::string> existing;
@@ -609,6 +636,7 @@ int containerd_command(const std::string& verb, containerd_args a) {
       if (std::ifstream in{path, std::ios::binary}) {
         existing = std::string(std::istreambuf_iterator<char>(in), {});
       }
+      if (!o.fallback_authorization.empty()) o.fallback_authorization = "Basic <the robot's credentials>";
       std::cout << "# " << path << "\n" << containerd::render(o, existing);
     } else if (verb == "install") {
       const auto r = containerd::install(a.certs_dir, o);
@@ -753,6 +781,10 @@ int main(int argc, char** argv) {
                       "CA file for the fallback server in a new file (default: the registry's ca_file with --config)");
       sub->add_option("--dial-timeout", ctd.dial_timeout, "containerd 2.1+ dial timeout for Berth; '' to omit")
           ->capture_default_str();
+      sub->add_flag("--fallback-credentials", ctd.fallback_credentials,
+                    "Give containerd the robot's Basic credentials for the fallback server (Harbor accepts them "
+                    "on /v2/), so pods without pull secrets still pull while Berth is down; needs --config. The "
+                    "file is then written 0600");
     }
   }
 

@@ -77,7 +77,23 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-void write_atomically(const std::string& path, const std::string& content) {
+// A header value goes into a TOML basic string as is: printable ASCII without quotes
+// or backslashes (base64 credentials are).
+bool safe_header_value(const std::string& v) {
+  if (v.empty() || v.size() > 8192) return false;
+  for (char c : v) {
+    if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+// [header] at the top level: the `server`'s own headers.
+bool is_server_header_table(std::string_view line) {
+  line = trim(line);
+  return line.rfind("[header]", 0) == 0 || line.rfind("[header.", 0) == 0;
+}
+
+void write_atomically(const std::string& path, const std::string& content, bool secret = false) {
   const std::string tmp = path + ".berth-tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -86,7 +102,9 @@ void write_atomically(const std::string& path, const std::string& content) {
     out.flush();
     if (!out) throw std::runtime_error(tmp + ": write failed: " + std::strerror(errno));
   }
-  fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+  fs::permissions(
+      tmp, secret ? fs::perms::owner_read | fs::perms::owner_write
+                  : fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
   fs::rename(tmp, path);
 }
 
@@ -140,13 +158,23 @@ std::string render(const hosts_options& o, const std::optional<std::string>& exi
   if (!o.dial_timeout.empty()) block += "  dial_timeout = \"" + o.dial_timeout + "\"\n";
   block += k_block_end;
   block += "\n";
+  // The server's own [header] table: a table header is absolute in TOML, so it may
+  // follow the host tables; inside Berth's markers, so uninstall removes it too.
+  std::string credentials;
+  if (!o.fallback_authorization.empty()) {
+    if (!safe_header_value(o.fallback_authorization)) {
+      throw std::invalid_argument("the fallback Authorization value cannot be written into hosts.toml");
+    }
+    credentials = "\n" + std::string(k_block_begin) + "\n[header]\n  Authorization = \"" + o.fallback_authorization +
+                  "\"\n" + std::string(k_block_end) + "\n";
+  }
 
   if (!existing) {
     // `ca` at the top level is the fallback server's CA: without it a node that does
     // not trust Harbor's CA system-wide fails TLS exactly when Berth is down.
     std::string top = std::string(k_created_marker) + "\nserver = \"" + server + "\"\n";
     if (!o.ca.empty()) top += "ca = \"" + std::string(k_ca_file) + "\"\n";
-    return top + "\n" + block;
+    return top + "\n" + block + credentials;
   }
   // Top-level keys (server, ca, ...) must stay before the first table; Berth's
   // table goes right after them, so containerd tries it before any other host.
@@ -156,6 +184,13 @@ std::string render(const hosts_options& o, const std::optional<std::string>& exi
   bool in_tables = false;
   for (auto line : lines) {
     if (!in_tables && is_table_header(line)) in_tables = true;
+    if (!credentials.empty() && is_server_header_table(line)) {
+      // A second [header] table is a TOML error, and containerd ignores a file it
+      // cannot parse: that node would lose its mirror and its fallback.
+      throw std::invalid_argument("hosts.toml for " + o.registry +
+                                  " already has a [header] table for its server: put the Authorization "
+                                  "header there yourself, or remove the table, to use fallback credentials");
+    }
     (in_tables ? tail : head).append(line).push_back('\n');
   }
   while (head.size() >= 2 && head.ends_with("\n\n")) head.pop_back();
@@ -163,7 +198,7 @@ std::string render(const hosts_options& o, const std::optional<std::string>& exi
   if (!out.empty() && !out.ends_with("\n\n")) out += "\n";
   out += block;
   if (!tail.empty()) out += "\n" + tail;
-  return out;
+  return out + credentials;
 }
 
 outcome install(const std::string& certs_dir, const hosts_options& o) {
@@ -179,7 +214,7 @@ outcome install(const std::string& certs_dir, const hosts_options& o) {
   }
   const bool ours = existing && (existing->find(k_block_begin) != std::string::npos);
   if (existing && !ours && !fs::exists(backup)) write_atomically(backup, *existing);
-  write_atomically(path, next);
+  write_atomically(path, next, !o.fallback_authorization.empty());
   return {path, existing ? "updated" : "created"};
 }
 

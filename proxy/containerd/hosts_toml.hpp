@@ -21,6 +21,11 @@ struct hosts_options {
                              // install copies it beside hosts.toml as k_ca_file: containerd resolves a
                              // relative `ca` against that directory, so the path holds on the host even
                              // when install runs in a container that sees the host's files elsewhere.
+  // An Authorization value ("Basic <base64 user:password>") containerd sends to
+  // `server` itself, from the file's top-level [header] table: the fallback then pulls
+  // private images as the robot while Berth is down. Empty: none. A file holding it is
+  // written 0600.
+  std::string fallback_authorization;
 };
 
 inline constexpr std::string_view k_block_begin = "# >>> berth mirror (managed by berth containerd install)";
@@ -30,7 +35,8 @@ inline constexpr std::string_view k_created_marker =
     "# Created by berth containerd install; berth containerd uninstall removes this file.";
 
 // The hosts.toml text with Berth's entry, given the current file (nullopt: none).
-// Pure; throws std::invalid_argument on a bad registry or mirror.
+// Pure; throws std::invalid_argument on a bad registry, mirror or authorization, and
+// when fallback credentials would meet a [header] table the file has already.
 std::string render(const hosts_options& o, const std::optional<std::string>& existing);
 
 // `existing` without Berth's block and without any other table for the same mirror URL.

@@ -421,9 +421,12 @@ class Process:
 class Registry(Process):
     """The CNCF distribution registry with TLS and token auth (Harbor's shape)."""
 
-    def __init__(self, directory, pki, issuer, storage_root, redirect_base=None, schema1=False):
+    def __init__(self, directory, pki, issuer, storage_root, redirect_base=None, schema1=False, basic_auth=None):
         """schema1: convert schema-2 manifests to signed schema 1 for clients that name
-        no schema-2 type, as Harbor's registry does (its config turns it on)."""
+        no schema-2 type, as Harbor's registry does (its config turns it on).
+        basic_auth: {user: password} checked as Basic credentials on /v2/ itself
+        (htpasswd) instead of the token flow: what Harbor accepts besides tokens
+        (PROTOCOL.md §3, "Basic works directly on /v2"); `issuer` is then unused."""
         os.makedirs(directory, exist_ok=True)
         self.port = free_port()
         self.storage_root = storage_root
@@ -450,18 +453,28 @@ storage:
   tls:
     certificate: {pki.cert_file}
     key: {pki.key_file}
-auth:
-  token:
-    realm: {issuer.realm}
-    service: {issuer.service}
-    issuer: {issuer.issuer}
-    rootcertbundle: {issuer.bundle}
-"""
+{self._auth(directory, issuer, basic_auth)}"""
         cfg = os.path.join(directory, "config.yml")
         with open(cfg, "w") as f:
             f.write(config)
         super().__init__("registry", ["docker-registry", "serve", cfg], os.path.join(directory, "registry.log"))
         self.ca_file = pki.ca_file
+
+    @staticmethod
+    def _auth(directory, issuer, basic_auth):
+        if basic_auth:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+            path = os.path.join(directory, "htpasswd")
+            with open(path, "w") as f:
+                for user, password in basic_auth.items():
+                    f.write(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n")
+            return f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {path}\n"
+        return (f"auth:\n  token:\n    realm: {issuer.realm}\n    service: {issuer.service}\n"
+                f"    issuer: {issuer.issuer}\n    rootcertbundle: {issuer.bundle}\n")
 
     @property
     def endpoint(self):

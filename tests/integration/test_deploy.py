@@ -227,3 +227,62 @@ def test_containerd_falls_back_to_the_registry_with_its_ca_when_berth_is_down(wo
     r = harness.pull_with_fresh_containerd(tmp_path / "containerd-no-ca", certs, ref)
     assert r.returncode != 0
     assert "certificate" in (r.stdout + r.stderr).lower()
+
+
+def test_fallback_credentials_let_containerd_pull_a_private_image_while_berth_is_down(world, tmp_path):
+    """`install --fallback-credentials` gives the fallback `server` the robot's Basic
+    credentials in hosts.toml's own [header] table. Harbor accepts Basic on /v2/
+    (PROTOCOL.md §3); the stand-in is the same registry storage served with htpasswd
+    auth. With Berth not running, containerd pulls the private image through the
+    fallback; without the flag the same pull is refused. The file is root's alone, and
+    `print` never shows the secret."""
+    basic = harness.Registry(str(tmp_path / "registry-basic"), world["pki"], None, world["registry"].storage_root,
+                             basic_auth={ROBOT: world["robot_password"]}).start()
+    try:
+        secret = tmp_path / "dockerconfigjson"
+        write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+        port = harness.dead_port()  # Berth's address, with no Berth listening
+        cfg = tmp_path / "berth.yaml"
+        cfg.write_text(berth_config(world, str(secret))
+                       .replace("listen: 127.0.0.1:0\n", f"listen: 127.0.0.1:{port}\n", 1)
+                       .replace(world["registry"].endpoint, basic.endpoint))
+        certs = tmp_path / "certs.d"
+        install = [berth_binary(), "containerd", "install", "--config", str(cfg), "--certs-dir", str(certs)]
+        ref = f"{REGISTRY_NAME}/library/app:v1"
+
+        r = subprocess.run(install, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        r = harness.pull_with_fresh_containerd(tmp_path / "containerd-anonymous", certs, ref)
+        assert r.returncode != 0, "the control: an anonymous fallback must be refused"
+        # It did reach the registry, and was refused there (ctr reports the mirror's error).
+        refused = [st for (_, uri, st) in basic.settled_requests() if "/library/app/manifests/v1" in uri]
+        assert refused and set(refused) == {401}, refused
+        seen = len(basic.settled_requests())
+
+        r = subprocess.run(install + ["--fallback-credentials"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        path = certs / REGISTRY_NAME / "hosts.toml"
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        assert "[header]" in path.read_text()
+        assert world["robot_password"] not in r.stdout + r.stderr
+        shown = subprocess.run([berth_binary(), "containerd", "print", "--config", str(cfg), "--certs-dir",
+                                str(tmp_path / "elsewhere"), "--fallback-credentials"], capture_output=True, text=True)
+        assert shown.returncode == 0 and "[header]" in shown.stdout, shown.stdout + shown.stderr
+        assert "Basic <the robot's credentials>" in shown.stdout
+        import base64
+        basic_value = base64.b64encode(f"{ROBOT}:{world['robot_password']}".encode()).decode()
+        assert basic_value not in shown.stdout and world["robot_password"] not in shown.stdout
+
+        r = harness.pull_with_fresh_containerd(tmp_path / "containerd-robot", certs, ref)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Every request the fallback made was the robot's: none came without credentials.
+        statuses = [st for (_, uri, st) in basic.settled_requests()[seen:] if "/library/app/" in uri]
+        assert statuses and all(st in (200, 307) for st in statuses), statuses
+
+        # Without --config there is no robot to give.
+        r = subprocess.run([berth_binary(), "containerd", "install", "--registry", REGISTRY_NAME, "--mirror",
+                            f"http://127.0.0.1:{port}", "--certs-dir", str(certs), "--fallback-credentials"],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "--config" in r.stderr, r.stderr
+    finally:
+        basic.stop()

@@ -12,7 +12,7 @@ using namespace berth::containerd;
 namespace fs = std::filesystem;
 
 namespace {
-const hosts_options k_opts{"registry.example.ts.net", "http://127.0.0.1:5050", "", "1s", ""};
+const hosts_options k_opts{"registry.example.ts.net", "http://127.0.0.1:5050", "", "1s", "", ""};
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -66,9 +66,9 @@ TEST(HostsToml, RenderIsIdempotentAndReplacesAStaleEntryForTheSameMirror) {
 }
 
 TEST(HostsToml, RejectsInjection) {
-  EXPECT_THROW(render({"../etc", "http://127.0.0.1:5050", "", "", ""}, std::nullopt), std::invalid_argument);
-  EXPECT_THROW(render({"r", "http://x\"]\n[evil", "", "", ""}, std::nullopt), std::invalid_argument);
-  EXPECT_THROW(render({"r", "ftp://x", "", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"../etc", "http://127.0.0.1:5050", "", "", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"r", "http://x\"]\n[evil", "", "", "", ""}, std::nullopt), std::invalid_argument);
+  EXPECT_THROW(render({"r", "ftp://x", "", "", "", ""}, std::nullopt), std::invalid_argument);
 }
 
 TEST(HostsToml, InstallBacksUpOnceAndUninstallRestoresByteForByte) {
@@ -89,7 +89,7 @@ TEST(HostsToml, InstallBacksUpOnceAndUninstallRestoresByteForByte) {
   EXPECT_FALSE(fs::exists(dir / "registry.example.ts.net" / "hosts.toml.berth-orig"));
 
   // A file Berth created is removed, with its directory.
-  EXPECT_EQ(install(dir.string(), {"new.example", "http://127.0.0.1:5050", "", "", ""}).action, "created");
+  EXPECT_EQ(install(dir.string(), {"new.example", "http://127.0.0.1:5050", "", "", "", ""}).action, "created");
   EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "removed");
   EXPECT_FALSE(fs::exists(dir / "new.example"));
   EXPECT_EQ(uninstall(dir.string(), "new.example", "http://127.0.0.1:5050").action, "nothing to do");
@@ -124,4 +124,48 @@ TEST(HostsToml, DockerHubFallsBackToContainerdsDocumentedServer) {
   hosts_options o = k_opts;
   o.registry = "docker.io";
   EXPECT_NE(render(o, std::nullopt).find("server = \"https://registry-1.docker.io\""), std::string::npos);
+}
+
+TEST(HostsToml, FallbackCredentialsAreTheServersHeaderInAFileOnlyRootReads) {
+  const auto dir = fs::temp_directory_path() / ("berth-hosts-creds-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  hosts_options o = k_opts;
+  o.fallback_authorization = "Basic cm9ib3QkY2x1c3Rlci1wdWxsOmZha2U=";
+  ASSERT_EQ(install(dir.string(), o).action, "created");
+  const auto path = dir / o.registry / "hosts.toml";
+  const auto text = slurp(path);
+  // A top-level [header] table is the server's: it follows the host table, and no
+  // host table comes after it (it would end the [header] table's keys).
+  const auto header = text.find("[header]\n  Authorization = \"Basic cm9ib3QkY2x1c3Rlci1wdWxsOmZha2U=\"\n");
+  ASSERT_NE(header, std::string::npos) << text;
+  EXPECT_LT(text.find("[host."), header);
+  EXPECT_EQ(text.find("[host.", header), std::string::npos) << text;
+  EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  // Installing again without them takes them out, and the file is readable again.
+  o.fallback_authorization.clear();
+  ASSERT_EQ(install(dir.string(), o).action, "updated");
+  EXPECT_EQ(slurp(path).find("Authorization"), std::string::npos);
+  EXPECT_NE(fs::status(path).permissions() & fs::perms::others_read, fs::perms::none);
+  // Uninstall removes the whole file Berth created, credentials included.
+  o.fallback_authorization = "Basic eA==";
+  ASSERT_EQ(install(dir.string(), o).action, "updated");
+  EXPECT_EQ(uninstall(dir.string(), o.registry, o.mirror).action, "removed");
+  fs::remove_all(dir);
+}
+
+TEST(HostsToml, FallbackCredentialsNeverBreakTheFile) {
+  hosts_options o = k_opts;
+  o.fallback_authorization = "Basic x\"\n[evil]";
+  EXPECT_THROW(render(o, std::nullopt), std::invalid_argument);
+  // The node's own [header] for the server: a second table would be a TOML error,
+  // and containerd ignores a file it cannot parse.
+  o.fallback_authorization = "Basic eA==";
+  const std::string own = "server = \"https://r\"\n\n[header]\n  X-Team = \"a\"\n";
+  EXPECT_THROW(render(o, own), std::invalid_argument);
+  // A host's own header table is no conflict.
+  const std::string host_header =
+      "server = \"https://r\"\n\n[host.\"https://other\"]\n[host.\"https://other\".header]\n  X = \"1\"\n";
+  const auto text = render(o, host_header);
+  EXPECT_NE(text.find("[host.\"https://other\".header]"), std::string::npos);
+  EXPECT_GT(text.find("[header]"), text.find("[host.\"https://other\".header]"));
 }
