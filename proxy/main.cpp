@@ -1,6 +1,8 @@
 // Berth: the command line, and the only place that wires the modules together.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -209,6 +212,71 @@ void drain_then_stop(runtime& rt, const std::shared_ptr<asio::steady_timer>& tim
   timer->expires_after(std::chrono::milliseconds(50));
   timer->async_wait([&rt, timer, deadline](boost::system::error_code) { drain_then_stop(rt, timer, deadline); });
 }
+
+// Whether a Berth serves the node, kept beside the cache as `alive`: "running" while
+// one does (its mtime touched every second), "stopped" after a clean exit. Read at
+// start-up: how the previous run ended (a "running" left behind is a crash, a SIGKILL,
+// an OOM kill or a reboot) and how long the node went unserved since its last sign
+// of life. Best effort: a cache directory it cannot write only loses the record.
+class life_record {
+ public:
+  explicit life_record(std::string path) : path_(std::move(path)) {}
+  ~life_record() { stop_touching(); }
+  life_record(const life_record&) = delete;
+  life_record& operator=(const life_record&) = delete;
+
+  struct previous_run {
+    std::string how = "first";  // first, clean, crash
+    std::chrono::system_clock::time_point last_alive{};
+  };
+  previous_run previous() const {
+    previous_run p;
+    struct stat st {};
+    if (path_.empty() || ::stat(path_.c_str(), &st) != 0) return p;
+    std::ifstream in(path_);
+    std::string word;
+    in >> word;
+    p.how = word == "stopped" ? "clean" : "crash";
+    p.last_alive = std::chrono::system_clock::time_point(std::chrono::seconds(st.st_mtim.tv_sec) +
+                                                         std::chrono::nanoseconds(st.st_mtim.tv_nsec));
+    return p;
+  }
+  // Writes "running" and touches it every second until stop_touching().
+  void start() {
+    if (path_.empty() || !write("running\n")) return;
+    touching_ = std::thread([this] {
+      std::unique_lock lock(mu_);
+      while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return done_; })) {
+        ::utimensat(AT_FDCWD, path_.c_str(), nullptr, 0);
+      }
+    });
+  }
+  void stop_touching() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (touching_.joinable()) touching_.join();
+  }
+  // A clean end: the next run knows this one did not crash, and when it ended.
+  void stopped() {
+    stop_touching();
+    if (!path_.empty()) write("stopped\n");
+  }
+
+ private:
+  bool write(std::string_view text) const {
+    std::ofstream out(path_, std::ios::trunc);
+    out << text;
+    return static_cast<bool>(out);
+  }
+  std::string path_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread touching_;
+};
 
 // Stops accepting and drains: on SIGTERM, or once a successor accepts on the
 // listeners this process handed it. Runs on the first worker; once only.
@@ -429,6 +497,24 @@ int serve(const std::string& config_path) {
                          .gate = http::make_admin_gate(rt->metrics, webhook),
                          .max_connections = fds.admin},
                         predecessor.take("admin", s.server.admin_listen));
+  // How the node was served before this run, now that this one listens.
+  life_record life(s.cache ? s.cache->dir + "/alive" : std::string());
+  if (predecessor.received()) {
+    rt->metrics.started("handover", 0);
+    rt->metrics.handover("taken");
+  } else {
+    const auto before = life.previous();
+    const double gap =
+        before.how == "first"
+            ? 0.0
+            : std::max(0.0,
+                       std::chrono::duration<double>(std::chrono::system_clock::now() - before.last_alive).count());
+    rt->metrics.started(before.how, gap);
+    if (before.how != "first") {
+      log::info("previous_run", {{"ended", before.how}, {"unserved_ms", static_cast<long long>(gap * 1000)}});
+    }
+  }
+  life.start();
   if (predecessor.received()) {
     predecessor.confirm();  // the predecessor stops accepting: its sockets are ours now
     if (s.cache)
@@ -446,9 +532,11 @@ int serve(const std::string& config_path) {
             return out;
           },
           [&rt = *rt](int channel) {
+            rt.metrics.handover("given");
             rt.successor = channel;
             asio::post(*rt.workers.front(), [&rt] { begin_drain(rt, "handed_over"); });
-          });
+          },
+          rt->metrics);
     } catch (const std::exception& e) {
       log::warn("handover_unavailable", {{"socket", handover}, {"error", e.what()}});
     }
@@ -511,6 +599,12 @@ int serve(const std::string& config_path) {
   // Nothing is left on any loop: tear everything down, in reverse order of building.
   const int successor = rt->successor.exchange(-1);
   rt.reset();
+  // After a hand-over the record is the successor's; otherwise this is a clean end.
+  if (successor >= 0) {
+    life.stop_touching();
+  } else {
+    life.stopped();
+  }
   log::info("shutdown_complete");
   if (successor >= 0) {
     // The cache is closed: the successor may open it. In a DaemonSet update this pod

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "metrics/metrics.hpp"
 
 namespace berth::http {
 
@@ -191,8 +192,11 @@ inherited_listeners take_over(const std::string& path) {
 // ---- runner ----
 
 handover_server::handover_server(std::string path, std::function<std::map<std::string, listener>()> listeners,
-                                 std::function<void(int)> handed_over)
-    : path_(std::move(path)), listeners_(std::move(listeners)), handed_over_(std::move(handed_over)) {
+                                 std::function<void(int)> handed_over, metrics::registry& metrics)
+    : path_(std::move(path)),
+      listeners_(std::move(listeners)),
+      handed_over_(std::move(handed_over)),
+      metrics_(metrics) {
   const auto addr = address_of(path_);
   sock_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (sock_ < 0) throw std::runtime_error(std::string("hand-over socket: ") + std::strerror(errno));
@@ -247,6 +251,7 @@ bool handover_server::serve_one(int conn) {
   const auto listeners = listeners_();
   if (listeners.empty()) {  // stopping: nothing to give, the successor binds afresh
     send_text(conn, "refused\n");
+    metrics_.handover("refused");
     return false;
   }
   std::string text(k_hello);
@@ -273,6 +278,7 @@ bool handover_server::serve_one(int conn) {
   // Until the successor accepts, this process goes on serving as before.
   if (!receive(conn, k_step_ms).starts_with("accepting")) {
     log::warn("handover_abandoned", {{"socket", path_}, {"detail", "the successor did not take the listeners"}});
+    metrics_.handover("abandoned");
     return false;
   }
   log::info("handed_over", {{"socket", path_}, {"listeners", static_cast<unsigned>(listeners.size())}});

@@ -22,6 +22,10 @@
 #include <string>
 #include <thread>
 
+namespace berth::metrics {
+class registry;
+}
+
 namespace berth::http {
 
 // What a successor received: listening descriptors by listener name, and the
@@ -70,7 +74,7 @@ class handover_server {
     int fd;
   };
   handover_server(std::string path, std::function<std::map<std::string, listener>()> listeners,
-                  std::function<void(int channel)> handed_over);
+                  std::function<void(int channel)> handed_over, metrics::registry& metrics);
   ~handover_server();
   handover_server(const handover_server&) = delete;
   handover_server& operator=(const handover_server&) = delete;
@@ -81,6 +85,7 @@ class handover_server {
   std::string path_;
   std::function<std::map<std::string, listener>()> listeners_;
   std::function<void(int)> handed_over_;
+  metrics::registry& metrics_;
   int sock_ = -1;
   int wake_[2] = {-1, -1};
   unsigned long long inode_ = 0;

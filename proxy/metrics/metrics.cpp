@@ -7,6 +7,11 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
+#include <array>
+
+#include "core/clock.hpp"
+
 namespace berth::metrics {
 
 using prometheus::BuildCounter;
@@ -159,6 +164,25 @@ struct registry::impl {
           .Name("berth_watchdog_exits_total")
           .Help("Runs of Berth ended by the watchdog (a stuck worker), as found at start-up, by reason")
           .Register(*reg);
+  prometheus::Family<prometheus::Counter>& starts =
+      BuildCounter()
+          .Name("berth_starts_total")
+          .Help("Starts of Berth (1 per run), by how the previous run ended: first, clean, crash, handover")
+          .Register(*reg);
+  prometheus::Gauge& start_time =
+      BuildGauge().Name("berth_start_time_seconds").Help("Unix time this run of Berth started").Register(*reg).Add({});
+  prometheus::Gauge& unserved = BuildGauge()
+                                    .Name("berth_unserved_seconds")
+                                    .Help(
+                                        "Seconds no Berth served the node before this run listened (from the "
+                                        "previous run's last sign of life; 0 after a hand-over)")
+                                    .Register(*reg)
+                                    .Add({});
+  prometheus::Family<prometheus::Counter>& handovers =
+      BuildCounter()
+          .Name("berth_handovers_total")
+          .Help("Hand-overs of the listening sockets: given, taken, abandoned, refused")
+          .Register(*reg);
   prometheus::Gauge& cache_up = BuildGauge()
                                     .Name("berth_cache_up")
                                     .Help("1 while the blob cache is in use; 0 when Berth serves without it")
@@ -260,6 +284,20 @@ void registry::token_fetch(std::string_view registry, std::string_view result) {
 
 void registry::watchdog_exit(std::string_view reason) {
   impl_->watchdog_exits.Add({{"reason", reason == "stuck_loop" ? "stuck_loop" : "other"}}).Increment();
+}
+
+void registry::started(std::string_view previous, double unserved_seconds) {
+  static constexpr std::array<std::string_view, 4> k_known = {"first", "clean", "crash", "handover"};
+  const bool known = std::find(k_known.begin(), k_known.end(), previous) != k_known.end();
+  impl_->starts.Add({{"previous", known ? s(previous) : std::string("other")}}).Increment();
+  impl_->start_time.Set(static_cast<double>(core::unix_ms()) / 1000.0);
+  impl_->unserved.Set(unserved_seconds);
+}
+
+void registry::handover(std::string_view result) {
+  static constexpr std::array<std::string_view, 4> k_known = {"given", "taken", "abandoned", "refused"};
+  const bool known = std::find(k_known.begin(), k_known.end(), result) != k_known.end();
+  impl_->handovers.Add({{"result", known ? s(result) : std::string("other")}}).Increment();
 }
 
 void registry::cache_up(bool up) {

@@ -46,6 +46,14 @@ class registry {
   // The previous run of Berth ended because its watchdog found a stuck worker
   // (reported once at start-up; reason: stuck_loop).
   void watchdog_exit(std::string_view reason);
+  // This run's start: how the previous one ended (first, clean, crash, handover) and
+  // how long before this one listened no Berth served the node (0 after a hand-over;
+  // unknown, so 0, for the first run).
+  void started(std::string_view previous, double unserved_seconds);
+  // A hand-over of the listening sockets: given (to a successor), taken (from a
+  // predecessor), abandoned (a successor took them and never accepted), refused
+  // (asked while draining).
+  void handover(std::string_view result);
 
   // The blob cache.
   void cache_lookup(std::string_view result);                      // hit, miss, coalesced (joined a fill under way)

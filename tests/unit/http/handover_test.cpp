@@ -90,7 +90,7 @@ TEST(Handover, ConnectionsQueuedOnTheOldListenerAreAnsweredByTheNewOne) {
         for (auto [name, fd] : old_srv.listening_copies()) out[name] = {address, fd};
         return out;
       },
-      [&](int c) { channel = c; });
+      [&](int c) { channel = c; }, m);
   // Three clients wait in the old listener's queue.
   std::vector<int> queued;
   for (int i = 0; i < 3; ++i) queued.push_back(send_request(port));
@@ -132,7 +132,7 @@ TEST(Handover, NobodyThereOrAStaleFileMeansNothingToTake) {
     http::server srv({&ctx}, http::server_options{}, m);
     srv.listen("127.0.0.1:0", answer("x"), options());
     http::handover_server runner(
-        path, [] { return std::map<std::string, http::handover_server::listener>{}; }, [](int) {});
+        path, [] { return std::map<std::string, http::handover_server::listener>{}; }, [](int) {}, m);
     // A runner that is stopping has nothing to give.
     EXPECT_FALSE(http::take_over(path).received());
   }
