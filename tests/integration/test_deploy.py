@@ -3,6 +3,7 @@ config and the DaemonSet properties the cluster relies on; `berth containerd
 install` makes a real containerd pull through Berth; the image builds and runs."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -286,3 +287,24 @@ def test_fallback_credentials_let_containerd_pull_a_private_image_while_berth_is
         assert r.returncode != 0 and "--config" in r.stderr, r.stderr
     finally:
         basic.stop()
+
+
+def test_alert_rules_check_and_fire_when_they_should(rendered, tmp_path):
+    """The PrometheusRule's groups pass `promtool check rules`, and
+    tests/alerts/berth_test.yaml fires and clears each alert with promtool."""
+    rules = by_kind(rendered, "PrometheusRule")
+    assert len(rules) == 1
+    with open(tmp_path / "rules.yaml", "w") as f:
+        yaml.safe_dump(rules[0]["spec"], f)
+    r = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    shutil.copy(os.path.join(ROOT, "tests", "alerts", "berth_test.yaml"), tmp_path)
+    r = subprocess.run(["promtool", "test", "rules", str(tmp_path / "berth_test.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+    # Every alert has a test, and every metric an alert reads is one Berth exports.
+    tested = set(re.findall(r"alertname: (\w+)", open(tmp_path / "berth_test.yaml").read()))
+    alerts = {r["alert"] for g in rules[0]["spec"]["groups"] for r in g["rules"]}
+    assert alerts == tested, (alerts, tested)
+    exported = set(re.findall(r'\.Name\("(berth_[a-z_]+)"\)', open(os.path.join(ROOT, "proxy/metrics/metrics.cpp")).read()))
+    used = {m for g in rules[0]["spec"]["groups"] for r in g["rules"] for m in re.findall(r"berth_[a-z_]+", r["expr"])}
+    assert used and used <= exported, sorted(used - exported)
