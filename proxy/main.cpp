@@ -1,7 +1,9 @@
 // Berth: the command line, and the only place that wires the modules together.
 #include <fcntl.h>
+#include <netdb.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
@@ -13,6 +15,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -150,12 +153,20 @@ class signal_watch {
   signal_watch& operator=(const signal_watch&) = delete;
 
   // What a signal does from now on (on the signal thread); null: only remember it.
+  // A signal that came before (during start-up) is handed to it at once.
   void on_signal(std::function<void(int)> f) {
     std::lock_guard lock(mu_);
     handler_ = std::move(f);
+    if (handler_ && received_ != 0) handler_(received_);
   }
-  // Blocks until a signal has come (at once if one came already).
-  void wait() { received_.wait(0); }
+  // Whether a signal has come, waiting up to `limit` for one.
+  bool wait_for(std::chrono::milliseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (received_ == 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return received_ != 0;
+  }
 
  private:
   static sigset_t signals() {
@@ -211,6 +222,93 @@ void drain_then_stop(runtime& rt, const std::shared_ptr<asio::steady_timer>& tim
   }
   timer->expires_after(std::chrono::milliseconds(50));
   timer->async_wait([&rt, timer, deadline](boost::system::error_code) { drain_then_stop(rt, timer, deadline); });
+}
+
+// The command line, for a Berth in standby to start itself again (execv).
+std::vector<char*> g_argv;
+
+// Whether anything answers HTTP on `address` (host:port): a refused connection is no.
+bool something_serves(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), address.c_str() + colon + 1, &hints, &found) != 0) return false;
+  const int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  const bool connected = ::connect(fd, found->ai_addr, found->ai_addrlen) == 0;
+  const int err = errno;
+  ::freeaddrinfo(found);
+  if (connected) {
+    static constexpr std::string_view probe = "GET /healthz HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n";
+    (void)::send(fd, probe.data(), probe.size(), MSG_NOSIGNAL);
+    char buf[64];
+    (void)::recv(fd, buf, sizeof buf, 0);
+  }
+  ::close(fd);
+  return connected || err != ECONNREFUSED;
+}
+
+// Pods whose Berth has handed its sockets over (BERTH_POD_UID, from the downward
+// API), recorded beside the cache. A container of such a pod that the kubelet restarts
+// must not take the sockets back from the successor: the pod is about to be deleted.
+std::string retired_path(const config::settings& s) {
+  return s.cache ? s.cache->dir + "/retired" : std::string();
+}
+std::string pod_uid() {
+  const char* v = std::getenv("BERTH_POD_UID");
+  return v ? std::string(v) : std::string();
+}
+bool is_retired(const config::settings& s) {
+  const auto uid = pod_uid();
+  if (uid.empty() || retired_path(s).empty()) return false;
+  std::ifstream in(retired_path(s));
+  for (std::string line; std::getline(in, line);) {
+    if (line == uid) return true;
+  }
+  return false;
+}
+void set_retired(const config::settings& s, bool retired) {
+  const auto uid = pod_uid();
+  if (uid.empty() || retired_path(s).empty()) return;
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(retired_path(s));
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line != uid) kept.push_back(line);
+    }
+  }
+  if (retired) kept.push_back(uid);
+  if (kept.size() > 16) kept.erase(kept.begin(), kept.end() - 16);  // old pods are long gone
+  std::ofstream out(retired_path(s), std::ios::trunc);
+  for (const auto& k : kept) out << k << "\n";
+}
+
+// After handing its sockets over, Berth waits for its SIGTERM. Should the successor
+// die meanwhile (nothing answers on the admin address any more, twice), this Berth
+// starts itself again and serves: it binds the sockets the dead successor released.
+int standby(signal_watch& signals, const config::settings& s) {
+  int refused = 0;
+  const bool watch = !s.server.admin_listen.ends_with(":0");  // a port of its own: nothing to watch
+  while (!signals.wait_for(std::chrono::seconds(1))) {
+    if (!watch) continue;
+    refused = something_serves(s.server.admin_listen) ? 0 : refused + 1;
+    if (refused < 2) continue;
+    log::warn("successor_gone", {{"detail", "nothing serves the node any more; starting again"}});
+    set_retired(s, false);
+    ::execv("/proc/self/exe", g_argv.data());
+    log::error("restart_failed", {{"error", std::strerror(errno)}});
+    return 1;
+  }
+  return 0;
 }
 
 // Whether a Berth serves the node, kept beside the cache as `alive`: "running" while
@@ -373,6 +471,16 @@ int serve(const std::string& config_path) {
   // A Berth already serving on this node (the one this one replaces) hands over its
   // listeners, and its cache once it has drained.
   const auto handover = handover_path(s);
+  if (is_retired(s) && something_serves(s.server.admin_listen)) {
+    // This pod handed its sockets over and is being deleted; the kubelet restarted
+    // this container meanwhile. Taking them back would leave the node unserved when
+    // the pod goes.
+    log::warn("retired",
+              {{"pod_uid", pod_uid()}, {"detail", "this pod handed over to a newer Berth; waiting for SIGTERM"}});
+    const auto settings = s;
+    rt.reset();
+    return standby(signals, settings);
+  }
   http::inherited_listeners predecessor;
   if (!handover.empty()) {
     try {
@@ -449,15 +557,10 @@ int serve(const std::string& config_path) {
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   // A GET may carry a small body (the OCI conformance suite sends one); it is read
   // and ignored. Pushes are refused for their method.
+  // A Berth still draining on these ports (it refused to hand them over) frees them
+  // within its shutdown_timeout: wait for that rather than fail.
+  const auto bind_wait = s.server.shutdown_timeout + std::chrono::seconds(5);
   const auto fds = plan_descriptors(s.server, threads, s.registries.size(), s.upstream.max_idle_per_host);
-  const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors),
-                                     {.name = "mirror",
-                                      .access_log = s.server.access_log,
-                                      .max_body_bytes = 4096,
-                                      .pull_only = true,
-                                      .gate = nullptr,
-                                      .max_connections = fds.mirror},
-                                     predecessor.take("mirror", s.server.listen));
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
@@ -495,10 +598,23 @@ int serve(const std::string& config_path) {
                          .max_body_bytes = http::admin_max_body_bytes,
                          .pull_only = false,
                          .gate = http::make_admin_gate(rt->metrics, webhook),
-                         .max_connections = fds.admin},
+                         .max_connections = fds.admin,
+                         .bind_wait = bind_wait},
                         predecessor.take("admin", s.server.admin_listen));
+  // The mirror last: while the admin port waits for a draining predecessor to free
+  // it, containerd is refused on the mirror (and falls back) instead of queueing.
+  const auto port = rt->pull->listen(s.server.listen, http::make_pull_handler(mirrors),
+                                     {.name = "mirror",
+                                      .access_log = s.server.access_log,
+                                      .max_body_bytes = 4096,
+                                      .pull_only = true,
+                                      .gate = nullptr,
+                                      .max_connections = fds.mirror,
+                                      .bind_wait = bind_wait},
+                                     predecessor.take("mirror", s.server.listen));
   // How the node was served before this run, now that this one listens.
   life_record life(s.cache ? s.cache->dir + "/alive" : std::string());
+  predecessor.close_untaken();  // a listener this config no longer has: let it go now
   if (predecessor.received()) {
     rt->metrics.started("handover", 0);
     rt->metrics.handover("taken");
@@ -532,6 +648,7 @@ int serve(const std::string& config_path) {
             return out;
           },
           [&rt = *rt](int channel) {
+            set_retired(rt.settings, true);
             rt.metrics.handover("given");
             rt.successor = channel;
             asio::post(*rt.workers.front(), [&rt] { begin_drain(rt, "handed_over"); });
@@ -598,6 +715,7 @@ int serve(const std::string& config_path) {
   }
   // Nothing is left on any loop: tear everything down, in reverse order of building.
   const int successor = rt->successor.exchange(-1);
+  const auto settings = rt->settings;
   rt.reset();
   // After a hand-over the record is the successor's; otherwise this is a clean end.
   if (successor >= 0) {
@@ -612,7 +730,7 @@ int serve(const std::string& config_path) {
     // restart it, and the restarted Berth would take the listeners back.
     http::send_released(successor);
     log::info("handed_over_waiting", {{"detail", "the successor serves; waiting for SIGTERM to exit"}});
-    signals.wait();
+    return standby(signals, settings);
   }
   return 0;
 }
@@ -827,6 +945,8 @@ int cache_command(const std::string& verb, const std::string& config_path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  g_argv.assign(argv, argv + argc);
+  g_argv.push_back(nullptr);
   CLI::App app{"Berth: a node-local pull-through registry proxy for containerd"};
   app.set_version_flag("--version", std::string("berth ") + BERTH_VERSION);
   app.require_subcommand(1);

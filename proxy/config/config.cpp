@@ -715,6 +715,13 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
       top.child("default_registry").fail(where, "\"" + s.default_registry + "\" is not one of the registries' names");
     }
   }
+  // The default hand-over socket sits in cache.dir; a Unix socket path has 107 bytes.
+  if (s.server.handover_socket.empty() && s.cache &&
+      s.cache->dir.size() + std::string_view("/handover.sock").size() > 107) {
+    top.child("cache").child("dir").fail(root["cache"] && root["cache"]["dir"] ? root["cache"]["dir"] : root,
+                                         "is too long for the hand-over socket in it (" + s.cache->dir +
+                                             "/handover.sock must be at most 107 bytes): set handover_socket");
+  }
   if (s.server.listen == s.server.admin_listen && !s.server.listen.ends_with(":0")) {
     top.child("admin_listen")
         .fail(root["admin_listen"] ? root["admin_listen"] : root,

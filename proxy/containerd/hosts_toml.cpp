@@ -1,5 +1,7 @@
 #include "containerd/hosts_toml.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -87,24 +89,52 @@ bool safe_header_value(const std::string& v) {
   return true;
 }
 
-// [header] at the top level: the `server`'s own headers.
-bool is_server_header_table(std::string_view line) {
+// The first key of a table header or a top-level key line, unquoted, spaces dropped:
+// "[ header ]", "[\"header\".x]" and "header = {...}" all give "header".
+std::string first_key(std::string_view line) {
   line = trim(line);
-  return line.rfind("[header]", 0) == 0 || line.rfind("[header.", 0) == 0;
+  if (!line.empty() && line.front() == '[') line.remove_prefix(line[1] == '[' ? 2 : 1);
+  std::string key;
+  for (char c : line) {
+    if (c == ' ' || c == '\t' || c == '"' || c == '\'') continue;
+    if (c == '.' || c == ']' || c == '=') break;
+    key.push_back(c);
+  }
+  return key;
 }
 
+// A table or key that defines the `server`'s own headers: a [header] table (any
+// spelling), or a `header` key before the first table.
+bool defines_server_headers(std::string_view line, bool in_tables) {
+  const auto t = trim(line);
+  if (t.empty() || t.front() == '#') return false;
+  if (t.front() == '[') return first_key(t) == "header";
+  return !in_tables && first_key(t) == "header";
+}
+
+// Written to a new temp file created with its final mode (a file holding credentials
+// is never readable by others, not even for a moment), synced, then renamed.
 void write_atomically(const std::string& path, const std::string& content, bool secret = false) {
   const std::string tmp = path + ".berth-tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error(tmp + ": cannot be written: " + std::strerror(errno));
-    out << content;
-    out.flush();
-    if (!out) throw std::runtime_error(tmp + ": write failed: " + std::strerror(errno));
+  ::unlink(tmp.c_str());  // a leftover of a crash, or anything planted there: never followed
+  const mode_t mode = secret ? 0600 : 0644;
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) throw std::runtime_error(tmp + ": cannot be written: " + std::strerror(errno));
+  bool ok = ::fchmod(fd, mode) == 0;  // exactly, whatever the umask
+  std::size_t done = 0;
+  while (ok && done < content.size()) {
+    const auto n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<std::size_t>(n);
   }
-  fs::permissions(
-      tmp, secret ? fs::perms::owner_read | fs::perms::owner_write
-                  : fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+  ok = ok && ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(tmp + ": write failed: " + std::strerror(err));
+  }
   fs::rename(tmp, path);
 }
 
@@ -184,7 +214,7 @@ std::string render(const hosts_options& o, const std::optional<std::string>& exi
   bool in_tables = false;
   for (auto line : lines) {
     if (!in_tables && is_table_header(line)) in_tables = true;
-    if (!credentials.empty() && is_server_header_table(line)) {
+    if (!credentials.empty() && defines_server_headers(line, in_tables)) {
       // A second [header] table is a TOML error, and containerd ignores a file it
       // cannot parse: that node would lose its mirror and its fallback.
       throw std::invalid_argument("hosts.toml for " + o.registry +

@@ -113,6 +113,11 @@ int inherited_listeners::take(const std::string& name, const std::string& addres
   return fd;
 }
 
+void inherited_listeners::close_untaken() {
+  for (auto& [name, fd] : fds_) ::close(fd);
+  fds_.clear();
+}
+
 void inherited_listeners::confirm() {
   if (channel_ >= 0 && !send_text(channel_, "accepting\n")) {
     log::warn("handover_confirm_failed", {{"error", std::strerror(errno)}});

@@ -45,6 +45,9 @@ class inherited_listeners {
   // The descriptor for `name` if it is bound to `address` (so a changed listen address
   // binds afresh), now owned by the caller; -1 otherwise.
   int take(const std::string& name, const std::string& address);
+  // Closes what was not taken (a listener the new config no longer has): a socket
+  // nobody accepts on must not hold connections.
+  void close_untaken();
   // Tells the runner that this process accepts on what it took: it stops accepting.
   void confirm();
   // Waits up to `limit` for the runner to release its cache (it said so, or it is

@@ -21,6 +21,7 @@
 #include <limits>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <unordered_set>
 
 #include "core/log.hpp"
@@ -200,7 +201,19 @@ unsigned short server::listen(const std::string& address, handler h, listener_op
   } else {
     l->acceptor.open(ep.protocol());
     l->acceptor.set_option(tcp::acceptor::reuse_address(true));
-    l->acceptor.bind(ep, ec);
+    const auto give_up = std::chrono::steady_clock::now() + l->options.bind_wait;
+    bool logged = false;
+    for (;;) {
+      l->acceptor.bind(ep, ec);
+      if (ec != asio::error::address_in_use || std::chrono::steady_clock::now() >= give_up) break;
+      if (!logged) {
+        log::warn("waiting_for_address", {{"listener", l->options.name},
+                                          {"address", address},
+                                          {"limit_ms", static_cast<long long>(l->options.bind_wait.count())}});
+        logged = true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
     if (ec) throw std::runtime_error("cannot listen on " + address + ": " + ec.message());
     l->acceptor.listen(asio::socket_base::max_listen_connections);
   }

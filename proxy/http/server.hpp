@@ -5,6 +5,7 @@
 // thread), round robin.
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -60,6 +61,9 @@ struct listener_options {
   // Open connections at most. At the limit, a new connection closes the longest idle
   // one; with none idle it is answered 503 and closed. 0: no limit.
   std::size_t max_connections = 0;
+  // How long listen() retries an address in use (a predecessor still draining on it)
+  // before it gives up. 0: not at all.
+  std::chrono::milliseconds bind_wait{0};
 };
 
 class server {

@@ -375,8 +375,21 @@ struct cache::impl {
 
   void drop_group_locally(const std::string& group) {
     memory.erase_group(group);
-    if (auto* db = local.load()) db->erase_prefix("e:" + group + "#");
+    if (auto* db = local.load()) {
+      db->erase_prefix("e:" + group + "#");
+      return;
+    }
+    // No local copy yet (a predecessor still holds it): drop the group from it once
+    // it is attached, or that copy would bring the dropped answer back as fresh.
+    std::lock_guard lock(pending_mu);
+    if (local.load() != nullptr) {
+      local.load()->erase_prefix("e:" + group + "#");
+    } else {
+      pending_drops.push_back(group);
+    }
   }
+  std::mutex pending_mu;  // guards pending_drops, and the attaching of `local`
+  std::vector<std::string> pending_drops;
 
   // ---- one lookup ----
   asio::awaitable<lookup> run(const key& k, std::chrono::milliseconds ttl, std::string_view registry,
@@ -543,6 +556,9 @@ void cache::attach_local(std::unique_ptr<local_db> local) {
   auto& i = *impl_;
   if (!local || i.local.load() != nullptr) return;
   sweep_local(*local, i.options, i.longest_ttl);
+  std::lock_guard lock(i.pending_mu);
+  for (const auto& group : i.pending_drops) local->erase_prefix("e:" + group + "#");
+  i.pending_drops.clear();
   i.local_owned = std::move(local);
   i.local.store(i.local_owned.get(), std::memory_order_release);
 }

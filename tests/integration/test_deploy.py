@@ -92,6 +92,9 @@ def test_daemonset_properties(rendered):
     # No declared ports: with hostNetwork each would be a hostPort, and the surge pod
     # could not be scheduled beside the old one.
     assert "ports" not in berth and all("ports" not in c for c in pod["initContainers"])
+    # The pod's uid, so that a restarted container of a pod that handed over stays out.
+    env = {e["name"]: e for e in berth["env"]}
+    assert env["BERTH_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
     res = berth["resources"]
     assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
     sc = berth["securityContext"]

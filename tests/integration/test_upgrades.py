@@ -321,3 +321,130 @@ def test_a_berth_killed_mid_pull_is_back_at_once_and_the_next_pull_succeeds(worl
     finally:
         second.stop()
         link.stop()
+
+
+def fake_successor(cache):
+    """Takes the runner's listeners, says it accepts, and dies: a new Berth that
+    crashes right after its hand-over."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(os.path.join(cache, "handover.sock"))
+    _, fds, _, _ = socket.recv_fds(s, 4096, 8)
+    s.send(b"accepting\n")
+    for fd in fds:
+        os.close(fd)
+    return s
+
+
+def test_a_successor_that_dies_after_accepting_is_replaced_by_the_old_one(world, tmp_path):
+    image = world["image"]
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    b = harness.Berth(berth_binary(), str(tmp_path / "b"),
+                      node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)).start()
+    try:
+        channel = fake_successor(cache)
+        wait_in_log(b, "handed_over_waiting", timeout=30)
+        channel.close()  # the successor is gone, and with it every copy of the sockets
+        died = time.monotonic()
+        wait_in_log(b, "successor_gone", timeout=15)
+        # The same process (execv keeps the pid) starts again and binds the ports.
+        harness.wait_for(lambda: b.log().count('"event":"listening"') == 2, timeout=15, what="listening again")
+        back = time.monotonic() - died
+        loop = PullLoop(port, image, small_blobs(image), rounds=1)
+        loop.run()
+        assert loop.failures == [] and loop.requests > 0
+        assert b.alive()
+        print(f"serving again {back:.1f} s after the successor died")
+        assert back < 10
+    finally:
+        assert b.stop() == 0
+
+
+def test_a_restarted_container_of_a_retired_pod_does_not_take_the_sockets_back(world, tmp_path):
+    """The old pod's container crashes after its hand-over and the kubelet restarts it
+    before the pod is deleted: the restarted Berth sees its pod recorded as retired
+    and waits for SIGTERM; the new Berth keeps serving throughout."""
+    image = world["image"]
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    old = harness.Berth(berth_binary(), str(tmp_path / "old"), config, env={"BERTH_POD_UID": "old-pod"}).start()
+    new = harness.Berth(berth_binary(), str(tmp_path / "new"), config, env={"BERTH_POD_UID": "new-pod"}).start()
+    restarted = None
+    try:
+        wait_in_log(old, "handed_over_waiting", timeout=30)
+        wait_in_log(new, "cache_attached", timeout=10)
+        old.stop(sig=signal.SIGKILL)
+        restarted = harness.Berth(berth_binary(), str(tmp_path / "restarted"), config, env={"BERTH_POD_UID": "old-pod"})
+        harness.Process.start(restarted)  # it never listens: no "listening" to wait for
+        wait_in_log(restarted, "retired", timeout=15)
+        time.sleep(1.5)
+        assert '"event":"handover_received"' not in restarted.log()
+        assert '"event":"handed_over"' not in new.log()
+        loop = PullLoop(port, image, small_blobs(image), rounds=1)
+        loop.run()
+        assert loop.failures == []
+        assert restarted.stop() == 0  # the pod's deletion
+        time.sleep(0.5)
+        loop = PullLoop(port, image, small_blobs(image), rounds=1)
+        loop.run()
+        assert loop.failures == [], "the node lost its Berth with the retired pod"
+    finally:
+        if restarted is not None:
+            restarted.stop()
+        assert new.stop() == 0
+
+
+def test_sigterm_during_start_up_is_not_lost(world, tmp_path):
+    """A SIGTERM that arrives while Berth is still starting (here: waiting 5 s on a
+    hand-over socket that never answers) ends it once it has started."""
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    silent.bind(str(cache / "handover.sock"))
+    silent.listen(1)
+    b = harness.Berth(berth_binary(), str(tmp_path / "b"),
+                      node_config(world, str(tmp_path / "secrets"), port, admin_port, str(cache)))
+    harness.Process.start(b)
+    try:
+        time.sleep(0.5)
+        b.proc.send_signal(signal.SIGTERM)
+        assert b.proc.wait(timeout=30) == 0
+        assert '"event":"shutting_down"' in b.log() and '"event":"shutdown_complete"' in b.log()
+    finally:
+        b.stop()
+        silent.close()
+
+
+def test_a_successor_started_while_the_runner_drains_waits_for_the_ports(world, tmp_path):
+    """The old Berth got its SIGTERM first (no surge: the pod deleted, then recreated)
+    and drains a slow transfer; a new one started meanwhile is refused the hand-over,
+    waits for the ports instead of exiting, and serves once the old one is gone."""
+    image = world["image"]
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    old = harness.Berth(berth_binary(), str(tmp_path / "old"), config).start()
+    slow = PullLoop(port, image, [image["big_layer"]], rate=60 << 20, rounds=1)
+    new = None
+    try:
+        slow.start()
+        harness.wait_for(lambda: slow.requests >= 3, what="the slow transfer to start")
+        time.sleep(0.5)
+        old.proc.send_signal(signal.SIGTERM)
+        wait_in_log(old, "shutting_down")
+        new = harness.Berth(berth_binary(), str(tmp_path / "new"), config)
+        harness.Process.start(new)
+        wait_in_log(new, "waiting_for_address", timeout=15)
+        slow.join(timeout=60)
+        assert slow.failures == [], slow.failures
+        assert old.proc.wait(timeout=40) == 0
+        wait_in_log(new, "listening", timeout=15)
+        loop = PullLoop(port, image, small_blobs(image), rounds=1)
+        loop.run()
+        assert loop.failures == []
+    finally:
+        old.stop()
+        if new is not None:
+            assert new.stop() == 0

@@ -416,3 +416,18 @@ TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST(Config, TheHandoverSocketMustBeAUsablePath) {
+  const std::string regs = "registries: [{names: [r.example]}]\n";
+  const std::string long_dir(100, 'd');
+  EXPECT_NE(error_of(regs + "cache: {dir: /" + long_dir + "}\n").find("berth.yaml:2:14: cache.dir: is too long"),
+            std::string::npos)
+      << error_of(regs + "cache: {dir: /" + long_dir + "}\n");
+  // With a socket of its own, the long cache directory is fine.
+  EXPECT_EQ(error_of(regs + "cache: {dir: /" + long_dir + "}\nhandover_socket: /run/berth.sock\n"), "");
+  EXPECT_NE(error_of(regs + "handover_socket: relative.sock\n").find("handover_socket: must be an absolute path"),
+            std::string::npos);
+  EXPECT_NE(error_of(regs + "handover_socket: /" + std::string(120, 's') + "\n").find("at most 107 bytes"),
+            std::string::npos);
+  EXPECT_EQ(config::parse(regs + "handover_socket: none\n", "berth.yaml", no_env).server.handover_socket, "none");
+}

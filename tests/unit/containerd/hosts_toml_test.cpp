@@ -141,6 +141,13 @@ TEST(HostsToml, FallbackCredentialsAreTheServersHeaderInAFileOnlyRootReads) {
   EXPECT_LT(text.find("[host."), header);
   EXPECT_EQ(text.find("[host.", header), std::string::npos) << text;
   EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  // Never readable by others, not even while written: a temp file planted (or left by
+  // a crash) where it is written is replaced, not written through.
+  o.fallback_authorization = "Basic eQ==";
+  fs::create_symlink("/nonexistent-target", path.string() + ".berth-tmp");
+  ASSERT_EQ(install(dir.string(), o).action, "updated");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(path.string() + ".berth-tmp")));
+  EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
   // Installing again without them takes them out, and the file is readable again.
   o.fallback_authorization.clear();
   ASSERT_EQ(install(dir.string(), o).action, "updated");
@@ -160,8 +167,13 @@ TEST(HostsToml, FallbackCredentialsNeverBreakTheFile) {
   // The node's own [header] for the server: a second table would be a TOML error,
   // and containerd ignores a file it cannot parse.
   o.fallback_authorization = "Basic eA==";
-  const std::string own = "server = \"https://r\"\n\n[header]\n  X-Team = \"a\"\n";
-  EXPECT_THROW(render(o, own), std::invalid_argument);
+  for (const std::string own : {"server = \"https://r\"\n\n[header]\n  X-Team = \"a\"\n",
+                                "server = \"https://r\"\n\n[ header ]\n  X-Team = \"a\"\n",
+                                "server = \"https://r\"\n\n[\"header\"]\n  X-Team = \"a\"\n",
+                                "server = \"https://r\"\nheader = { X-Team = \"a\" }\n",
+                                "server = \"https://r\"\n\"header\".X-Team = \"a\"\n"}) {
+    EXPECT_THROW(render(o, own), std::invalid_argument) << own;
+  }
   // A host's own header table is no conflict.
   const std::string host_header =
       "server = \"https://r\"\n\n[host.\"https://other\"]\n[host.\"https://other\".header]\n  X = \"1\"\n";

@@ -223,7 +223,9 @@ TEST(Server, OnShutdownAKeepAliveConnectionBetweenRequestsClosesAtOnceAndASilent
   s.srv.begin_shutdown();
   // The used one goes first: it is closed while the silent one is still open.
   EXPECT_TRUE(closed_by_peer(used));
-  EXPECT_EQ(s.srv.open_connections(), 1u) << "the silent connection waits out its grace";
+  // (The session leaves the books just after the close reaches the client.)
+  EXPECT_TRUE(within(std::chrono::milliseconds(500), [&] { return s.srv.open_connections() == 1; }))
+      << "the silent connection waits out its grace";
   EXPECT_TRUE(closed_by_peer(silent)) << "closed once the grace is over (the read times out at 2 s)";
   ::close(used);
   ::close(silent);

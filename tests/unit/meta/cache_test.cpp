@@ -279,6 +279,33 @@ TEST(MetaCache, ConcurrentLookupsInOneProcessAskOnce) {
   EXPECT_EQ(answered, 50);
 }
 
+TEST(MetaCache, ALocalCopyAttachedLaterServesItsAnswersButNotOnesInvalidatedMeanwhile) {
+  // A successor runs without the local copy while its predecessor drains, then
+  // attaches it: what it holds is served, unless a webhook dropped it in between.
+  const auto dir = std::filesystem::temp_directory_path() / ("berth-meta-attach-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  metrics::registry m;
+  upstream_script up;
+  auto f = up.fn();
+  const meta::key other = meta::key::tag("registry.test", "library/other", "v1", 31);
+  {
+    meta::cache c(options(), m, nullptr, meta::local_db::open(dir.string()));
+    c.start();
+    resolve(c, f);
+    resolve(c, f, 60s, other);
+  }
+  ASSERT_EQ(up.calls, 2);
+  meta::cache c(options(), m, nullptr, nullptr);
+  c.start();
+  const std::vector<std::string> groups{k_tag.group};
+  run<bool>([&]() -> asio::awaitable<bool> { co_return co_await c.invalidate(groups); });
+  c.attach_local(meta::local_db::open(dir.string()));
+  EXPECT_EQ(resolve(c, f, 60s, other).how, meta::outcome::fresh_hit) << "the attached copy serves";
+  EXPECT_EQ(up.calls, 2);
+  EXPECT_EQ(resolve(c, f).how, meta::outcome::upstream) << "invalidated before the copy was attached";
+  EXPECT_EQ(up.calls, 3);
+}
+
 TEST(MetaCache, PersistsAcrossRestartsInTheLocalStore) {
   const auto dir = std::filesystem::temp_directory_path() / ("berth-meta-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
