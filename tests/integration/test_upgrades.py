@@ -37,6 +37,14 @@ cache:
 {extra}"""
 
 
+def a_node(world, tmp_path, extra=""):
+    """Ports chosen now and a cache directory, as one node's: (port, admin_port,
+    cache, config). Every Berth started with `config` is that node's."""
+    port, admin_port = harness.free_port(), harness.free_port()
+    cache = str(tmp_path / "cache")
+    return port, admin_port, cache, node_config(world, str(tmp_path / "secrets"), port, admin_port, cache, extra)
+
+
 class PullLoop(threading.Thread):
     """A containerd-like client on one keep-alive connection: HEAD the tag, GET the
     index and the amd64 manifest by digest, GET blobs; every body is hashed against
@@ -125,9 +133,7 @@ def wait_in_log(b, event, timeout=30.0):
 
 def test_a_successor_takes_over_the_ports_without_a_failed_request(world, tmp_path):
     image = world["image"]
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    port, admin_port, cache, config = a_node(world, tmp_path)
     old = harness.Berth(berth_binary(), str(tmp_path / "old"), config).start()
     new = None
     loops = []
@@ -202,10 +208,8 @@ def test_a_successor_that_never_accepts_leaves_the_runner_serving(world, tmp_pat
     says it accepts on them (a successor that crashes during start-up), changes
     nothing: the runner keeps accepting and a later successor can still take over."""
     image = world["image"]
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    b = harness.Berth(berth_binary(), str(tmp_path / "b"),
-                      node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)).start()
+    port, admin_port, cache, config = a_node(world, tmp_path)
+    b = harness.Berth(berth_binary(), str(tmp_path / "b"), config).start()
     try:
         path = os.path.join(cache, "handover.sock")
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
@@ -236,9 +240,7 @@ def test_a_successor_that_never_accepts_leaves_the_runner_serving(world, tmp_pat
 
 def test_after_a_crash_the_stale_handover_socket_is_replaced(world, tmp_path):
     image = world["image"]
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    port, admin_port, cache, config = a_node(world, tmp_path)
     first = harness.Berth(berth_binary(), str(tmp_path / "first"), config).start()
     first.stop(sig=signal.SIGKILL)
     assert os.path.exists(os.path.join(cache, "handover.sock"))  # left behind
@@ -259,8 +261,7 @@ def test_after_a_crash_the_stale_handover_socket_is_replaced(world, tmp_path):
 
 
 def test_a_clean_stop_is_told_from_a_crash(world, tmp_path):
-    port, admin_port = harness.free_port(), harness.free_port()
-    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, str(tmp_path / "cache"))
+    port, admin_port, cache, config = a_node(world, tmp_path)
     first = harness.Berth(berth_binary(), str(tmp_path / "first"), config).start()
     assert first.metric("berth_starts_total", previous="first") == 1
     assert first.stop() == 0
@@ -283,10 +284,8 @@ def test_a_berth_killed_mid_pull_is_back_at_once_and_the_next_pull_succeeds(worl
     half-written fill is cleared, and a fresh containerd's pull then succeeds, every
     digest checked by containerd."""
     link = harness.FaultProxy(world["registry"].port, rate=50e6)
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache).replace(
-        world["registry"].endpoint, f"https://127.0.0.1:{link.port}")
+    port, admin_port, cache, config = a_node(world, tmp_path)
+    config = config.replace(world["registry"].endpoint, f"https://127.0.0.1:{link.port}")
     certs = tmp_path / "certs.d"
     harness.write_hosts_toml(str(certs), REGISTRY_NAME, f"http://127.0.0.1:{port}", harness.dead_port())
     ref = f"{REGISTRY_NAME}/library/app:v1"
@@ -337,10 +336,8 @@ def fake_successor(cache):
 
 def test_a_successor_that_dies_after_accepting_is_replaced_by_the_old_one(world, tmp_path):
     image = world["image"]
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    b = harness.Berth(berth_binary(), str(tmp_path / "b"),
-                      node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)).start()
+    port, admin_port, cache, config = a_node(world, tmp_path)
+    b = harness.Berth(berth_binary(), str(tmp_path / "b"), config).start()
     try:
         channel = fake_successor(cache)
         wait_in_log(b, "handed_over_waiting", timeout=30)
@@ -365,9 +362,7 @@ def test_a_restarted_container_of_a_retired_pod_does_not_take_the_sockets_back(w
     before the pod is deleted: the restarted Berth sees its pod recorded as retired
     and waits for SIGTERM; the new Berth keeps serving throughout."""
     image = world["image"]
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    port, admin_port, cache, config = a_node(world, tmp_path)
     old = harness.Berth(berth_binary(), str(tmp_path / "old"), config, env={"BERTH_POD_UID": "old-pod"}).start()
     new = harness.Berth(berth_binary(), str(tmp_path / "new"), config, env={"BERTH_POD_UID": "new-pod"}).start()
     restarted = None
@@ -398,14 +393,12 @@ def test_a_restarted_container_of_a_retired_pod_does_not_take_the_sockets_back(w
 def test_sigterm_during_start_up_is_not_lost(world, tmp_path):
     """A SIGTERM that arrives while Berth is still starting (here: waiting 5 s on a
     hand-over socket that never answers) ends it once it has started."""
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    port, admin_port, cache, config = a_node(world, tmp_path)
+    os.makedirs(cache)
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    silent.bind(str(cache / "handover.sock"))
+    silent.bind(os.path.join(cache, "handover.sock"))
     silent.listen(1)
-    b = harness.Berth(berth_binary(), str(tmp_path / "b"),
-                      node_config(world, str(tmp_path / "secrets"), port, admin_port, str(cache)))
+    b = harness.Berth(berth_binary(), str(tmp_path / "b"), config)
     harness.Process.start(b)
     try:
         time.sleep(0.5)
@@ -422,9 +415,7 @@ def test_a_successor_started_while_the_runner_drains_waits_for_the_ports(world, 
     and drains a slow transfer; a new one started meanwhile is refused the hand-over,
     waits for the ports instead of exiting, and serves once the old one is gone."""
     image = world["image"]
-    port, admin_port = harness.free_port(), harness.free_port()
-    cache = str(tmp_path / "cache")
-    config = node_config(world, str(tmp_path / "secrets"), port, admin_port, cache)
+    port, admin_port, cache, config = a_node(world, tmp_path)
     old = harness.Berth(berth_binary(), str(tmp_path / "old"), config).start()
     slow = PullLoop(port, image, [image["big_layer"]], rate=60 << 20, rounds=1)
     new = None

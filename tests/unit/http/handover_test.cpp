@@ -17,6 +17,7 @@
 
 #include "http/server.hpp"
 #include "metrics/metrics.hpp"
+#include "test_client.hpp"
 
 using namespace berth;
 namespace asio = boost::asio;
@@ -43,14 +44,8 @@ http::listener_options options() {
 // Connects and sends one request; the answer is read later (the connection may sit
 // in the listen queue until then).
 int send_request(unsigned short port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const int fd = berth::testing::connect_to(port, 5);
+  EXPECT_GE(fd, 0);
   const std::string req = "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   EXPECT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
   return fd;

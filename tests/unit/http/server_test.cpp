@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "metrics/metrics.hpp"
+#include "test_client.hpp"
 
 using namespace berth;
 namespace asio = boost::asio;
@@ -45,17 +46,8 @@ struct exchange_result {
 // nothing comes for two seconds.
 exchange_result exchange(unsigned short port, const std::string& request) {
   exchange_result out;
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return out;
-  }
+  const int fd = berth::testing::connect_to(port);
+  if (fd < 0) return out;
   (void)::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   char buf[4096];
   for (;;) {
@@ -146,21 +138,7 @@ http::listener_options plain_listener() {
           .max_connections = 0};
 }
 
-// A connected client socket (2 s receive timeout); -1 if the connect failed.
-int connect_to(unsigned short port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
+using berth::testing::connect_to;
 
 // Reads one response with a Content-Length of at most a few bytes, or until the
 // connection ends. "" if nothing came.
