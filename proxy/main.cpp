@@ -489,6 +489,15 @@ int serve(const std::string& config_path) {
       log::warn("handover_failed", {{"socket", handover}, {"error", e.what()}});
     }
   }
+  // A replacement takes at least one of the listeners. A Berth that shares the cache
+  // directory but none of the addresses is no replacement: the runner keeps serving
+  // (and keeps the cache; this one serves without it, as for any cache in use).
+  if (predecessor.received() && !predecessor.offers("mirror", s.server.listen) &&
+      !predecessor.offers("admin", s.server.admin_listen)) {
+    log::warn("handover_declined",
+              {{"socket", handover}, {"detail", "none of the running Berth's addresses is in this config"}});
+    predecessor = http::inherited_listeners();
+  }
   if (s.cache && predecessor.received()) {
     log::info("cache_deferred",
               {{"dir", s.cache->dir}, {"detail", "serving uncached until the Berth handing over releases the cache"}});

@@ -97,11 +97,16 @@ inherited_listeners& inherited_listeners::operator=(inherited_listeners&& other)
   return *this;
 }
 
+bool inherited_listeners::offers(const std::string& name, const std::string& address) const {
+  const auto it = addresses_.find(name);
+  // Port 0 asks for a new port: nothing to inherit. A changed address binds afresh.
+  return fds_.contains(name) && it != addresses_.end() && it->second == address && !address.ends_with(":0");
+}
+
 int inherited_listeners::take(const std::string& name, const std::string& address) {
   const auto it = fds_.find(name);
   if (it == fds_.end()) return -1;
-  // Port 0 asks for a new port: nothing to inherit. A changed address binds afresh.
-  if (address.ends_with(":0") || addresses_[name] != address) {
+  if (!offers(name, address)) {
     log::warn("handover_listener_not_taken", {{"listener", name},
                                               {"offered", addresses_[name]},
                                               {"configured", address},

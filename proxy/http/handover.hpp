@@ -42,8 +42,11 @@ class inherited_listeners {
 
   // Whether a predecessor handed anything over (still true once all is taken).
   bool received() const { return received_; }
-  // The descriptor for `name` if it is bound to `address` (so a changed listen address
-  // binds afresh), now owned by the caller; -1 otherwise.
+  // Whether the descriptor for `name` is bound to `address` (a changed listen address,
+  // or port 0, binds afresh).
+  bool offers(const std::string& name, const std::string& address) const;
+  // The descriptor for `name` if it offers `address`, now owned by the caller; -1
+  // otherwise.
   int take(const std::string& name, const std::string& address);
   // Closes what was not taken (a listener the new config no longer has): a socket
   // nobody accepts on must not hold connections.
