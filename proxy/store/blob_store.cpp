@@ -416,15 +416,31 @@ void blob_store::open() {
   usage u;
   u.limit = options_.limit_for(fs_->capacity(options_.dir));
   {
-    // The one index scan: sizes for the usage, last accesses for the LRU order.
-    std::lock_guard lock(mu_);
+    // The one index scan: sizes for the usage, last accesses for the LRU order. The
+    // order is built from the sorted scan in one go (a reserved table, the tree
+    // filled from its end), not entry by entry: start-up time with a large cache.
+    struct scanned {
+      std::string digest;
+      std::int64_t last_access;
+      std::uint64_t size;
+    };
+    std::vector<scanned> all;
     const bool whole = index_->for_each([&](const std::string& digest, const blob_entry& e) {
       u.bytes += e.size;
       ++u.blobs;
-      lru_put_locked(digest, e.last_access, e.size);
+      all.push_back({digest, e.last_access, e.size});
     });
     if (!whole)
       throw std::runtime_error("cache index " + options_.dir + "/index: read error while summing it (see the log)");
+    std::stable_sort(all.begin(), all.end(),
+                     [](const scanned& a, const scanned& b) { return a.last_access < b.last_access; });
+    std::lock_guard lock(mu_);
+    lru_slots_.reserve(all.size());
+    for (auto& b : all) {
+      const lru_key key{b.last_access, ++lru_sequence_};
+      auto [it, fresh] = lru_slots_.try_emplace(std::move(b.digest), lru_slot{key, b.size});
+      if (fresh) lru_.emplace_hint(lru_.end(), key, &it->first);
+    }
     usage_ = u;
   }
   metrics_.cache_usage(u.bytes, u.blobs);

@@ -137,7 +137,7 @@ class rocks_logger final : public rocksdb::Logger {
 
 class rocks final : public index {
  public:
-  explicit rocks(rocksdb::DB* db) : db_(db) {}
+  rocks(rocksdb::DB* db, bool read_only) : db_(db), read_only_(read_only) {}
   // RocksDB (built with assertions in Debian) aborts when a handle whose write failed
   // (ENOSPC, EIO) is closed: such a handle is left to the kernel, as a crash would
   // leave it; the write-ahead log brings the index back on the next open.
@@ -167,9 +167,17 @@ class rocks final : public index {
   void erase(const std::string& digest) override { written(db_->Delete(rocksdb::WriteOptions(), digest)); }
   bool for_each(const std::function<void(const std::string&, const blob_entry&)>& fn) override {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    std::uint64_t dropped = 0;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (auto e = decode_entry(it->value().ToStringView())) fn(it->key().ToString(), *e);
+      if (auto e = decode_entry(it->value().ToStringView())) {
+        fn(it->key().ToString(), *e);
+      } else if (!read_only_) {
+        // A record that cannot be decoded serves nobody: dropped on the way.
+        written(db_->Delete(rocksdb::WriteOptions(), it->key()));
+        ++dropped;
+      }
     }
+    if (dropped > 0) log::warn("cache_index_dropped", {{"records", dropped}, {"detail", "could not be decoded"}});
     if (!it->status().ok()) {
       log::error("cache_index_read_failed", {{"scan", true}, {"error", it->status().ToString()}});
       return false;
@@ -177,18 +185,19 @@ class rocks final : public index {
     return true;
   }
   std::uint64_t migrate() override {
+    // Only legacy records are decoded here (the version byte tells them apart): a
+    // current one is decoded once, by the scan that follows at start-up.
     std::uint64_t changed = 0;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       const auto v = it->value().ToStringView();
-      auto e = decode_entry(v);
-      if (!e) {
-        written(db_->Delete(rocksdb::WriteOptions(), it->key()));
-        ++changed;
-      } else if (legacy_entry(v)) {
+      if (!legacy_entry(v)) continue;
+      if (auto e = decode_entry(v)) {
         written(db_->Put(rocksdb::WriteOptions(), it->key(), encode_entry(*e)));
-        ++changed;
+      } else {
+        written(db_->Delete(rocksdb::WriteOptions(), it->key()));
       }
+      ++changed;
     }
     return changed;
   }
@@ -199,6 +208,7 @@ class rocks final : public index {
     return s.ok();
   }
   std::unique_ptr<rocksdb::DB> db_;
+  bool read_only_ = false;
   std::atomic<bool> write_failed_{false};
 };
 
@@ -229,7 +239,7 @@ std::unique_ptr<index> index::open(const std::string& path, bool read_only) {
   const auto status =
       read_only ? rocksdb::DB::OpenForReadOnly(options, path, &db) : rocksdb::DB::Open(options, path, &db);
   if (!status.ok()) throw std::runtime_error("cache index " + path + ": " + status.ToString());
-  return std::make_unique<rocks>(db);
+  return std::make_unique<rocks>(db, read_only);
 }
 
 }  // namespace berth::store

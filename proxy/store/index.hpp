@@ -57,10 +57,11 @@ class index {
   // False when RocksDB refused the write (logged by the caller).
   virtual bool put(const std::string& digest, const blob_entry& e) = 0;
   virtual void erase(const std::string& digest) = 0;
-  // False when a read error stopped the scan early (logged).
+  // False when a read error stopped the scan early (logged). Records that cannot be
+  // decoded are skipped (and, on an index open for writing, dropped).
   virtual bool for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn) = 0;
-  // Rewrites legacy (version 1) records in the current format and drops records
-  // that cannot be decoded. Returns how many records it rewrote or dropped.
+  // Rewrites legacy (version 1) records in the current format (drops those that
+  // cannot be decoded). Returns how many records it rewrote or dropped.
   virtual std::uint64_t migrate() = 0;
 };
 
