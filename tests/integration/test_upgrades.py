@@ -173,6 +173,8 @@ def test_a_successor_takes_over_the_ports_without_a_failed_request(world, tmp_pa
             loop.stop.set()
         for loop in loops:
             loop.join(timeout=60)
+        if old.alive() and (new is None or not new.alive()):
+            old.stop()  # the test failed early: never leave a Berth behind
     try:
         failures = [f for loop in loops for f in loop.failures]
         print(f"requests {sum(loop.requests for loop in loops)} (before the successor {before}), "
@@ -195,6 +197,7 @@ def test_a_successor_takes_over_the_ports_without_a_failed_request(world, tmp_pa
         assert new.metric("berth_handovers_total", result="taken") == 1
         assert new.metric("berth_unserved_seconds") == 0
     finally:
+        old.stop()  # already stopped unless the test failed early
         assert new.stop() == 0
     # The cache is intact: every blob rehashes to its digest.
     r = subprocess.run([berth_binary(), "cache", "verify", "-c", new.config_path], capture_output=True, text=True,
@@ -309,16 +312,17 @@ def test_a_berth_killed_mid_pull_is_back_at_once_and_the_next_pull_succeeds(worl
         opened = [json.loads(l) for l in second.log().splitlines() if '"event":"cache_opened"' in l]
         assert opened and opened[0]["temp_files_removed"] >= 1
         t.join(timeout=300)
-    finally:
         ctd.stop()
-    try:
         # Whatever the interrupted pull did (containerd resumes a broken body on the
         # first host, which may be the new Berth), a new pull now succeeds.
         r = harness.pull_with_fresh_containerd(tmp_path / "containerd-2", certs, ref)
         assert r.returncode == 0, r.stdout + r.stderr
         print(f"listening again {back * 1000:.0f} ms after SIGKILL; interrupted pull rc={pulled['r'].returncode}")
     finally:
-        second.stop()
+        ctd.stop()
+        first.stop()
+        if second is not None:
+            second.stop()
         link.stop()
 
 
@@ -385,6 +389,7 @@ def test_a_restarted_container_of_a_retired_pod_does_not_take_the_sockets_back(w
         loop.run()
         assert loop.failures == [], "the node lost its Berth with the retired pod"
     finally:
+        old.stop()
         if restarted is not None:
             restarted.stop()
         assert new.stop() == 0
