@@ -70,23 +70,16 @@ inherited_listeners::inherited_listeners(std::map<std::string, int> fds, std::ma
     : fds_(std::move(fds)), addresses_(std::move(addresses)), channel_(channel), received_(true) {}
 
 inherited_listeners::~inherited_listeners() {
-  for (auto& [name, fd] : fds_) ::close(fd);
-  if (channel_ >= 0) ::close(channel_);
+  close_all();
 }
 
-inherited_listeners::inherited_listeners(inherited_listeners&& other) noexcept
-    : fds_(std::move(other.fds_)),
-      addresses_(std::move(other.addresses_)),
-      channel_(other.channel_),
-      received_(other.received_) {
-  other.fds_.clear();
-  other.channel_ = -1;
+inherited_listeners::inherited_listeners(inherited_listeners&& other) noexcept {
+  *this = std::move(other);
 }
 
 inherited_listeners& inherited_listeners::operator=(inherited_listeners&& other) noexcept {
   if (this != &other) {
-    for (auto& [name, fd] : fds_) ::close(fd);
-    if (channel_ >= 0) ::close(channel_);
+    close_all();
     fds_ = std::move(other.fds_);
     addresses_ = std::move(other.addresses_);
     channel_ = other.channel_;
@@ -95,6 +88,12 @@ inherited_listeners& inherited_listeners::operator=(inherited_listeners&& other)
     other.channel_ = -1;
   }
   return *this;
+}
+
+void inherited_listeners::close_all() {
+  close_untaken();
+  if (channel_ >= 0) ::close(channel_);
+  channel_ = -1;
 }
 
 bool inherited_listeners::offers(const std::string& name, const std::string& address) const {

@@ -58,6 +58,7 @@ class inherited_listeners {
   bool wait_released(std::chrono::milliseconds limit);
 
  private:
+  void close_all();
   std::map<std::string, int> fds_;
   std::map<std::string, std::string> addresses_;
   int channel_ = -1;

@@ -8,7 +8,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <algorithm>
-#include <array>
+#include <initializer_list>
 
 #include "core/clock.hpp"
 
@@ -26,6 +26,11 @@ const prometheus::Histogram::BucketBoundaries& latency_buckets() {
 }
 std::string s(std::string_view v) {
   return std::string(v);
+}
+
+// `value` if it is one of `known`, else "other": a label from a closed set.
+std::string one_of(std::string_view value, std::initializer_list<std::string_view> known) {
+  return std::find(known.begin(), known.end(), value) != known.end() ? std::string(value) : std::string("other");
 }
 }  // namespace
 
@@ -287,17 +292,13 @@ void registry::watchdog_exit(std::string_view reason) {
 }
 
 void registry::started(std::string_view previous, double unserved_seconds) {
-  static constexpr std::array<std::string_view, 4> k_known = {"first", "clean", "crash", "handover"};
-  const bool known = std::find(k_known.begin(), k_known.end(), previous) != k_known.end();
-  impl_->starts.Add({{"previous", known ? s(previous) : std::string("other")}}).Increment();
+  impl_->starts.Add({{"previous", one_of(previous, {"first", "clean", "crash", "handover"})}}).Increment();
   impl_->start_time.Set(static_cast<double>(core::unix_ms()) / 1000.0);
   impl_->unserved.Set(unserved_seconds);
 }
 
 void registry::handover(std::string_view result) {
-  static constexpr std::array<std::string_view, 4> k_known = {"given", "taken", "abandoned", "refused"};
-  const bool known = std::find(k_known.begin(), k_known.end(), result) != k_known.end();
-  impl_->handovers.Add({{"result", known ? s(result) : std::string("other")}}).Increment();
+  impl_->handovers.Add({{"result", one_of(result, {"given", "taken", "abandoned", "refused"})}}).Increment();
 }
 
 void registry::cache_up(bool up) {

@@ -33,12 +33,7 @@ http::handler answer(std::string who) {
 }
 
 http::listener_options options() {
-  return {.name = "mirror",
-          .access_log = false,
-          .max_body_bytes = 0,
-          .pull_only = false,
-          .gate = nullptr,
-          .max_connections = 0};
+  return berth::testing::plain_listener("mirror");
 }
 
 // Connects and sends one request; the answer is read later (the connection may sit

@@ -129,14 +129,7 @@ http::handler answer_ok() {
   };
 }
 
-http::listener_options plain_listener() {
-  return {.name = "test",
-          .access_log = false,
-          .max_body_bytes = 0,
-          .pull_only = false,
-          .gate = nullptr,
-          .max_connections = 0};
-}
+using berth::testing::plain_listener;
 
 using berth::testing::connect_to;
 
