@@ -260,7 +260,7 @@ void server::begin_shutdown() {
   std::lock_guard lock(impl_->mu);
   for (const auto& c : impl_->connections) {
     asio::post(c->stream.get_executor(), [c] {
-      if (!c->idle) return;  // busy: closed after its reply (never kept alive now)
+      if (!c->idle) return;  // busy: closed after its reply (see serve_one)
       if (c->used) {
         // Idle between requests: closed now. A client whose next request meets the
         // close retries it on a new connection (HTTP/1.1 §9.3.1; Go's transport does).
@@ -550,6 +550,10 @@ asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> co
 asio::awaitable<bool> server::impl::serve_one(connection_state& conn, listener& l, std::size_t worker,
                                               beast::flat_buffer& buffer) {
   conn.set_idle(true);
+  // A drain that began while the last reply was being written found the connection
+  // busy, and that reply had already been promised keep-alive: it closes here, as an
+  // idle one would have (the client retries its next request on a new connection).
+  if (stopping && conn.used) co_return false;
   bhttp::request_parser<bhttp::string_body> parser;
   parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
   // The body's size is judged after the gate (below): a refusal for the secret comes

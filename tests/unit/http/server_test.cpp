@@ -201,3 +201,43 @@ TEST(Server, OnShutdownAKeepAliveConnectionBetweenRequestsClosesAtOnceAndASilent
   ::close(used);
   ::close(silent);
 }
+
+TEST(Server, OnShutdownAConnectionBusyWritingItsReplyClosesOnceTheReplyIsOut) {
+  // The reply was already promised keep-alive when the drain began: the drain must
+  // still close the connection after it, not leave it open for the idle timeout
+  // (the drain would wait for it until its deadline).
+  const std::string big(32u << 20, 'b');
+  running_server s(
+      [&big](const http::incoming&) -> asio::awaitable<http::handled> {
+        http::handled h;
+        h.reply.body = big;
+        co_return h;
+      },
+      plain_listener());
+  const int fd = connect_to(s.port);
+  ASSERT_GE(fd, 0);
+  const std::string req = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  std::string head;
+  char buf[65536];
+  while (head.find("\r\n\r\n") == std::string::npos) {
+    const auto n = ::recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0);
+    head.append(buf, static_cast<std::size_t>(n));
+  }
+  ASSERT_EQ(head.find("Connection: close"), std::string::npos) << "kept alive when promised: " << head.substr(0, 200);
+  // The server is blocked writing the rest (the client reads nothing meanwhile).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  s.srv.begin_shutdown();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::size_t body = head.size() - (head.find("\r\n\r\n") + 4);
+  while (body < big.size()) {
+    const auto n = ::recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0) << "after " << body << " body bytes";
+    body += static_cast<std::size_t>(n);
+  }
+  EXPECT_EQ(body, big.size());
+  EXPECT_TRUE(closed_by_peer(fd)) << "closed once the reply was out (the read times out at 2 s)";
+  EXPECT_TRUE(within(std::chrono::milliseconds(500), [&] { return s.srv.open_connections() == 0; }));
+  ::close(fd);
+}
