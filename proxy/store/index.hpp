@@ -58,11 +58,9 @@ class index {
   virtual bool put(const std::string& digest, const blob_entry& e) = 0;
   virtual void erase(const std::string& digest) = 0;
   // False when a read error stopped the scan early (logged). Records that cannot be
-  // decoded are skipped (and, on an index open for writing, dropped).
+  // decoded are skipped; on an index open for writing they are dropped, and legacy
+  // (version 1) records are rewritten in the current format, on the way.
   virtual bool for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn) = 0;
-  // Rewrites legacy (version 1) records in the current format (drops those that
-  // cannot be decoded). Returns how many records it rewrote or dropped.
-  virtual std::uint64_t migrate() = 0;
 };
 
 }  // namespace berth::store

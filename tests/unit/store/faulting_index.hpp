@@ -29,7 +29,6 @@ class faulting_index final : public store::index {
     if (*fail_reads) return false;
     return real_->for_each(fn);
   }
-  std::uint64_t migrate() override { return real_->migrate(); }
 
  private:
   std::unique_ptr<store::index> real_;
