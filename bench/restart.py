@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """How fast a killed Berth serves again (issue #16): SIGKILL, start, time until the
-mirror port accepts and until /readyz answers 200, with a cache of N blobs.
+mirror port accepts, until /readyz answers 200, and until the cache's index has been
+read in the background (berth_cache_objects is whole), with a cache of N blobs.
 
     bash .ci/dev build
     BERTH_BIN=build/proxy/berth python3 bench/restart.py --blobs 100000 --rounds 5
@@ -101,7 +102,7 @@ cache:
         harness.wait_for(lambda: metric(admin, "berth_cache_objects") >= args.blobs, timeout=600,
                          what="reconcile to adopt every blob")
         print(f"first run adopted {args.blobs} blobs into the index in {time.monotonic() - t0:.1f} s")
-        to_accept, to_ready = [], []
+        to_accept, to_ready, to_whole = [], [], []
         for _ in range(args.rounds):
             time.sleep(1.0)  # let the previous run settle (its reconcile walks blobs/)
             p.send_signal(signal.SIGKILL)
@@ -120,7 +121,12 @@ cache:
                     raise SystemExit("not ready within 30 s")
                 time.sleep(0.002)
             to_accept.append(accepted if accepted is not None else to_ready[-1])
-            assert metric(admin, "berth_cache_objects") == args.blobs
+            # The index is read in the background: the usage is whole a moment later.
+            while metric(admin, "berth_cache_objects") != args.blobs:
+                if time.monotonic() - began > 30:
+                    raise SystemExit("the index read did not end within 30 s")
+                time.sleep(0.002)
+            to_whole.append(time.monotonic() - began)
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
         print(f"blobs {args.blobs}, {args.rounds} rounds after SIGKILL:")
@@ -128,6 +134,8 @@ cache:
               f"max {max(to_accept) * 1000:.0f} ms")
         print(f"  /readyz 200:           median {statistics.median(to_ready) * 1000:.0f} ms, "
               f"max {max(to_ready) * 1000:.0f} ms")
+        print(f"  index read, usage whole: median {statistics.median(to_whole) * 1000:.0f} ms, "
+              f"max {max(to_whole) * 1000:.0f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

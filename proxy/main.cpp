@@ -404,8 +404,10 @@ std::string handover_path(const config::settings& s) {
 void open_cache(runtime& rt) {
   const auto& s = rt.settings;
   auto store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt.metrics);
-  store->open();
-  store->start_reconcile();  // off the start-up path
+  // The index is read in the background: ready in milliseconds whatever the cache's
+  // size (a kill -9 to serving again, issue #16); the usage is whole a moment later.
+  store->open(store::blob_store::index_load::background);
+  store->start_reconcile();  // off the start-up path, after the index read
   rt.store = std::move(store);
   rt.metrics.cache_up(true);
 }

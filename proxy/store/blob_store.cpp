@@ -296,7 +296,10 @@ blob_store::blob_store(store_options options, std::shared_ptr<filesystem> fs, me
 
 blob_store::~blob_store() {
   join_background();
-  disk_.reset();  // runs what is queued first
+  // What is queued runs first, with the disk thread still there for what it posts (the
+  // index read's eviction, a publish's): reset() would clear the pointer first.
+  disk_->flush();
+  disk_.reset();
   if (dir_lock_ >= 0) fs_->close(dir_lock_);
 }
 
@@ -322,6 +325,13 @@ void blob_store::lru_put_locked(const std::string& digest, std::int64_t last_acc
   lru_.emplace(key, &it->first);  // a node's key stays put until the node is erased
 }
 
+void blob_store::report_usage_locked() {
+  // Under the lock: set from two threads' snapshots, the gauges could end up on the
+  // older one (an index read ending as a reconcile adopts).
+  metrics_.cache_usage(usage_.bytes, usage_.blobs);
+  metrics_.cache_temp_bytes(usage_.temp);
+}
+
 void blob_store::lru_erase_locked(const std::string& digest) {
   const auto it = lru_slots_.find(digest);
   if (it == lru_slots_.end()) return;
@@ -330,6 +340,7 @@ void blob_store::lru_erase_locked(const std::string& digest) {
 }
 
 std::uint64_t blob_store::reconcile() {
+  wait_loaded();  // adopting adds to the usage and the order the read builds
   std::uint64_t adopted = 0;
   const auto root = options_.dir + "/blobs";
   for (const auto& alg : fs_->list(root)) {
@@ -354,6 +365,7 @@ std::uint64_t blob_store::reconcile() {
           usage_.bytes += *size;
           ++usage_.blobs;
           lru_put_locked(digest, now, *size);
+          report_usage_locked();
         }
         tell([&](observer& o) { o.published(digest, *size); });
       }
@@ -361,7 +373,6 @@ std::uint64_t blob_store::reconcile() {
   }
   if (adopted > 0) {
     const auto u = current_usage();
-    metrics_.cache_usage(u.bytes, u.blobs);
     log::info("cache_reconciled", {{"adopted", adopted}, {"bytes", u.bytes}, {"blobs", u.blobs}});
   }
   return adopted;
@@ -385,7 +396,10 @@ std::string blob_store::new_temp_path(const std::string& digest) {
   return options_.dir + "/tmp/" + split_digest(digest).second + "." + std::to_string(++temp_counter_);
 }
 
-void blob_store::open() {
+void blob_store::open(index_load load) {
+  const auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
+  };
   error_code ec;
   fs_->make_dirs(options_.dir, ec);
   if (ec) throw std::runtime_error("cache dir " + options_.dir + ": " + ec.message());
@@ -403,58 +417,115 @@ void blob_store::open() {
     fs_->make_dirs(options_.dir + sub, ec);
     if (ec) throw std::runtime_error("cache dir " + options_.dir + sub + ": " + ec.message());
   }
-  // Start-up time with a large cache is these two steps (issue #16): timed in the log.
   const auto began = std::chrono::steady_clock::now();
-  const auto ms_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
-  };
   index_ = open_index_ ? open_index_(options_.dir + "/index") : index::open(options_.dir + "/index");
   const auto index_open_ms = ms_since(began);
-  const auto scan_began = std::chrono::steady_clock::now();
   // Temp files are fills a previous run did not finish: never served, never kept.
   std::size_t removed = 0;
   for (const auto& name : fs_->list(options_.dir + "/tmp")) {
     fs_->remove(options_.dir + "/tmp/" + name);
     ++removed;
   }
-  usage u;
-  u.limit = options_.limit_for(fs_->capacity(options_.dir));
+  const auto limit = options_.limit_for(fs_->capacity(options_.dir));
   {
-    // The one index scan: sizes for the usage, last accesses for the LRU order. The
-    // order is built from the sorted scan in one go (a reserved table, the tree
-    // filled from its end), not entry by entry: start-up time with a large cache.
-    struct scanned {
-      std::string digest;
-      std::int64_t last_access;
-      std::uint64_t size;
-    };
-    std::vector<scanned> all;
-    const bool whole = index_->for_each([&](const std::string& digest, const blob_entry& e) {
-      u.bytes += e.size;
-      ++u.blobs;
-      all.push_back({digest, e.last_access, e.size});
-    });
-    if (!whole)
-      throw std::runtime_error("cache index " + options_.dir + "/index: read error while summing it (see the log)");
-    std::stable_sort(all.begin(), all.end(),
-                     [](const scanned& a, const scanned& b) { return a.last_access < b.last_access; });
     std::lock_guard lock(mu_);
-    lru_slots_.reserve(all.size());
-    for (auto& b : all) {
-      const lru_key key{b.last_access, ++lru_sequence_};
-      auto [it, fresh] = lru_slots_.try_emplace(std::move(b.digest), lru_slot{key, b.size});
-      if (fresh) lru_.emplace_hint(lru_.end(), key, &it->first);
-    }
-    usage_ = u;
+    usage_.limit = limit;
+    loading_ = true;
   }
-  metrics_.cache_usage(u.bytes, u.blobs);
   log::info("cache_opened", {{"dir", options_.dir},
-                             {"blobs", u.blobs},
-                             {"bytes", u.bytes},
-                             {"limit", u.limit},
+                             {"limit", limit},
                              {"temp_files_removed", removed},
                              {"index_open_ms", index_open_ms},
-                             {"index_scan_ms", ms_since(scan_began)}});
+                             {"index_read", load == index_load::now ? "now" : "background"}});
+  disk_->post([this, load] { load_index(load); });
+  if (load == index_load::now) {
+    wait_loaded();
+    std::lock_guard lock(mu_);
+    if (index_incomplete_)
+      throw std::runtime_error("cache index " + options_.dir + "/index: read error while summing it (see the log)");
+  }
+}
+
+void blob_store::load_index(index_load load) {
+  const auto began = std::chrono::steady_clock::now();
+  // Sizes for the usage, last accesses for the LRU order. The order is built from the
+  // sorted read in one go (a reserved table, the tree filled from its end), not entry
+  // by entry, and outside the lock: nothing else adds to it until the read is done
+  // (publishes are disk-thread work, queued behind this).
+  struct scanned {
+    std::string digest;
+    std::int64_t last_access;
+    std::uint64_t size;
+  };
+  std::vector<scanned> all;
+  const bool whole = index_->for_each([&](const std::string& digest, const blob_entry& e) {
+    all.push_back({digest, e.last_access, e.size});
+  });
+  std::stable_sort(all.begin(), all.end(),
+                   [](const scanned& a, const scanned& b) { return a.last_access < b.last_access; });
+  std::map<lru_key, const std::string*> lru;
+  std::unordered_map<std::string, lru_slot> slots;
+  slots.reserve(all.size());
+  std::uint64_t sequence = 0, bytes = 0;
+  for (auto& b : all) {
+    const lru_key key{b.last_access, ++sequence};
+    auto [it, fresh] = slots.try_emplace(std::move(b.digest), lru_slot{key, b.size});
+    if (!fresh) continue;
+    lru.emplace_hint(lru.end(), key, &it->first);
+    bytes += b.size;
+  }
+  all = {};
+  usage u;
+  {
+    // Merged with what happened while it ran: blobs dropped meanwhile are not
+    // counted, blobs hit meanwhile move to the young end.
+    std::lock_guard lock(mu_);
+    for (const auto& digest : dropped_while_loading_) {
+      if (const auto it = slots.find(digest); it != slots.end()) {
+        bytes -= it->second.size;
+        lru.erase(it->second.key);
+        slots.erase(it);
+      }
+    }
+    lru_ = std::move(lru);
+    lru_slots_ = std::move(slots);
+    lru_sequence_ = std::max(lru_sequence_, sequence);
+    for (const auto& [digest, at] : hits_while_loading_) {
+      if (const auto it = lru_slots_.find(digest); it != lru_slots_.end() && at > it->second.key.first)
+        lru_put_locked(digest, at, it->second.size);
+    }
+    usage_.bytes += bytes;
+    usage_.blobs += lru_slots_.size();
+    dropped_while_loading_ = {};
+    hits_while_loading_ = {};
+    index_incomplete_ = !whole;
+    loading_ = false;
+    report_usage_locked();
+    u = usage_;
+  }
+  loaded_cv_.notify_all();
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began);
+  log::info("cache_index_read", {{"blobs", u.blobs}, {"bytes", u.bytes}, {"ms", ms.count()}, {"complete", whole}});
+  if (!whole) {
+    log::error("cache_index_incomplete",
+               {{"dir", options_.dir},
+                {"detail",
+                 "serving what is cached, caching nothing new (the usage would be short); restart to read "
+                 "the index again, or run berth cache verify"}});
+  }
+  // Serving already: fills may have claimed room meanwhile, and a limit lowered since
+  // the last run applies now. (Opened `now`, the caller decides: berth cache gc.)
+  if (load == index_load::background) make_room();
+}
+
+bool blob_store::loaded() const {
+  std::lock_guard lock(mu_);
+  return !loading_;
+}
+
+void blob_store::wait_loaded() const {
+  std::unique_lock lock(mu_);
+  loaded_cv_.wait(lock, [this] { return !loading_; });
 }
 
 std::optional<blob_entry> blob_store::indexed(const std::string& digest, error_code& ec) {
@@ -548,25 +619,35 @@ std::shared_ptr<open_blob> blob_store::lookup(const std::string& digest, error_c
   if (const auto slot = lru_slots_.find(digest);
       slot != lru_slots_.end() && now - slot->second.key.first >= k_touch_interval) {
     // A hit moves the blob to the young end of the LRU now; the index learns it on
-    // the disk thread (a read-modify-write, like record_source).
+    // the disk thread.
     lru_put_locked(digest, now, slot->second.size);
     e->last_access = now;
-    disk_->post([this, digest, now] {
-      std::lock_guard lock(mu_);
-      error_code ec;
-      if (auto fresh = indexed(digest, ec); fresh && fresh->last_access < now) {
-        fresh->last_access = now;
-        index_->put(digest, *fresh);
-      }
-    });
+    record_access(digest, now);
+  } else if (slot == lru_slots_.end() && loading_ && now - e->last_access >= k_touch_interval) {
+    // Not in the order yet (open()'s index read is under way): the read merges it.
+    if (auto& at = hits_while_loading_[digest]; now - at >= k_touch_interval) {
+      at = now;
+      e->last_access = now;
+      record_access(digest, now);
+    }
   }
   // The open_blob uncounts itself when the last holder lets go (the guard reads this).
   handed_out = true;  // NOLINT(clang-analyzer-deadcode.DeadStores)
   return std::make_shared<open_blob>(*this, digest, fd, *e, id, unproven);
 }
 
+void blob_store::record_access(const std::string& digest, std::int64_t now) {
+  disk_->post([this, digest, now] {
+    std::lock_guard lock(mu_);  // a read-modify-write, like record_source
+    error_code ec;
+    if (auto fresh = indexed(digest, ec); fresh && fresh->last_access < now) {
+      fresh->last_access = now;
+      index_->put(digest, *fresh);
+    }
+  });
+}
+
 bool blob_store::forget(const std::string& digest, std::string_view why) {
-  usage u;
   {
     // Check and erase as one step: two that find the same blob gone (an eviction and
     // a reader, two readers) must not both take its size off the usage. The index
@@ -576,12 +657,16 @@ bool blob_store::forget(const std::string& digest, std::string_view why) {
     const auto e = indexed(digest, ec);
     if (!e) return false;
     index_->erase(digest);
-    lru_erase_locked(digest);
-    usage_.bytes -= std::min(usage_.bytes, e->size);
-    usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
-    u = usage_;
+    if (loading_) {
+      // Not counted yet: open()'s index read, which may have read it, leaves it out.
+      dropped_while_loading_.insert(digest);
+    } else {
+      lru_erase_locked(digest);
+      usage_.bytes -= std::min(usage_.bytes, e->size);
+      usage_.blobs -= std::min<std::uint64_t>(usage_.blobs, 1);
+      report_usage_locked();
+    }
   }
-  metrics_.cache_usage(u.bytes, u.blobs);
   tell([&](observer& o) { o.invalidated(digest, why); });
   return true;
 }
@@ -641,9 +726,9 @@ void blob_store::temp_claimed(std::uint64_t n) {
   {
     std::lock_guard lock(mu_);
     usage_.temp += n;
+    report_usage_locked();
     u = usage_;
   }
-  metrics_.cache_temp_bytes(u.temp);
   if (u.limit > 0 && u.bytes + u.temp > u.limit) make_room();
 }
 
@@ -670,13 +755,9 @@ void blob_store::make_room() {
 }
 
 void blob_store::temp_released(std::uint64_t n) {
-  std::uint64_t now = 0;
-  {
-    std::lock_guard lock(mu_);
-    usage_.temp -= std::min(usage_.temp, n);
-    now = usage_.temp;
-  }
-  metrics_.cache_temp_bytes(now);
+  std::lock_guard lock(mu_);
+  usage_.temp -= std::min(usage_.temp, n);
+  report_usage_locked();
 }
 
 void blob_store::fill_ended(const std::string& digest) {
@@ -718,15 +799,13 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   if (const auto id = fs_->identify(fd, ec); !ec && id.size == size) entry.verified_as = id;
   ec = {};
   if (!index_->put(digest, entry)) return false;
-  usage u;
   {
     std::lock_guard lock(mu_);
     usage_.bytes += size;
     ++usage_.blobs;
     lru_put_locked(digest, now, size);
-    u = usage_;
+    report_usage_locked();
   }
-  metrics_.cache_usage(u.bytes, u.blobs);
   tell([&](observer& o) { o.published(digest, size); });
   make_room();
   return true;
@@ -746,7 +825,7 @@ void blob_store::disk_failed() {
 
 bool blob_store::writable() const {
   std::lock_guard lock(mu_);
-  return std::chrono::steady_clock::now() >= unwritable_until_;
+  return !index_incomplete_ && std::chrono::steady_clock::now() >= unwritable_until_;
 }
 
 blob_store::usage blob_store::current_usage() const {
@@ -755,6 +834,7 @@ blob_store::usage blob_store::current_usage() const {
 }
 
 std::uint64_t blob_store::evict_to(std::uint64_t target) {
+  wait_loaded();
   // Oldest first from the in-memory LRU order; never from under a reader or a fill.
   std::vector<std::pair<std::string, std::uint64_t>> gone;
   {
@@ -773,6 +853,7 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
       it = lru_.erase(it);
       gone.emplace_back(digest, size);
     }
+    report_usage_locked();
   }
   std::uint64_t freed = 0;
   for (const auto& blob : gone) {
@@ -783,7 +864,6 @@ std::uint64_t blob_store::evict_to(std::uint64_t target) {
   if (!gone.empty()) {
     const auto u = current_usage();
     metrics_.cache_eviction(gone.size(), freed);
-    metrics_.cache_usage(u.bytes, u.blobs);
     log::info("cache_evicted",
               {{"blobs", gone.size()}, {"bytes", freed}, {"remaining_bytes", u.bytes}, {"target", target}});
   }

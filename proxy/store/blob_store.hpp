@@ -7,6 +7,7 @@
 // Thread-safe: fills and readers may live on different worker threads.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -16,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "core/body_source.hpp"
@@ -149,14 +151,28 @@ class blob_store {
              index_opener open_index = nullptr);
   ~blob_store();
 
-  // Creates the directories, removes temp files a previous run left, opens the index
-  // and sums its sizes (no directory scan). Throws std::runtime_error on failure.
-  void open();
+  // Creates the directories, removes temp files a previous run left and opens the
+  // index, then reads every record's size and last access into the usage and the LRU
+  // order (no directory scan). That read runs on the disk thread, first of its work:
+  //  - `now`: open() returns once it is done, and throws if it could not finish.
+  //  - `background`: open() returns at once (start-up time does not grow with the
+  //    cache). Lookups, fills and hits work meanwhile: they read the index itself.
+  //    Publishes and evictions run after the read (they are disk-thread work), and
+  //    blobs dropped or hit meanwhile are merged into it. A read that cannot finish
+  //    (an index read error) is logged and leaves the cache serving what it holds
+  //    but caching nothing new (the usage would be short; a restart reads again).
+  // Throws std::runtime_error when the cache cannot be opened.
+  enum class index_load { now, background };
+  void open(index_load load = index_load::now);
+  // True once open()'s index read is done (the usage is whole).
+  bool loaded() const;
+  void wait_loaded() const;
 
   // Indexes published files the index does not know (a crash between rename and
   // index). They were verified before the rename; with no sources recorded, the
   // upstream confirms each repository before a hit is served. Returns how many were
   // adopted. Walks blobs/: run it off the start-up path (see start_reconcile).
+  // Waits for open()'s index read first.
   std::uint64_t reconcile();
   // Runs reconcile() once on a background thread; join_background() waits for it.
   void start_reconcile();
@@ -203,8 +219,8 @@ class blob_store {
   // False for a while after a disk error: new blobs are then streamed without caching.
   bool writable() const;
   // Evicts least recently used blobs (skipping open ones) until at most `target`
-  // bytes remain, on the calling thread. Returns the bytes freed. The LRU order is
-  // kept in memory as blobs are published and read: no index scan.
+  // bytes remain, on the calling thread (after open()'s index read). Returns the
+  // bytes freed. The LRU order is kept in memory as blobs are published and read.
   std::uint64_t evict_to(std::uint64_t target);
 
   // Rehashes every published blob; removes (and reports through `on_bad`) the ones
@@ -231,6 +247,10 @@ class blob_store {
   friend class fill;
   friend class open_blob;
   std::string new_temp_path(const std::string& digest);
+  // open()'s index read, on the disk thread.
+  void load_index(index_load load);
+  // A hit's last access, written to the index on the disk thread.
+  void record_access(const std::string& digest, std::int64_t now);
   // index_->get, with a read error counted.
   std::optional<blob_entry> indexed(const std::string& digest, boost::system::error_code& ec);
   // Called by a fill that verified its temp file, on the disk thread: rename, index,
@@ -252,6 +272,8 @@ class blob_store {
   // The in-memory LRU order (guarded by mu_).
   void lru_put_locked(const std::string& digest, std::int64_t last_access, std::uint64_t size);
   void lru_erase_locked(const std::string& digest);
+  // Sets the usage gauges (guarded by mu_).
+  void report_usage_locked();
   void tell(const std::function<void(observer&)>& event);
   // Adds or refreshes one repository's confirmation, on the calling thread.
   void record_source(const std::string& digest, const std::string& source);
@@ -280,6 +302,13 @@ class blob_store {
   std::unordered_map<std::string, lru_slot> lru_slots_;
   std::uint64_t lru_sequence_ = 0;
   bool eviction_queued_ = false;
+  // open()'s index read: under way, and what happened meanwhile to blobs it may have
+  // read (dropped: not to be counted; hit: a newer last access).
+  bool loading_ = false;
+  bool index_incomplete_ = false;  // the read could not finish: nothing new is cached
+  mutable std::condition_variable loaded_cv_;
+  std::unordered_set<std::string> dropped_while_loading_;
+  std::unordered_map<std::string, std::int64_t> hits_while_loading_;
 
   std::vector<std::shared_ptr<observer>> observers_;  // set before open(), read-only after
   std::thread reconciler_;

@@ -206,7 +206,10 @@ def test_kill_9_mid_fill_never_serves_a_partial_blob(world, cached_berth):
     assert os.listdir(tmp), "the killed fill left its temp file"
     b2 = cached_berth()  # same cache dir
     opened = [l for l in b2.log().splitlines() if '"event":"cache_opened"' in l][0]
-    assert '"temp_files_removed":0' not in opened and '"blobs":0' in opened
+    assert '"temp_files_removed":0' not in opened
+    harness.wait_for(lambda: '"event":"cache_index_read"' in b2.log(), what="the cache index read")
+    read = [l for l in b2.log().splitlines() if '"event":"cache_index_read"' in l][0]
+    assert '"blobs":0' in read and '"complete":true' in read
     assert os.listdir(tmp) == []
     assert curl_sha256(f"{b2.url}/v2/library/app/blobs/{big}?ns={REGISTRY_NAME}") == big.split(":")[1]
     assert b2.metric("berth_cache_requests_total", result="miss") == 1
