@@ -340,7 +340,10 @@ void blob_store::lru_erase_locked(const std::string& digest) {
 }
 
 std::uint64_t blob_store::reconcile() {
-  wait_loaded();  // adopting adds to the usage and the order the read builds
+  // Adopting adds to the usage and the order the read builds; and the removals of
+  // blobs found damaged during the read are queued behind it (not to be adopted).
+  wait_loaded();
+  disk_->flush();
   std::uint64_t adopted = 0;
   const auto root = options_.dir + "/blobs";
   for (const auto& alg : fs_->list(root)) {
@@ -447,6 +450,24 @@ void blob_store::open(index_load load) {
 }
 
 void blob_store::load_index(index_load load) {
+  try {
+    read_index(load);
+  } catch (const std::exception& e) {
+    // Whatever stopped it (memory, a throwing index), nobody may wait for it forever.
+    {
+      std::lock_guard lock(mu_);
+      if (!loading_) return;
+      index_incomplete_ = true;
+      loading_ = false;
+      dropped_while_loading_ = {};
+      hits_while_loading_ = {};
+    }
+    loaded_cv_.notify_all();
+    log::error("cache_index_incomplete", {{"dir", options_.dir}, {"error", e.what()}});
+  }
+}
+
+void blob_store::read_index(index_load load) {
   const auto began = std::chrono::steady_clock::now();
   // Sizes for the usage, last accesses for the LRU order. The order is built from the
   // sorted read in one go (a reserved table, the tree filled from its end), not entry
@@ -458,9 +479,13 @@ void blob_store::load_index(index_load load) {
     std::uint64_t size;
   };
   std::vector<scanned> all;
-  const bool whole = index_->for_each([&](const std::string& digest, const blob_entry& e) {
-    all.push_back({digest, e.last_access, e.size});
-  });
+  std::vector<std::string> stale;  // legacy or undecodable records, repaired after the read
+  const bool whole = index_->for_each(
+      [&](const std::string& digest, const blob_entry& e) {
+        all.push_back({digest, e.last_access, e.size});
+      },
+      &stale);
+  repair_records(stale);
   std::stable_sort(all.begin(), all.end(),
                    [](const scanned& a, const scanned& b) { return a.last_access < b.last_access; });
   std::map<lru_key, const std::string*> lru;
@@ -510,12 +535,30 @@ void blob_store::load_index(index_load load) {
     log::error("cache_index_incomplete",
                {{"dir", options_.dir},
                 {"detail",
-                 "serving what is cached, caching nothing new (the usage would be short); restart to read "
-                 "the index again, or run berth cache verify"}});
+                 "serving what is cached, caching nothing new (the usage would be short); a restart reads the "
+                 "index again; if it keeps failing, stop Berth and move <cache dir>/index away: the next start "
+                 "adopts every blob again"}});
   }
   // Serving already: fills may have claimed room meanwhile, and a limit lowered since
   // the last run applies now. (Opened `now`, the caller decides: berth cache gc.)
   if (load == index_load::background) make_room();
+}
+
+void blob_store::repair_records(const std::vector<std::string>& stale) {
+  // Each one under the lock, as every read-modify-write of a record is: a record the
+  // read saw may have been dropped meanwhile (forget), and must stay dropped.
+  std::uint64_t rewritten = 0, dropped = 0;
+  for (const auto& digest : stale) {
+    std::lock_guard lock(mu_);
+    switch (index_->repair(digest)) {
+      case index::repaired::rewritten: ++rewritten; break;
+      case index::repaired::dropped: ++dropped; break;
+      case index::repaired::nothing: break;
+    }
+  }
+  if (rewritten > 0)
+    log::info("cache_index_migrated", {{"records", rewritten}, {"detail", "rewritten in the current format"}});
+  if (dropped > 0) log::warn("cache_index_dropped", {{"records", dropped}, {"detail", "could not be decoded"}});
 }
 
 bool blob_store::loaded() const {
@@ -541,7 +584,7 @@ std::optional<blob_entry> blob_store::stat(const std::string& digest, error_code
 
 asio::awaitable<void> blob_store::confirm_source(const std::string& digest, const std::string& source) {
   std::function<void()> task = [this, digest, source] { record_source(digest, source); };
-  co_await disk_->run(std::move(task));
+  co_await on_disk_thread(std::move(task));
 }
 
 void blob_store::record_source(const std::string& digest, const std::string& source) {
@@ -569,6 +612,16 @@ asio::awaitable<void> blob_store::drop_source(const std::string& digest, const s
     std::erase_if(e->sources, [&](const store::source& s) { return s.name == source; });
     index_->put(digest, *e);
   };
+  co_await on_disk_thread(std::move(task));
+}
+
+asio::awaitable<void> blob_store::on_disk_thread(std::function<void()> task) {
+  // A hit waits for this (its repository confirmed): while the index read holds the
+  // disk thread, the one-record write runs here instead of after the whole read.
+  if (!loaded()) {
+    task();
+    co_return;
+  }
   co_await disk_->run(std::move(task));
 }
 

@@ -248,7 +248,12 @@ class blob_store {
   friend class open_blob;
   std::string new_temp_path(const std::string& digest);
   // open()'s index read, on the disk thread.
-  void load_index(index_load load);
+  void load_index(index_load load);  // read_index, which cannot leave the store loading
+  void read_index(index_load load);
+  // Runs a one-record index write on the disk thread, or here while the index read holds it.
+  boost::asio::awaitable<void> on_disk_thread(std::function<void()> task);
+  // Legacy records rewritten, undecodable ones dropped (found by the index read).
+  void repair_records(const std::vector<std::string>& stale);
   // A hit's last access, written to the index on the disk thread.
   void record_access(const std::string& digest, std::int64_t now);
   // index_->get, with a read error counted.

@@ -146,7 +146,7 @@ class rocks_logger final : public rocksdb::Logger {
 
 class rocks final : public index {
  public:
-  rocks(rocksdb::DB* db, bool read_only) : db_(db), read_only_(read_only) {}
+  explicit rocks(rocksdb::DB* db) : db_(db) {}
   // RocksDB (built with assertions in Debian) aborts when a handle whose write failed
   // (ENOSPC, EIO) is closed: such a handle is left to the kernel, as a crash would
   // leave it; the write-ahead log brings the index back on the next open.
@@ -174,38 +174,39 @@ class rocks final : public index {
     return written(db_->Put(rocksdb::WriteOptions(), digest, encode_entry(e)));
   }
   void erase(const std::string& digest) override { written(db_->Delete(rocksdb::WriteOptions(), digest)); }
-  bool for_each(const std::function<void(const std::string&, const blob_entry&)>& fn) override {
+  bool for_each(const std::function<void(const std::string&, const blob_entry&)>& fn,
+                std::vector<std::string>* stale) override {
     // A scan reads every block once: read ahead, and leave the block cache to the
     // lookups that follow.
     rocksdb::ReadOptions scan;
     scan.readahead_size = 1 << 20;
     scan.fill_cache = false;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(scan));
-    std::uint64_t dropped = 0, migrated = 0;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       const auto v = it->value().ToStringView();
       auto e = decode_entry(v);
-      if (!read_only_ && (!e || legacy_entry(v))) {
-        // A record that cannot be decoded serves nobody: dropped on the way. A
-        // legacy one is rewritten in the current format (once: the scan at start-up).
-        if (e) {
-          written(db_->Put(rocksdb::WriteOptions(), it->key(), encode_entry(*e)));
-          ++migrated;
-        } else {
-          written(db_->Delete(rocksdb::WriteOptions(), it->key()));
-          ++dropped;
-        }
-      }
+      if (stale != nullptr && (!e || legacy_entry(v))) stale->push_back(it->key().ToString());
       if (e) fn(it->key().ToString(), *e);
     }
-    if (migrated > 0)
-      log::info("cache_index_migrated", {{"records", migrated}, {"detail", "rewritten in the current format"}});
-    if (dropped > 0) log::warn("cache_index_dropped", {{"records", dropped}, {"detail", "could not be decoded"}});
     if (!it->status().ok()) {
       log::error("cache_index_read_failed", {{"scan", true}, {"error", it->status().ToString()}});
       return false;
     }
     return true;
+  }
+  repaired repair(const std::string& digest) override {
+    // The record as it is now, not as a scan's snapshot saw it: it may have been
+    // dropped or replaced since.
+    std::string v;
+    if (!db_->Get(rocksdb::ReadOptions(), digest, &v).ok()) return repaired::nothing;
+    auto e = decode_entry(v);
+    if (!e) {
+      written(db_->Delete(rocksdb::WriteOptions(), digest));
+      return repaired::dropped;
+    }
+    if (!legacy_entry(v)) return repaired::nothing;
+    written(db_->Put(rocksdb::WriteOptions(), digest, encode_entry(*e)));
+    return repaired::rewritten;
   }
 
  private:
@@ -214,7 +215,6 @@ class rocks final : public index {
     return s.ok();
   }
   std::unique_ptr<rocksdb::DB> db_;
-  bool read_only_ = false;
   std::atomic<bool> write_failed_{false};
 };
 
@@ -249,7 +249,7 @@ std::unique_ptr<index> index::open(const std::string& path, bool read_only) {
   const auto status =
       read_only ? rocksdb::DB::OpenForReadOnly(options, path, &db) : rocksdb::DB::Open(options, path, &db);
   if (!status.ok()) throw std::runtime_error("cache index " + path + ": " + status.ToString());
-  return std::make_unique<rocks>(db, read_only);
+  return std::make_unique<rocks>(db);
 }
 
 }  // namespace berth::store

@@ -58,9 +58,15 @@ class index {
   virtual bool put(const std::string& digest, const blob_entry& e) = 0;
   virtual void erase(const std::string& digest) = 0;
   // False when a read error stopped the scan early (logged). Records that cannot be
-  // decoded are skipped; on an index open for writing they are dropped, and legacy
-  // (version 1) records are rewritten in the current format, on the way.
-  virtual bool for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn) = 0;
+  // decoded are skipped; `stale` (when given) gets their keys and those of legacy
+  // (version 1) records, for repair(). The scan writes nothing.
+  virtual bool for_each(const std::function<void(const std::string& digest, const blob_entry&)>& fn,
+                        std::vector<std::string>* stale = nullptr) = 0;
+  // Rewrites `digest`'s record in the current format if it is still a legacy one, or
+  // drops it if it still cannot be decoded. The caller keeps other writers of that
+  // record out meanwhile (blob_store: under its lock).
+  enum class repaired { nothing, rewritten, dropped };
+  virtual repaired repair(const std::string& digest) = 0;
 };
 
 }  // namespace berth::store

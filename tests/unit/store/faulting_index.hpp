@@ -25,10 +25,12 @@ class faulting_index final : public store::index {
   }
   bool put(const std::string& digest, const store::blob_entry& e) override { return real_->put(digest, e); }
   void erase(const std::string& digest) override { real_->erase(digest); }
-  bool for_each(const std::function<void(const std::string&, const store::blob_entry&)>& fn) override {
+  bool for_each(const std::function<void(const std::string&, const store::blob_entry&)>& fn,
+                std::vector<std::string>* stale) override {
     if (*fail_reads) return false;
-    return real_->for_each(fn);
+    return real_->for_each(fn, stale);
   }
+  repaired repair(const std::string& digest) override { return real_->repair(digest); }
 
  private:
   std::unique_ptr<store::index> real_;

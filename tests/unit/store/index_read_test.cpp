@@ -20,6 +20,11 @@
 #include "store/blob_store.hpp"
 #include "store/index.hpp"
 
+#include <rocksdb/db.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+
 using namespace berth;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -52,17 +57,21 @@ class held_scan_index final : public store::index {
   }
   bool put(const std::string& d, const store::blob_entry& e) override { return real_->put(d, e); }
   void erase(const std::string& d) override { real_->erase(d); }
-  bool for_each(const std::function<void(const std::string&, const store::blob_entry&)>& fn) override {
+  repaired repair(const std::string& d) override { return real_->repair(d); }
+  bool for_each(const std::function<void(const std::string&, const store::blob_entry&)>& fn,
+                std::vector<std::string>* stale) override {
     bool first = true;
-    return real_->for_each([&](const std::string& d, const store::blob_entry& e) {
-      if (std::exchange(first, false)) {
-        std::unique_lock lock(gate_->mu);
-        gate_->holding = true;
-        gate_->cv.notify_all();
-        gate_->cv.wait(lock, [this] { return gate_->released; });
-      }
-      fn(d, e);
-    });
+    return real_->for_each(
+        [&](const std::string& d, const store::blob_entry& e) {
+          if (std::exchange(first, false)) {
+            std::unique_lock lock(gate_->mu);
+            gate_->holding = true;
+            gate_->cv.notify_all();
+            gate_->cv.wait(lock, [this] { return gate_->released; });
+          }
+          fn(d, e);
+        },
+        stale);
   }
 
  private:
@@ -302,6 +311,105 @@ TEST_F(index_read_test, AReadThatCannotFinishLeavesTheCacheServingButCachingNoth
   *fail_reads = true;
   store_ = std::make_unique<store::blob_store>(o, store::posix_filesystem(), metrics_,
                                                berth::testing::faulting_index_opener(fail_reads));
+  EXPECT_THROW(store_->open(store::blob_store::index_load::now), std::runtime_error);
+}
+
+TEST_F(index_read_test, ALegacyRecordDroppedDuringTheReadStaysDroppedAndTheOthersAreRewritten) {
+  // Records as a Berth before the version byte wrote them, with their files.
+  fs::create_directories(dir_ / "index");
+  for (unsigned i = 0; i < 2; ++i) {
+    blob b;
+    b.data = std::string(700 + i, static_cast<char>('k' + i));
+    b.digest = core::digest_of(b.data);
+    const auto hex = b.digest.substr(7);
+    fs::create_directories(dir_ / "blobs" / "sha256" / hex.substr(0, 2));
+    std::ofstream(dir_ / "blobs" / "sha256" / hex.substr(0, 2) / hex, std::ios::binary) << b.data;
+    blobs_.push_back(std::move(b));
+  }
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(o, (dir_ / "index").string(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    for (const auto& b : blobs_) {
+      ASSERT_TRUE(db->Put({}, b.digest, std::to_string(b.data.size()) + " 1 2 application/octet-stream").ok());
+    }
+  }
+  auto& s = open(store::blob_store::index_load::background, true);
+  // Blob 0's file is gone: the hit finds out and drops it, after the read's snapshot.
+  fs::remove(s.blob_path(blobs_[0].digest));
+  boost::system::error_code ec;
+  EXPECT_FALSE(s.lookup(blobs_[0].digest, ec));
+  EXPECT_FALSE(ec);
+  gate_->release();
+  s.wait_loaded();
+  s.flush();
+  EXPECT_FALSE(s.stat(blobs_[0].digest)) << "the read's rewrite brought the dropped record back";
+  EXPECT_EQ(s.current_usage().blobs, 1u);
+  EXPECT_EQ(s.current_usage().bytes, blobs_[1].data.size());
+  store_.reset();
+  rocksdb::DB* raw = nullptr;
+  ASSERT_TRUE(rocksdb::DB::OpenForReadOnly(rocksdb::Options(), (dir_ / "index").string(), &raw).ok());
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::string v;
+  EXPECT_TRUE(db->Get({}, blobs_[0].digest, &v).IsNotFound());
+  ASSERT_TRUE(db->Get({}, blobs_[1].digest, &v).ok());
+  EXPECT_FALSE(store::legacy_entry(v)) << "not rewritten in the current format: " << v;
+}
+
+TEST_F(index_read_test, ARepositoryConfirmedDuringTheReadDoesNotWaitForIt) {
+  make_cache(2);
+  auto& s = open(store::blob_store::index_load::background, true);
+  boost::asio::io_context io;
+  // Named: the coroutine holds references to its arguments.
+  const std::string digest = blobs_[1].digest, repository = "registry.test/team/app";
+  auto done = boost::asio::co_spawn(io, s.confirm_source(digest, repository), boost::asio::use_future);
+  io.run_for(5s);
+  ASSERT_EQ(done.wait_for(0s), std::future_status::ready) << "the hit's confirmation waited for the index read";
+  EXPECT_FALSE(s.loaded());
+  const auto e = s.stat(blobs_[1].digest);
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(e->find_source("registry.test/team/app"));
+}
+
+// An index whose scan throws (what a failed allocation does on a huge index).
+class throwing_scan_index final : public store::index {
+ public:
+  explicit throwing_scan_index(std::unique_ptr<store::index> real) : real_(std::move(real)) {}
+  std::optional<store::blob_entry> get(const std::string& d, boost::system::error_code& ec) override {
+    return real_->get(d, ec);
+  }
+  bool put(const std::string& d, const store::blob_entry& e) override { return real_->put(d, e); }
+  void erase(const std::string& d) override { real_->erase(d); }
+  repaired repair(const std::string& d) override { return real_->repair(d); }
+  bool for_each(const std::function<void(const std::string&, const store::blob_entry&)>&,
+                std::vector<std::string>*) override {
+    throw std::bad_alloc();
+  }
+
+ private:
+  std::unique_ptr<store::index> real_;
+};
+
+TEST_F(index_read_test, AReadThatThrowsDoesNotLeaveTheStoreWaitingForIt) {
+  make_cache(2);
+  store::store_options o;
+  o.dir = dir_.string();
+  const store::blob_store::index_opener opener = [](const std::string& path) -> std::unique_ptr<store::index> {
+    return std::make_unique<throwing_scan_index>(store::index::open(path));
+  };
+  store_ = std::make_unique<store::blob_store>(o, store::posix_filesystem(), metrics_, opener);
+  store_->open(store::blob_store::index_load::background);
+  auto waiting = std::async(std::launch::async, [this] {
+    store_->wait_loaded();
+    return store_->reconcile();  // waits for the read too
+  });
+  ASSERT_EQ(waiting.wait_for(10s), std::future_status::ready) << "waiting for a read that died";
+  waiting.get();
+  EXPECT_FALSE(store_->writable());
+  store_.reset();
+  store_ = std::make_unique<store::blob_store>(o, store::posix_filesystem(), metrics_, opener);
   EXPECT_THROW(store_->open(store::blob_store::index_load::now), std::runtime_error);
 }
 
