@@ -461,6 +461,7 @@ int serve(const std::string& config_path) {
   log::set_level(s.log_level);
 
   for (const auto& opts : s.registries) {
+    rt->metrics.registry_configured(opts.id());
     rt->registries.push_back(std::make_unique<upstream::registry>(opts, rt->tokens, rt->metrics));
     if (auto err = rt->registries.back()->load_credentials(); !err.empty()) {
       log::warn(

@@ -139,6 +139,11 @@ struct registry::impl {
                                       .Help("Bytes of fills under way, counted toward max_size")
                                       .Register(*reg)
                                       .Add({});
+  prometheus::Gauge& cache_limit = BuildGauge()
+                                       .Name("berth_cache_limit_bytes")
+                                       .Help("The cache's size limit (cache.max_size or its share of the disk)")
+                                       .Register(*reg)
+                                       .Add({});
   prometheus::Gauge& cache_objects =
       BuildGauge().Name("berth_cache_objects").Help("Published blobs in the cache").Register(*reg).Add({});
   prometheus::Counter& evictions = BuildCounter()
@@ -188,16 +193,17 @@ struct registry::impl {
           .Name("berth_handovers_total")
           .Help("Hand-overs of the listening sockets: given, taken, abandoned, refused")
           .Register(*reg);
-  prometheus::Gauge& cache_up = BuildGauge()
-                                    .Name("berth_cache_up")
-                                    .Help("1 while the blob cache is in use; 0 when Berth serves without it")
-                                    .Register(*reg)
-                                    .Add({});
-  prometheus::Gauge& meta_up = BuildGauge()
-                                   .Name("berth_metadata_backend_up")
-                                   .Help("1 while the metadata backend (Dragonfly/Redis) answers")
-                                   .Register(*reg)
-                                   .Add({});
+  // These two exist only once set: a Berth configured without a cache or a shared
+  // backend exports neither, so "down" (0) always means configured and not working.
+  prometheus::Family<prometheus::Gauge>& cache_up =
+      BuildGauge()
+          .Name("berth_cache_up")
+          .Help("1 while the configured blob cache is in use; 0 when Berth serves without it")
+          .Register(*reg);
+  prometheus::Family<prometheus::Gauge>& meta_up = BuildGauge()
+                                                       .Name("berth_metadata_backend_up")
+                                                       .Help("1 while the metadata backend (Dragonfly/Redis) answers")
+                                                       .Register(*reg);
   prometheus::Family<prometheus::Counter>& meta_commands = BuildCounter()
                                                                .Name("berth_metadata_backend_commands_total")
                                                                .Help("Commands sent to the metadata backend, by result")
@@ -244,7 +250,36 @@ struct registry::impl {
       BuildGauge().Name("berth_ready").Help("1 when Berth is listening and serving").Register(*reg).Add({});
 };
 
-registry::registry() : impl_(std::make_unique<impl>()) {}
+namespace {
+
+// The closed label sets, exported at 0 from the start: a panel shows 0 rather than no
+// data, and increase() sees the first event (a series that appears at 1 has none).
+constexpr std::string_view k_upstream_error_reasons[] = {
+    "connect", "connect_timeout", "tls", "pool_exhausted", "response", "response_timeout", "body_broken", "body_stall"};
+constexpr std::string_view k_revalidation_results[] = {"unchanged", "changed", "not_found", "refused", "unavailable"};
+constexpr std::string_view k_registry_mismatch_kinds[] = {"blob", "manifest", "manifest_header"};
+constexpr std::string_view k_cache_mismatch_kinds[] = {"blob", "blob_length", "blob_fallback", "damaged", "verify"};
+
+}  // namespace
+
+registry::registry() : impl_(std::make_unique<impl>()) {
+  for (const auto* result : {"given", "taken", "abandoned", "refused"}) impl_->handovers.Add({{"result", result}});
+  for (const auto* reason : {"stuck_loop", "other"}) impl_->watchdog_exits.Add({{"reason", reason}});
+  for (const auto* tier : {"local", "shared"}) impl_->meta_corrupt.Add({{"tier", tier}});
+  for (const auto* source : {"webhook", "peer"}) impl_->meta_invalidations.Add({{"source", source}});
+  for (const auto* result : {"ok", "failed"}) impl_->resumes.Add({{"result", result}});
+  for (const auto kind : k_cache_mismatch_kinds)
+    impl_->digest_mismatches.Add({{"registry", "cache"}, {"kind", s(kind)}});
+}
+
+void registry::registry_configured(std::string_view id) {
+  for (const auto reason : k_upstream_error_reasons)
+    impl_->upstream_errors.Add({{"registry", s(id)}, {"reason", s(reason)}});
+  for (const auto result : k_revalidation_results)
+    impl_->meta_revalidations.Add({{"registry", s(id)}, {"result", s(result)}});
+  for (const auto kind : k_registry_mismatch_kinds)
+    impl_->digest_mismatches.Add({{"registry", s(id)}, {"kind", s(kind)}});
+}
 registry::~registry() = default;
 
 void registry::http_request(std::string_view route, std::string_view method, unsigned status,
@@ -302,7 +337,7 @@ void registry::handover(std::string_view result) {
 }
 
 void registry::cache_up(bool up) {
-  impl_->cache_up.Set(up ? 1 : 0);
+  impl_->cache_up.Add({}).Set(up ? 1 : 0);
 }
 
 void registry::digest_mismatch(std::string_view registry, std::string_view kind) {
@@ -333,9 +368,10 @@ void registry::cache_temp_bytes(std::uint64_t bytes) {
   impl_->cache_temp.Set(static_cast<double>(bytes));
 }
 
-void registry::cache_usage(std::uint64_t bytes, std::uint64_t blobs) {
+void registry::cache_usage(std::uint64_t bytes, std::uint64_t blobs, std::uint64_t limit) {
   impl_->cache_size.Set(static_cast<double>(bytes));
   impl_->cache_objects.Set(static_cast<double>(blobs));
+  impl_->cache_limit.Set(static_cast<double>(limit));
 }
 
 void registry::cache_eviction(std::uint64_t blobs, std::uint64_t bytes) {
@@ -364,7 +400,7 @@ void registry::cache_disk_fallback() {
 }
 
 void registry::meta_backend_up(bool up) {
-  impl_->meta_up.Set(up ? 1 : 0);
+  impl_->meta_up.Add({}).Set(up ? 1 : 0);
 }
 
 void registry::meta_command(std::string_view result, std::chrono::duration<double> duration) {

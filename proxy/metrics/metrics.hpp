@@ -20,6 +20,8 @@ class registry {
  public:
   registry();
   ~registry();
+  // Exports the registry-labelled counters at 0 for a configured registry.
+  void registry_configured(std::string_view id);
   registry(const registry&) = delete;
   registry& operator=(const registry&) = delete;
 
@@ -59,7 +61,7 @@ class registry {
   void cache_lookup(std::string_view result);                      // hit, miss, coalesced (joined a fill under way)
   void cache_bytes(std::string_view source, std::uint64_t bytes);  // served from "cache" or while filling ("upstream")
   void cache_fill(std::string_view result);                        // started, completed, failed_<reason>
-  void cache_usage(std::uint64_t bytes, std::uint64_t blobs);
+  void cache_usage(std::uint64_t bytes, std::uint64_t blobs, std::uint64_t limit);
   void cache_temp_bytes(std::uint64_t bytes);  // fills under way, counted toward max_size
   void cache_eviction(std::uint64_t blobs, std::uint64_t bytes);
   void cache_disk_error();

@@ -328,7 +328,7 @@ void blob_store::lru_put_locked(const std::string& digest, std::int64_t last_acc
 void blob_store::report_usage_locked() {
   // Under the lock: set from two threads' snapshots, the gauges could end up on the
   // older one (an index read ending as a reconcile adopts).
-  metrics_.cache_usage(usage_.bytes, usage_.blobs);
+  metrics_.cache_usage(usage_.bytes, usage_.blobs, usage_.limit);
   metrics_.cache_temp_bytes(usage_.temp);
 }
 
