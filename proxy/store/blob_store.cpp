@@ -42,6 +42,10 @@ std::pair<std::string, std::string> split_digest(const std::string& digest) {
 
 constexpr std::int64_t k_touch_interval = 60;  // seconds between last-access updates of one blob
 
+std::int64_t ms_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
+}
+
 }  // namespace
 
 std::string_view to_string(fill_failure f) {
@@ -400,9 +404,6 @@ std::string blob_store::new_temp_path(const std::string& digest) {
 }
 
 void blob_store::open(index_load load) {
-  const auto ms_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
-  };
   error_code ec;
   fs_->make_dirs(options_.dir, ec);
   if (ec) throw std::runtime_error("cache dir " + options_.dir + ": " + ec.message());
@@ -529,8 +530,7 @@ void blob_store::read_index(index_load load) {
     u = usage_;
   }
   loaded_cv_.notify_all();
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began);
-  log::info("cache_index_read", {{"blobs", u.blobs}, {"bytes", u.bytes}, {"ms", ms.count()}, {"complete", whole}});
+  log::info("cache_index_read", {{"blobs", u.blobs}, {"bytes", u.bytes}, {"ms", ms_since(began)}, {"complete", whole}});
   if (!whole) {
     log::error("cache_index_incomplete",
                {{"dir", options_.dir},
@@ -779,7 +779,7 @@ void blob_store::temp_claimed(std::uint64_t n) {
   {
     std::lock_guard lock(mu_);
     usage_.temp += n;
-    report_usage_locked();
+    metrics_.cache_temp_bytes(usage_.temp);  // under the lock, as report_usage_locked
     u = usage_;
   }
   if (u.limit > 0 && u.bytes + u.temp > u.limit) make_room();
@@ -810,7 +810,7 @@ void blob_store::make_room() {
 void blob_store::temp_released(std::uint64_t n) {
   std::lock_guard lock(mu_);
   usage_.temp -= std::min(usage_.temp, n);
-  report_usage_locked();
+  metrics_.cache_temp_bytes(usage_.temp);  // under the lock, as report_usage_locked
 }
 
 void blob_store::fill_ended(const std::string& digest) {
