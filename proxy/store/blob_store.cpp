@@ -464,6 +464,7 @@ void blob_store::load_index(index_load load) {
       hits_while_loading_ = {};
     }
     loaded_cv_.notify_all();
+    metrics_.cache_index_error();
     log::error("cache_index_incomplete", {{"dir", options_.dir}, {"error", e.what()}});
   }
 }
@@ -532,6 +533,7 @@ void blob_store::read_index(index_load load) {
   loaded_cv_.notify_all();
   log::info("cache_index_read", {{"blobs", u.blobs}, {"bytes", u.bytes}, {"ms", ms_since(began)}, {"complete", whole}});
   if (!whole) {
+    metrics_.cache_index_error();
     log::error("cache_index_incomplete",
                {{"dir", options_.dir},
                 {"detail",

@@ -300,6 +300,7 @@ TEST_F(index_read_test, AReadThatCannotFinishLeavesTheCacheServingButCachingNoth
   store_->wait_loaded();
   *fail_reads = false;
   EXPECT_FALSE(store_->writable()) << "caching with a usage that is short";
+  EXPECT_NE(metrics_.serialize().find("berth_cache_index_errors_total 1\n"), std::string::npos);
   boost::system::error_code ec;
   auto hit = store_->lookup(blobs_[2].digest, ec);
   ASSERT_TRUE(hit) << ec.message();
@@ -408,6 +409,7 @@ TEST_F(index_read_test, AReadThatThrowsDoesNotLeaveTheStoreWaitingForIt) {
   ASSERT_EQ(waiting.wait_for(10s), std::future_status::ready) << "waiting for a read that died";
   waiting.get();
   EXPECT_FALSE(store_->writable());
+  EXPECT_NE(metrics_.serialize().find("berth_cache_index_errors_total 1\n"), std::string::npos);
   store_.reset();
   store_ = std::make_unique<store::blob_store>(o, store::posix_filesystem(), metrics_, opener);
   EXPECT_THROW(store_->open(store::blob_store::index_load::now), std::runtime_error);
