@@ -500,7 +500,7 @@ TEST(MetaCacheShared, InvalidationReachesEveryNode) {
     co_return co_await a.invalidate(groups);
   }));
   ASSERT_TRUE(eventually([&] {
-    return m2.serialize().find(R"(berth_metadata_invalidations_total{source="peer"})") != std::string::npos;
+    return m2.serialize().find(R"(berth_metadata_invalidations_total{source="peer"} 1)") != std::string::npos;
   }));
   auto l = resolve(b, f);
   EXPECT_EQ(l.how, meta::outcome::upstream);
