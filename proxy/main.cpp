@@ -40,6 +40,9 @@
 #include "metrics/metrics.hpp"
 #include "mirror/mirror.hpp"
 #include "mirror/registry_table.hpp"
+#include "peer/cluster.hpp"
+#include "peer/directory.hpp"
+#include "peer/endpoint.hpp"
 #include "store/blob_store.hpp"
 #include "upstream/client.hpp"
 #include "upstream/credentials.hpp"
@@ -113,12 +116,16 @@ struct runtime {
   metrics::registry metrics;
   upstream::token_cache tokens;
   std::vector<std::unique_ptr<upstream::registry>> registries;
+  std::shared_ptr<meta::redis_client> backend;  // metadata.redis: shared metadata and the blob directory
+  std::shared_ptr<peer::directory> directory;   // blob sharing (peers.listen): what each node holds
   std::unique_ptr<store::blob_store> store;
   std::unique_ptr<meta::cache> metadata;
+  std::unique_ptr<peer::cluster> cluster;
   std::vector<std::unique_ptr<asio::io_context>> workers;
   std::vector<std::unique_ptr<upstream::client>> clients;
   std::vector<std::unique_ptr<mirror::mirror>> mirrors;
   std::unique_ptr<mirror::registry_table> table;
+  std::unique_ptr<peer::endpoint> peer_endpoint;  // served by `pull`, on its own port (peers.listen)
   std::unique_ptr<http::server> pull;
   std::unique_ptr<http::server> admin;
   std::unique_ptr<http::watchdog> watchdog;
@@ -404,6 +411,7 @@ std::string handover_path(const config::settings& s) {
 void open_cache(runtime& rt) {
   const auto& s = rt.settings;
   auto store = std::make_unique<store::blob_store>(*s.cache, store::posix_filesystem(), rt.metrics);
+  if (rt.directory) store->subscribe(rt.directory);  // other nodes learn what this one holds
   // The index is read in the background: ready in milliseconds whatever the cache's
   // size (a kill -9 to serving again, issue #16); the usage is whole a moment later.
   store->open(store::blob_store::index_load::background);
@@ -444,6 +452,7 @@ void attach_cache(runtime& rt, http::inherited_listeners predecessor) {
     for (std::size_t i = 0; i < rt.workers.size(); ++i) {
       asio::post(*rt.workers[i], [m = rt.mirrors[i].get(), st = rt.store.get()] { m->attach_store(st); });
     }
+    if (rt.peer_endpoint) rt.peer_endpoint->attach_store(rt.store.get());
     log::info("cache_attached",
               {{"dir", rt.settings.cache->dir},
                {"after_ms", static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -471,6 +480,14 @@ int serve(const std::string& config_path) {
   }
   std::vector<upstream::registry*> regs;
   for (auto& r : rt->registries) regs.push_back(r.get());
+  if (s.metadata.redis) rt->backend = std::make_shared<meta::redis_client>(*s.metadata.redis, rt->metrics);
+  if (s.peers.enabled()) {
+    rt->metrics.peers_configured();
+    peer::directory::options d;
+    d.prefix = s.metadata.key_prefix;
+    d.self = s.peers.address();
+    rt->directory = std::make_shared<peer::directory>(rt->backend, d, rt->metrics);
+  }
   // A Berth already serving on this node (the one this one replaces) hands over its
   // listeners, and its cache once it has drained.
   const auto handover = handover_path(s);
@@ -525,8 +542,7 @@ int serve(const std::string& config_path) {
   auto mopts = s.metadata;
   // Another node's upstream request may take connect + response time; its lock lasts that long.
   mopts.lock_timeout = s.upstream.connect_timeout + s.upstream.response_timeout + std::chrono::seconds(1);
-  std::shared_ptr<meta::redis_client> backend;
-  if (mopts.redis) backend = std::make_shared<meta::redis_client>(*mopts.redis, rt->metrics);
+  const auto& backend = rt->backend;
   std::unique_ptr<meta::local_db> local;
   const std::string local_dir = s.cache ? s.cache->dir + "/metadata" : std::string();
   if (rt->store) local = open_local_metadata(s);
@@ -565,6 +581,13 @@ int serve(const std::string& config_path) {
   }
 
   for (std::size_t i = 0; i < mirrors.size(); ++i) mirrors[i]->set_fill_peer(*mirrors[(i + 1) % mirrors.size()]);
+  if (rt->directory) {
+    // Fills ask the cluster first: one upstream fetch per blob for all nodes.
+    const auto follow = s.cache ? s.cache->reader_stall : std::chrono::milliseconds(60000);
+    rt->cluster = std::make_unique<peer::cluster>(s.peers, *rt->directory, rt->metrics, follow);
+    for (auto* m : mirrors) m->set_fill_sources(rt->cluster.get());
+    rt->directory->start();
+  }
   rt->pull = std::make_unique<http::server>(contexts, s.server, rt->metrics);
   rt->admin = std::make_unique<http::server>(std::vector<asio::io_context*>{contexts.front()}, s.server, rt->metrics);
   // A GET may carry a small body (the OCI conformance suite sends one); it is read
@@ -624,6 +647,21 @@ int serve(const std::string& config_path) {
                                       .max_connections = fds.mirror,
                                       .bind_wait = bind_wait},
                                      predecessor.take("mirror", s.server.listen));
+  unsigned short peer_port = 0;
+  if (s.peers.enabled()) {
+    // Other nodes fetch blobs here; its own port, never the mirror's.
+    const auto stall = s.cache ? s.cache->reader_stall : std::chrono::milliseconds(30000);
+    rt->peer_endpoint = std::make_unique<peer::endpoint>(s.peers, rt->metrics, rt->store.get(), stall);
+    peer_port = rt->pull->listen(s.peers.listen, rt->peer_endpoint->handler(),
+                                 {.name = "peer",
+                                  .access_log = s.server.access_log,
+                                  .max_body_bytes = 4096,
+                                  .pull_only = true,
+                                  .gate = nullptr,
+                                  .max_connections = std::max<std::size_t>(fds.admin, 4 * s.peers.max_uploads),
+                                  .bind_wait = bind_wait},
+                                 predecessor.take("peer", s.peers.listen));
+  }
   // How the node was served before this run, now that this one listens.
   life_record life(s.cache ? s.cache->dir + "/alive" : std::string());
   predecessor.close_untaken();  // a listener this config no longer has: let it go now
@@ -655,7 +693,8 @@ int serve(const std::string& config_path) {
           [&rt = *rt] {
             std::map<std::string, http::handover_server::listener> out;
             if (rt.draining) return out;
-            for (auto [name, fd] : rt.pull->listening_copies()) out[name] = {rt.settings.server.listen, fd};
+            for (auto [name, fd] : rt.pull->listening_copies())
+              out[name] = {name == "peer" ? rt.settings.peers.listen : rt.settings.server.listen, fd};
             for (auto [name, fd] : rt.admin->listening_copies()) out[name] = {rt.settings.server.admin_listen, fd};
             return out;
           },
@@ -676,6 +715,8 @@ int serve(const std::string& config_path) {
                           {"port", static_cast<unsigned>(port)},
                           {"admin_listen", s.server.admin_listen},
                           {"admin_port", static_cast<unsigned>(admin_port)},
+                          {"peers_listen", s.peers.listen},
+                          {"peer_port", static_cast<unsigned>(peer_port)},
                           {"threads", threads},
                           {"nofile", static_cast<unsigned long long>(fds.limit)},
                           {"descriptors_reserved", static_cast<unsigned long long>(fds.reserve)},

@@ -213,6 +213,10 @@ void apply_env(settings& s, const env_lookup& env) {
     if (!valid_listen(v)) fail("BERTH_ADMIN_LISTEN", "must be IP:port, not \"" + std::string(v) + "\"");
     s.server.admin_listen = v;
   }
+  if (const char* v = env("BERTH_PEERS_LISTEN")) {
+    if (!valid_listen(v)) fail("BERTH_PEERS_LISTEN", "must be IP:port, not \"" + std::string(v) + "\"");
+    s.peers.listen = v;
+  }
   if (const char* v = env("BERTH_DEFAULT_REGISTRY")) s.default_registry = v;
   if (const char* v = env("BERTH_LOG_LEVEL")) {
     if (!log::parse_level(v, s.log_level)) fail("BERTH_LOG_LEVEL", "must be debug, info, warn or error");
@@ -311,7 +315,7 @@ std::string show_ms(std::chrono::milliseconds d) {
 // Parsing, the list of known keys in every error message and render() all walk this
 // table, so a key cannot be parsed but not shown, nor shown with another default.
 struct key_row {
-  std::string section;  // "" (top level), "clients", "upstream", "cache" or "metadata"
+  std::string section;  // "" (top level), "clients", "upstream", "cache", "metadata" or "peers"
   std::string name;
   std::function<void(const YAML::Node&, const context&, settings&)> parse;
   // Writes "name: value"; writes nothing for a key that does not apply (an unset file).
@@ -650,12 +654,44 @@ const std::vector<key_row>& key_table() {
                    if (s.metadata.redis) s.metadata.redis->command_timeout = s.metadata.timeout;
                  },
                  [](YAML::Emitter& out, const settings& s) { emit(out, "timeout", show_ms(s.metadata.timeout)); }});
+    // --- peers: blob sharing between the cluster's nodes
+    t.push_back({"peers", "listen",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   s.peers.listen = as_string(n, c);
+                   if (!valid_listen(s.peers.listen)) c.fail(n, "must be IP:port such as 10.0.0.5:5051");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (s.peers.enabled()) emit(out, "listen", s.peers.listen);
+                 }});
+    t.push_back({"peers", "advertise",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   s.peers.advertise = as_string(n, c);
+                   if (!valid_listen(s.peers.advertise) || s.peers.advertise.ends_with(":0"))
+                     c.fail(n, "must be IP:port such as 10.0.0.5:5051 (where other nodes reach this one)");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.peers.advertise.empty()) emit(out, "advertise", s.peers.advertise);
+                 }});
+    t.push_back({"peers", "secret_file",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   auto& p = s.peers;
+                   p.secret_file = as_string(n, c);
+                   check_readable(n, c, p.secret_file);
+                   if (!core::read_file(p.secret_file, p.secret) || (p.secret = core::trim_newlines(p.secret)).size() < 16)
+                     c.fail(n, "file " + p.secret_file + " must hold a secret of at least 16 characters");
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (!s.peers.secret_file.empty()) emit(out, "secret_file", s.peers.secret_file);
+                 }});
+    t.push_back(duration_row("peers", "stall_timeout", [](settings& s) -> ms& { return s.peers.stall_timeout; }));
+    t.push_back(count_row<std::size_t>(
+        "peers", "max_uploads", [](settings& s) -> std::size_t& { return s.peers.max_uploads; }, 1, 4096));
     return t;
   }();
   return rows;
 }
 
-const std::vector<std::string> k_sections = {"clients", "upstream", "cache", "metadata"};
+const std::vector<std::string> k_sections = {"clients", "upstream", "cache", "metadata", "peers"};
 
 // The names of a section's keys, for check_keys and its error message.
 std::vector<std::string> names_in(const std::string& section) {
@@ -721,6 +757,25 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
     top.child("cache").child("dir").fail(root["cache"] && root["cache"]["dir"] ? root["cache"]["dir"] : root,
                                          "is too long for the hand-over socket in it (" + s.cache->dir +
                                              "/handover.sock must be at most 107 bytes): set handover_socket");
+  }
+  if (s.peers.enabled()) {
+    const auto where = [&](const char* key) {
+      return root["peers"] && root["peers"][key] ? root["peers"][key] : root["peers"] ? root["peers"] : root;
+    };
+    const auto peers = top.child("peers");
+    const auto host = s.peers.listen.substr(0, s.peers.listen.rfind(':'));
+    if (s.peers.listen.ends_with(":0"))
+      peers.child("listen").fail(where("listen"), "needs a port (other nodes connect to it), such as :5051");
+    if (host == "0.0.0.0" || host == "[::]")
+      peers.child("listen").fail(where("listen"), "must be this node's own address (other nodes connect to it), "
+                                                  "such as status.hostIP through BERTH_PEERS_LISTEN");
+    if (s.peers.listen == s.server.listen || s.peers.listen == s.server.admin_listen)
+      peers.child("listen").fail(where("listen"), "must differ from listen and admin_listen (peers get blobs only)");
+    if (s.peers.secret.empty())
+      peers.child("secret_file").fail(where("secret_file"), "is required with peers.listen (the cluster secret)");
+    if (!s.cache) peers.child("listen").fail(where("listen"), "needs a cache (peers share what it holds)");
+    if (!s.metadata.redis)
+      peers.child("listen").fail(where("listen"), "needs metadata.redis (the blob directory lives there)");
   }
   if (s.server.listen == s.server.admin_listen && !s.server.listen.ends_with(":0")) {
     top.child("admin_listen")

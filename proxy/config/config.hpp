@@ -11,6 +11,7 @@
 #include "core/log.hpp"
 #include "http/options.hpp"
 #include "meta/options.hpp"
+#include "peer/options.hpp"
 #include "store/options.hpp"
 #include "upstream/options.hpp"
 
@@ -23,6 +24,7 @@ struct settings {
   std::string default_registry;
   std::optional<store::store_options> cache;  // absent: no blob cache
   meta::metadata_options metadata;            // without `redis`: embedded, node-local
+  peer::peer_options peers;                   // without `listen`: no blob sharing between nodes
   log::level log_level = log::level::info;
   std::string source;  // the file it came from
 };

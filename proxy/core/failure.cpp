@@ -30,6 +30,7 @@ failure_answer answer_for(failure f) {
     case failure::upstream_too_large: return {502, "MANIFEST_INVALID"};
     case failure::cache_unavailable:
     case failure::overloaded: return {503, "UNAVAILABLE"};
+    case failure::peer_unauthorized: return {401, "UNAUTHORIZED"};
     case failure::internal: return {500, "UNKNOWN"};
   }
   return {500, "UNKNOWN"};

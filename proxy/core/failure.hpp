@@ -40,6 +40,7 @@ enum class failure {
   // This node.
   cache_unavailable,  // 503 UNAVAILABLE: the cache cannot read a blob now; Retry-After
   overloaded,         // 503 UNAVAILABLE: too many connections; Retry-After
+  peer_unauthorized,  // 401 UNAUTHORIZED: a peer request without a valid cluster signature
   internal,           // 500 UNKNOWN
 };
 

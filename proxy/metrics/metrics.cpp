@@ -246,6 +246,27 @@ struct registry::impl {
           .Name("berth_cache_resumes_total")
           .Help("Broken upstream blob downloads continued with Range, by result")
           .Register(*reg);
+  prometheus::Family<prometheus::Counter>& peer_uploads =
+      BuildCounter()
+          .Name("berth_peer_uploads_total")
+          .Help("Requests to this node's peer endpoint from other nodes, by outcome")
+          .Register(*reg);
+  prometheus::Family<prometheus::Gauge>& peer_uploads_active =
+      BuildGauge().Name("berth_peer_uploads_active").Help("Blob bodies this node is sending to other nodes now").Register(*reg);
+  prometheus::Family<prometheus::Counter>& peer_upload_bytes =
+      BuildCounter().Name("berth_peer_upload_bytes_total").Help("Blob bytes sent to other nodes").Register(*reg);
+  prometheus::Family<prometheus::Counter>& peer_fetches =
+      BuildCounter().Name("berth_peer_fetches_total").Help("Blob fetches from other nodes, by outcome").Register(*reg);
+  prometheus::Family<prometheus::Counter>& fill_bytes =
+      BuildCounter()
+          .Name("berth_fill_bytes_total")
+          .Help("Blob bytes that came into this node's cache, by source (peer, upstream)")
+          .Register(*reg);
+  prometheus::Family<prometheus::Counter>& directory_ops =
+      BuildCounter()
+          .Name("berth_peer_directory_operations_total")
+          .Help("Operations on the cluster's blob directory in the metadata backend, by op and result")
+          .Register(*reg);
   prometheus::Gauge& ready =
       BuildGauge().Name("berth_ready").Help("1 when Berth is listening and serving").Register(*reg).Add({});
 };
@@ -270,6 +291,50 @@ registry::registry() : impl_(std::make_unique<impl>()) {
   for (const auto* result : {"ok", "failed"}) impl_->resumes.Add({{"result", result}});
   for (const auto kind : k_cache_mismatch_kinds)
     impl_->digest_mismatches.Add({{"registry", "cache"}, {"kind", s(kind)}});
+}
+
+void registry::peers_configured() {
+  for (const auto* o : {"hit", "filling", "miss", "busy", "unauthorized", "not_found", "failed"})
+    impl_->peer_uploads.Add({{"outcome", o}});
+  impl_->peer_uploads_active.Add({});
+  impl_->peer_upload_bytes.Add({});
+  for (const auto* o : {"ok", "busy", "refused", "broken", "stalled", "wrong_bytes", "unreachable"})
+    impl_->peer_fetches.Add({{"outcome", o}});
+  for (const auto* src : {"peer", "upstream"}) impl_->fill_bytes.Add({{"source", src}});
+  for (const auto* op : {"announce", "withdraw", "lookup", "lock", "heartbeat"}) {
+    for (const auto* result : {"ok", "error"}) impl_->directory_ops.Add({{"op", op}, {"result", result}});
+  }
+}
+
+void registry::peer_upload(std::string_view outcome) {
+  impl_->peer_uploads
+      .Add({{"outcome", one_of(outcome, {"hit", "filling", "miss", "busy", "unauthorized", "not_found", "failed"})}})
+      .Increment();
+}
+
+void registry::peer_uploads_active(std::size_t n) {
+  impl_->peer_uploads_active.Add({}).Set(static_cast<double>(n));
+}
+
+void registry::peer_upload_bytes(std::uint64_t bytes) {
+  impl_->peer_upload_bytes.Add({}).Increment(static_cast<double>(bytes));
+}
+
+void registry::peer_fetch(std::string_view outcome) {
+  impl_->peer_fetches
+      .Add({{"outcome", one_of(outcome, {"ok", "busy", "refused", "broken", "stalled", "wrong_bytes", "unreachable"})}})
+      .Increment();
+}
+
+void registry::fill_bytes(std::string_view source, std::uint64_t bytes) {
+  impl_->fill_bytes.Add({{"source", one_of(source, {"peer", "upstream"})}}).Increment(static_cast<double>(bytes));
+}
+
+void registry::directory_op(std::string_view op, std::string_view result) {
+  impl_->directory_ops
+      .Add({{"op", one_of(op, {"announce", "withdraw", "lookup", "lock", "heartbeat"})},
+            {"result", one_of(result, {"ok", "error"})}})
+      .Increment();
 }
 
 void registry::registry_configured(std::string_view id) {

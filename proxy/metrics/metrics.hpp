@@ -73,6 +73,23 @@ class registry {
 
   void cache_resume(std::string_view result);  // a broken upstream body continued with Range: ok, failed
 
+  // Blob sharing between nodes. Exports the peer families at 0 when sharing is on.
+  void peers_configured();
+  // A request to this node's peer endpoint by outcome: hit (a published blob),
+  // filling (a fill under way followed), miss, busy, unauthorized, not_found (not a
+  // blob path), failed (the cache could not read it).
+  void peer_upload(std::string_view outcome);
+  void peer_uploads_active(std::size_t n);
+  void peer_upload_bytes(std::uint64_t bytes);
+  // A fetch from another node by outcome: ok, busy, refused, broken, stalled,
+  // wrong_bytes, unreachable.
+  void peer_fetch(std::string_view outcome);
+  // Blob bytes that came into this node's cache, by where from: peer, upstream.
+  void fill_bytes(std::string_view source, std::uint64_t bytes);
+  // The blob directory in the backend: op (announce, withdraw, lookup, lock,
+  // heartbeat) and result (ok, error).
+  void directory_op(std::string_view op, std::string_view result);
+
   // The metadata backend (Dragonfly / Redis).
   void meta_backend_up(bool up);
   void meta_command(std::string_view result, std::chrono::duration<double> duration);  // ok, reply_error, error,

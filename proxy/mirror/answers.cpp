@@ -5,8 +5,10 @@
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
 #include <string_view>
+#include <tuple>
 
 #include "core/log.hpp"
+#include "core/range.hpp"
 #include "metrics/metrics.hpp"
 #include "upstream/client.hpp"
 
@@ -149,6 +151,33 @@ core::verifying_body::mismatch_fn report_mismatch(metrics::registry& metrics, st
     metrics.digest_mismatch(registry, kind);
     log::error("digest_mismatch", {{"registry", registry}, {"kind", kind}, {"expected", expected}, {"got", got}});
   };
+}
+
+void shape_unsized_reply(core::reply& r, const pull_request& req, const std::string& media_type) {
+  r.headers.set("Content-Type", media_type.empty() ? std::string("application/octet-stream") : media_type);
+  r.headers.set("Docker-Content-Digest", req.reference);
+  r.headers.set("Accept-Ranges", "bytes");
+}
+
+bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t size, const std::string& media_type,
+                      std::uint64_t& first, std::uint64_t& end) {
+  shape_unsized_reply(r, req, media_type);
+  first = 0;
+  end = size;
+  if (auto range = req.head ? std::nullopt : core::parse_byte_range(req.range)) {
+    const auto span = range->resolve(size);
+    if (!span) {
+      r.status = 416;
+      r.headers.set("Content-Range", "bytes */" + std::to_string(size));
+      return false;
+    }
+    std::tie(first, end) = *span;
+    r.status = 206;
+    r.headers.set("Content-Range",
+                  "bytes " + std::to_string(first) + "-" + std::to_string(end - 1) + "/" + std::to_string(size));
+  }
+  r.head_length = end - first;
+  return true;
 }
 
 }  // namespace berth::mirror

@@ -49,4 +49,12 @@ std::string upstream_target(const pull_request& req);
 core::verifying_body::mismatch_fn report_mismatch(metrics::registry& metrics, std::string registry,
                                                   std::string expected, std::string kind);
 
+// The headers of every blob answer from the cache (the node's or a peer's). Alone: a
+// whole blob of a size not known yet (200, no Content-Length, so chunked).
+void shape_unsized_reply(core::reply& r, const pull_request& req, const std::string& media_type);
+// Status, headers and body span [first, end) for a blob of `size` bytes and the
+// client's Range. False when the range cannot be satisfied (the reply is then a 416).
+bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t size, const std::string& media_type,
+                      std::uint64_t& first, std::uint64_t& end);
+
 }  // namespace berth::mirror

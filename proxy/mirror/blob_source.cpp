@@ -46,6 +46,16 @@ asio::awaitable<blob_fetch> upstream_blob_source::fetch() {
   co_return out;
 }
 
+asio::awaitable<bool> upstream_blob_source::grants_access() {
+  upstream::request up;
+  up.method = "HEAD";
+  up.target = upstream_target(req_);
+  up.repository = req_.name;
+  error_code ec;
+  auto res = co_await upstream_.fetch(reg_, up, ec);
+  co_return !ec && res.status == 200;
+}
+
 asio::awaitable<std::unique_ptr<core::body_source>> upstream_blob_source::fetch_range(std::uint64_t offset,
                                                                                       std::optional<std::uint64_t> end,
                                                                                       std::string& problem) {

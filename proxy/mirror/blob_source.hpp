@@ -47,6 +47,8 @@ class blob_source {
                                                                                  std::string& problem) = 0;
   // Names the source in logs: "<registry>/<repository>" for the upstream.
   virtual std::string name() const = 0;
+  // The bytes this source gave did not hash to the digest (the fill has failed).
+  virtual void rejected() {}
 };
 
 // The upstream registry as a blob source: GET /v2/<repository>/blobs/<digest> with
@@ -62,12 +64,29 @@ class upstream_blob_source final : public blob_source {
                                                                          std::optional<std::uint64_t> end,
                                                                          std::string& problem) override;
   std::string name() const override;
+  // Before a fill takes the blob from elsewhere (another node): may the repository
+  // have it? Asked as Berth (HEAD); true only on a 200. Anything else (a refusal, a
+  // Harbor proxy-cache project's 404 for a blob it has not fetched yet, an
+  // unreachable upstream) leaves the answer to a GET from the upstream itself.
+  boost::asio::awaitable<bool> grants_access();
+  upstream::fetcher& via() { return upstream_; }
+  const pull_request& request() const { return req_; }
 
  private:
   upstream::fetcher& upstream_;
   upstream::registry& reg_;
   pull_request req_;
   const mirror_options& options_;
+};
+
+// Where fills get their bytes when the node is not alone: other nodes first, then
+// the upstream (peer::cluster). The mirror asks it for every fill it starts.
+class fill_sources {
+ public:
+  virtual ~fill_sources() = default;
+  // The source for one fill; `upstream` is the upstream's own, for what the cluster
+  // cannot give and for the repository's authorization.
+  virtual std::shared_ptr<blob_source> for_fill(std::shared_ptr<upstream_blob_source> upstream) = 0;
 };
 
 }  // namespace berth::mirror

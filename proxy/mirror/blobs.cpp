@@ -23,37 +23,6 @@ using boost::system::error_code;
 
 namespace {
 
-// The headers of every blob answer from the cache. Alone: a whole blob of a size
-// not known yet (200, no Content-Length, so chunked).
-void shape_unsized_reply(core::reply& r, const pull_request& req, const std::string& media_type) {
-  r.headers.set("Content-Type", media_type.empty() ? std::string("application/octet-stream") : media_type);
-  r.headers.set("Docker-Content-Digest", req.reference);
-  r.headers.set("Accept-Ranges", "bytes");
-}
-
-// Status, headers and body span [first, end) for a blob of `size` bytes and the
-// client's Range. False when the range cannot be satisfied (the reply is then a 416).
-bool shape_blob_reply(core::reply& r, const pull_request& req, std::uint64_t size, const std::string& media_type,
-                      std::uint64_t& first, std::uint64_t& end) {
-  shape_unsized_reply(r, req, media_type);
-  first = 0;
-  end = size;
-  if (auto range = req.head ? std::nullopt : core::parse_byte_range(req.range)) {
-    const auto span = range->resolve(size);
-    if (!span) {
-      r.status = 416;
-      r.headers.set("Content-Range", "bytes */" + std::to_string(size));
-      return false;
-    }
-    std::tie(first, end) = *span;
-    r.status = 206;
-    r.headers.set("Content-Range",
-                  "bytes " + std::to_string(first) + "-" + std::to_string(end - 1) + "/" + std::to_string(size));
-  }
-  r.head_length = end - first;
-  return true;
-}
-
 // The cache holds the blob (or cannot tell) but cannot read it now: ask the client
 // to come back.
 core::reply cache_unavailable(const std::string& digest, const boost::system::error_code& ec) {
@@ -192,7 +161,9 @@ asio::awaitable<std::optional<core::reply>> blob_path::cached(upstream::registry
     // runs on the peer worker (with that worker's upstream connections).
     // An exception that escapes it fails the fill (its followers are told at once),
     // and is logged and counted.
-    auto source = std::make_shared<upstream_blob_source>(*fill_upstream_, reg, req, options_);
+    auto upstream = std::make_shared<upstream_blob_source>(*fill_upstream_, reg, req, options_);
+    std::shared_ptr<blob_source> source = upstream;
+    if (sources_ != nullptr) source = sources_->for_fill(std::move(upstream));
     core::spawn(fill_upstream_->executor(),
                 run_fill(f, std::move(source), reg.id() + "/" + req.name, metrics_, options_),
                 [f, &m = metrics_](std::string_view what) {
@@ -204,16 +175,7 @@ asio::awaitable<std::optional<core::reply>> blob_path::cached(upstream::registry
   // Wait for the upstream's answer: the blob's size, or an error. A ranged request
   // for a blob whose upstream sent no length waits until the fill knows the size.
   const bool ranged = core::parse_byte_range(req.range).has_value();
-  auto answered = [ranged](const store::fill::progress& p) {
-    return p.failure != store::fill_failure::none || (p.started && (p.sized || !ranged));
-  };
-  auto p = f->snapshot();
-  while (!answered(p)) {
-    co_await f->wait_for_change(p.version, options_.fill_stall);
-    const auto next = f->snapshot();
-    if (next.version == p.version) break;  // no answer within the stall limit
-    p = next;
-  }
+  const auto p = co_await f->wait_answered(ranged, options_.fill_stall);
   if (!created && p.started && p.failure == store::fill_failure::none) {
     // Joining a fill started for another repository: the upstream decides first.
     // The fill's own repository was confirmed as it started (named: GCC 12 and
@@ -221,7 +183,7 @@ asio::awaitable<std::optional<core::reply>> blob_path::cached(upstream::registry
     const std::vector<store::source> fill_source{{f->source(), core::unix_ms()}};
     if (!co_await authorized(reg, req, fill_source, r)) co_return r;
   }
-  if (p.failure != store::fill_failure::none || !answered(p)) {
+  if (p.failure != store::fill_failure::none || !store::fill::answered(p, ranged)) {
     if (auto a = f->answer()) co_return core::copy_of(*a);
     if (p.failure == store::fill_failure::disk) {
       metrics_.cache_disk_fallback();

@@ -25,6 +25,8 @@ struct source;
 
 namespace berth::mirror {
 
+class fill_sources;
+
 class blob_path {
  public:
   // `store` may be null: no blob cache, every blob streams from upstream.
@@ -40,6 +42,9 @@ class blob_path {
   // Adds the cache to a path built without one. REQUIRES: on this path's worker
   // thread; a request under way keeps what it started with.
   void attach_store(store::blob_store* store) { store_ = store; }
+  // Where fills get their bytes besides the upstream (other nodes). Null: the
+  // upstream alone. Set before serving.
+  void set_fill_sources(fill_sources* sources) { sources_ = sources; }
 
  private:
   // The answer from the cache: a hit, a fill to follow, or an error; nullopt when
@@ -57,6 +62,7 @@ class blob_path {
   upstream::fetcher* fill_upstream_;
   metrics::registry& metrics_;
   store::blob_store* store_;
+  fill_sources* sources_ = nullptr;
   const mirror_options& options_;
 };
 

@@ -68,7 +68,7 @@ asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, std::shared_ptr<b
         co_return;
       }
     }
-    f->finish();
+    if (f->finish() == store::fill_failure::digest_mismatch) source->rejected();
   } catch (const std::exception& e) {
     // As core::spawn's handler would (logged and counted alike), but here the fill's
     // followers are told at once and the exception goes no further.

@@ -44,6 +44,8 @@ class mirror {
   // Adds the blob cache to a mirror built without one (a predecessor held it).
   // REQUIRES: on this mirror's worker thread.
   void attach_store(store::blob_store* store) { blobs_.attach_store(store); }
+  // Fills take their bytes from other nodes first (blob sharing). Set before serving.
+  void set_fill_sources(fill_sources* sources) { blobs_.set_fill_sources(sources); }
 
  private:
   // tags/list and referrers: passed through, the Link header pointed back here.

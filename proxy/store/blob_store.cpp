@@ -255,6 +255,17 @@ asio::awaitable<void> fill::wait_for_change(std::uint64_t seen_version, std::chr
   waiters_.forget(timer);
 }
 
+asio::awaitable<fill::progress> fill::wait_answered(bool need_size, std::chrono::milliseconds stall) {
+  auto p = snapshot();
+  while (!answered(p, need_size)) {
+    co_await wait_for_change(p.version, stall);
+    auto next = snapshot();
+    if (next.version == p.version) break;  // no answer within the stall limit
+    p = std::move(next);
+  }
+  co_return p;
+}
+
 int fill::open_for_read(error_code& ec) const {
   std::string path;
   {
@@ -463,8 +474,8 @@ void blob_store::load_index(index_load load) {
       dropped_while_loading_ = {};
       hits_while_loading_ = {};
     }
+    metrics_.cache_index_error();  // before waiters wake: what they see is counted
     loaded_cv_.notify_all();
-    metrics_.cache_index_error();
     log::error("cache_index_incomplete", {{"dir", options_.dir}, {"error", e.what()}});
   }
 }
@@ -530,10 +541,10 @@ void blob_store::read_index(index_load load) {
     report_usage_locked();
     u = usage_;
   }
+  if (!whole) metrics_.cache_index_error();  // before waiters wake: what they see is counted
   loaded_cv_.notify_all();
   log::info("cache_index_read", {{"blobs", u.blobs}, {"bytes", u.bytes}, {"ms", ms_since(began)}, {"complete", whole}});
   if (!whole) {
-    metrics_.cache_index_error();
     log::error("cache_index_incomplete",
                {{"dir", options_.dir},
                 {"detail",
@@ -774,6 +785,12 @@ std::shared_ptr<fill> blob_store::join_or_start(const std::string& digest, const
   slot = f;
   created = true;
   return f;
+}
+
+std::shared_ptr<fill> blob_store::join(const std::string& digest) {
+  std::lock_guard lock(mu_);
+  const auto it = fills_.find(digest);
+  return it == fills_.end() ? nullptr : it->second.lock();
 }
 
 void blob_store::temp_claimed(std::uint64_t n) {

@@ -84,6 +84,13 @@ class fill : public std::enable_shared_from_this<fill> {
   std::shared_ptr<const core::reply> answer() const;
   // Returns when anything changed since `seen_version`, or after `limit`.
   boost::asio::awaitable<void> wait_for_change(std::uint64_t seen_version, std::chrono::milliseconds limit);
+  // Waits until the fill has started (and, with `need_size`, knows its size) or has
+  // failed; returns the last progress seen, which is neither when nothing changed
+  // for `stall` (answered() tells).
+  boost::asio::awaitable<progress> wait_answered(bool need_size, std::chrono::milliseconds stall);
+  static bool answered(const progress& p, bool need_size) {
+    return p.failure != fill_failure::none || (p.started && (p.sized || !need_size));
+  }
   // A reader's own descriptor on the temp file (valid across the rename).
   int open_for_read(boost::system::error_code& ec) const;
   const std::string& digest() const { return digest_; }
@@ -208,6 +215,9 @@ class blob_store {
 
   // The fill under way for `digest`, or a new one (`created`: the caller must run it).
   std::shared_ptr<fill> join_or_start(const std::string& digest, const std::string& algorithm, bool& created);
+  // The fill under way for `digest`, or null: never starts one (another node asking
+  // through the peer endpoint follows a fill, it does not cause one).
+  std::shared_ptr<fill> join(const std::string& digest);
 
   struct usage {
     std::uint64_t bytes = 0;  // published blobs

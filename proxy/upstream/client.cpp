@@ -220,6 +220,7 @@ struct client::impl {
   std::unordered_map<std::string, host_slot> hosts;
   std::unordered_set<connection*> busy;
   bool stopping = false;
+  ssl::context plain{ssl::context::tls_client};  // for fetch_direct's plain-HTTP exchanges (never used for TLS)
 
   // Takes `c` into use: counted in `busy` until it is released or destroyed.
   std::unique_ptr<connection> in_use(std::unique_ptr<connection> c) {
@@ -340,8 +341,13 @@ using response_parser = http::response_parser<http::buffer_body>;
 // back to the pool once the body is complete, counts bytes.
 class pooled_body : public core::body_source {
  public:
-  pooled_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry, bool keep_alive)
-      : pool_(pool), conn_(std::move(conn)), registry_(std::move(registry)), keep_alive_(keep_alive) {}
+  pooled_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry, bool keep_alive,
+              std::chrono::milliseconds read_timeout)
+      : pool_(pool),
+        conn_(std::move(conn)),
+        registry_(std::move(registry)),
+        keep_alive_(keep_alive),
+        read_timeout_(read_timeout) {}
   ~pooled_body() override { finish(false); }
 
  protected:
@@ -362,6 +368,7 @@ class pooled_body : public core::body_source {
   std::unique_ptr<connection> conn_;
   std::string registry_;
   bool keep_alive_;
+  std::chrono::milliseconds read_timeout_;  // the longest gap between body bytes
   std::uint64_t received_ = 0;
 };
 
@@ -369,8 +376,10 @@ class pooled_body : public core::body_source {
 class sized_body final : public pooled_body {
  public:
   sized_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry, bool keep_alive,
-             std::uint64_t size)
-      : pooled_body(pool, std::move(conn), std::move(registry), keep_alive), size_(size), remaining_(size) {}
+             std::chrono::milliseconds read_timeout, std::uint64_t size)
+      : pooled_body(pool, std::move(conn), std::move(registry), keep_alive, read_timeout),
+        size_(size),
+        remaining_(size) {}
 
   std::optional<std::uint64_t> size() const override { return size_; }
 
@@ -387,7 +396,7 @@ class sized_body final : public pooled_body {
       n = asio::buffer_copy(asio::buffer(buf.data(), want), conn_->buffer.data());
       conn_->buffer.consume(n);
     } else {
-      conn_->t.set_deadline(pool_.options.read_timeout);
+      conn_->t.set_deadline(read_timeout_);
       n = co_await conn_->t.read_some(asio::buffer(buf.data(), want), ec);
       if (ec || n == 0) {
         if (!ec) ec = errc::connection_lost;
@@ -410,8 +419,9 @@ class sized_body final : public pooled_body {
 class parsed_body final : public pooled_body {
  public:
   parsed_body(client::impl& pool, std::unique_ptr<connection> conn, std::string registry,
-              std::unique_ptr<response_parser> parser)
-      : pooled_body(pool, std::move(conn), std::move(registry), parser->keep_alive()), parser_(std::move(parser)) {}
+              std::chrono::milliseconds read_timeout, std::unique_ptr<response_parser> parser)
+      : pooled_body(pool, std::move(conn), std::move(registry), parser->keep_alive(), read_timeout),
+        parser_(std::move(parser)) {}
 
   std::optional<std::uint64_t> size() const override { return std::nullopt; }
 
@@ -442,7 +452,7 @@ class parsed_body final : public pooled_body {
         }
         if (used > 0 || !conn_) continue;  // (finished: the loop ends)
       }
-      conn_->t.set_deadline(pool_.options.read_timeout);
+      conn_->t.set_deadline(read_timeout_);
       const auto n = co_await conn_->t.read_some(conn_->buffer.prepare(64 * 1024), ec);
       if (ec == asio::error::eof) {
         parser_->put_eof(ec);  // ends a close-delimited body; an error for any other
@@ -474,9 +484,13 @@ struct exchange_result {
   std::unique_ptr<core::body_source> body;
 };
 
+// `timeout` (nonzero) replaces the pool's response and body read timeouts.
 asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls, const origin& o,
                                           http::request<http::empty_body>& req, bool head,
-                                          const std::string& registry_id, std::string_view kind, error_code& ec) {
+                                          const std::string& registry_id, std::string_view kind, error_code& ec,
+                                          std::chrono::milliseconds timeout = {}) {
+  const auto response_timeout = timeout.count() > 0 ? timeout : pool.options.response_timeout;
+  const auto read_timeout = timeout.count() > 0 ? timeout : pool.options.read_timeout;
   exchange_result out;
   std::ostringstream wire_stream;
   wire_stream << req;
@@ -498,7 +512,7 @@ asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls,
     parser->body_limit(boost::none);
     parser->header_limit(64 * 1024);
     if (head) parser->skip(true);
-    conn->t.set_deadline(pool.options.response_timeout);
+    conn->t.set_deadline(response_timeout);
     co_await conn->t.write_all(asio::buffer(wire), ec);
     bool got_bytes = false;
     while (!ec && !parser->is_header_done()) {
@@ -548,9 +562,9 @@ asio::awaitable<exchange_result> exchange(client::impl& pool, ssl::context& tls,
       pool.release(std::move(conn), parser->keep_alive());
     } else if (const auto length = parser->content_length(); length && !parser->chunked()) {
       const bool keep = parser->keep_alive();
-      out.body = std::make_unique<sized_body>(pool, std::move(conn), registry_id, keep, *length);
+      out.body = std::make_unique<sized_body>(pool, std::move(conn), registry_id, keep, read_timeout, *length);
     } else {
-      out.body = std::make_unique<parsed_body>(pool, std::move(conn), registry_id, std::move(parser));
+      out.body = std::make_unique<parsed_body>(pool, std::move(conn), registry_id, read_timeout, std::move(parser));
     }
     co_return out;
   }
@@ -684,6 +698,28 @@ asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& re
 }
 
 }  // namespace
+
+asio::awaitable<response> fetcher::fetch_direct(const origin&, request, std::string, std::chrono::milliseconds,
+                                               std::string, error_code& ec) {
+  ec = errc::connect_failed;
+  co_return response{};
+}
+
+asio::awaitable<response> client::fetch_direct(const origin& to, request req, std::string authorization,
+                                               std::chrono::milliseconds timeout, std::string label, error_code& ec) {
+  auto& pool = *impl_;
+  if (to.tls()) {
+    ec = errc::tls_failed;  // peers speak plain HTTP (see peers in the README)
+    co_return response{};
+  }
+  const bool head = req.method == "HEAD";
+  auto r = make_request(head ? http::verb::head : http::verb::get, to, req.target);
+  if (!req.range.empty()) r.set(http::field::range, req.range);
+  if (!authorization.empty()) r.set(http::field::authorization, authorization);
+  auto ex = co_await exchange(pool, pool.plain, to, r, head, label, "peer", ec, timeout);
+  if (ec) co_return response{};
+  co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
+}
 
 asio::awaitable<response> client::fetch(registry& registry, request req, error_code& ec) {
   auto& reg = registry.internals();

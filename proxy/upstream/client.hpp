@@ -6,6 +6,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/system/error_code.hpp>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -107,6 +108,13 @@ class fetcher {
   virtual boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec) = 0;
   // The worker's executor this fetcher belongs to.
   virtual const boost::asio::any_io_executor& executor() const = 0;
+  // One exchange with `to` as it is (another Berth node's peer endpoint, plain HTTP):
+  // no token flow, no redirects; `authorization` is sent as is. `timeout` bounds the
+  // wait for the response headers and every gap in the body. Metrics name it
+  // `label`. A fetcher that reaches no other node fails with errc::connect_failed.
+  virtual boost::asio::awaitable<response> fetch_direct(const origin& to, request req, std::string authorization,
+                                                        std::chrono::milliseconds timeout, std::string label,
+                                                        boost::system::error_code& ec);
 };
 
 // One per worker thread, used only from that thread's io_context.
@@ -120,6 +128,9 @@ class client final : public fetcher {
   // Sends `req` to the registry, answering auth challenges and following redirects.
   boost::asio::awaitable<response> fetch(registry& reg, request req, boost::system::error_code& ec) override;
   const boost::asio::any_io_executor& executor() const override;
+  boost::asio::awaitable<response> fetch_direct(const origin& to, request req, std::string authorization,
+                                                std::chrono::milliseconds timeout, std::string label,
+                                                boost::system::error_code& ec) override;
   // For shutdown: closes every connection, idle or busy (their reads fail at once),
   // and refuses new ones (errc::shutting_down). Thread-safe: runs on the client's
   // executor.

@@ -859,9 +859,15 @@ class FaultProxy:
     `cut_after` bytes from the upstream (TLS passes through untouched). It does so
     `cuts` times in all, then relays faithfully."""
 
-    def __init__(self, target_port, cut_after=None, cuts=1, rate=None):
-        """rate: bytes per second from the upstream, per connection (None: unlimited)."""
+    def __init__(self, target_port, cut_after=None, cuts=1, rate=None, host="127.0.0.1", target_host="127.0.0.1",
+                 flip_at=None):
+        """rate: bytes per second from the upstream, per connection (None: unlimited).
+        flip_at: on every connection, the byte at this offset of what the upstream
+        sends is inverted (a corrupting link or a peer with a damaged copy)."""
         self.target_port = target_port
+        self.target_host = target_host
+        self.flip_at = flip_at
+        self.flips = 0
         self.cut_after = cut_after if cut_after is not None else float("inf")
         self.rate = rate
         self.cuts_left = cuts
@@ -869,8 +875,9 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((host, 0))
         self.listener.listen(64)
+        self.host = host
         self.port = self.listener.getsockname()[1]
         self.stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -881,7 +888,11 @@ class FaultProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection((self.target_host, self.target_port))
+            except OSError:
+                client.close()
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
@@ -901,6 +912,11 @@ class FaultProxy:
                     if cut:
                         dst.sendall(data[: max(0, self.cut_after - sent)])
                         break
+                if from_upstream and self.flip_at is not None and sent <= self.flip_at < sent + len(data):
+                    i = self.flip_at - sent
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+                    with self.lock:
+                        self.flips += 1
                 dst.sendall(data)
                 sent += len(data)
                 if from_upstream and self.rate:

@@ -385,7 +385,9 @@ TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
       "/pw, key_prefix: 'b:', tag_ttl: 61s, tag_ttl_overrides: [{pattern: 'v*', ttl: 9m}],"
       " max_stale: 23h, negative_ttl: 11s, manifest_ttl: 167h, lock_wait: 3s,"
       " memory_size: 65MiB, webhook_secret_file: " +
-      d + "/webhook, secret_file: " + d + "/secret, timeout: 600ms}\n";
+      d + "/webhook, secret_file: " + d + "/secret, timeout: 600ms}\n" +
+      "peers: {listen: 127.0.0.2:5052, advertise: 127.0.0.3:5053, secret_file: " + d +
+      "/secret, stall_timeout: 4s, max_uploads: 9}\n";
   const auto shown = config::render(config::parse(full, "full.yaml", no_env));
   // What was set is what is shown: the rendering parses back to the same rendering.
   EXPECT_EQ(config::render(config::parse(shown, "shown.yaml", no_env)), shown);

@@ -1,0 +1,278 @@
+#include "peer/cluster.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "core/media_types.hpp"
+#include "metrics/metrics.hpp"
+#include "mirror/answers.hpp"
+#include "peer/directory.hpp"
+#include "peer/signature.hpp"
+#include "upstream/client.hpp"
+
+namespace berth::peer {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+namespace {
+
+constexpr std::size_t k_max_distrusted = 4096;
+
+// Counts a fill's bytes by where they came from; for a peer, also how its body ended
+// when it broke off.
+class counted_body final : public core::body_source {
+ public:
+  counted_body(std::unique_ptr<core::body_source> inner, metrics::registry& metrics, bool peer)
+      : inner_(std::move(inner)), metrics_(metrics), peer_(peer) {}
+  ~counted_body() override {
+    if (bytes_ > 0) metrics_.fill_bytes(peer_ ? "peer" : "upstream", bytes_);
+  }
+  counted_body(const counted_body&) = delete;
+  counted_body& operator=(const counted_body&) = delete;
+  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, error_code& ec) override {
+    const auto n = co_await inner_->read(buf, ec);
+    bytes_ += n;
+    if (ec && peer_) metrics_.peer_fetch(ec == upstream::errc::timeout ? "stalled" : "broken");
+    co_return n;
+  }
+  std::optional<std::uint64_t> size() const override { return inner_->size(); }
+
+ private:
+  std::unique_ptr<core::body_source> inner_;
+  metrics::registry& metrics_;
+  bool peer_;
+  std::uint64_t bytes_ = 0;
+};
+
+// "ip:port" or "[v6]:port" as an origin.
+std::optional<upstream::origin> node_origin(const std::string& node) {
+  return upstream::parse_url("http://" + node);
+}
+
+class cluster_source final : public mirror::blob_source, public std::enable_shared_from_this<cluster_source> {
+ public:
+  cluster_source(cluster& c, std::shared_ptr<mirror::upstream_blob_source> up)
+      : c_(c), up_(std::move(up)), digest_(up_->request().reference) {}
+
+  asio::awaitable<mirror::blob_fetch> fetch() override {
+    auto where = co_await c_.dir().lookup(digest_);
+    if (!where.answered) co_return co_await from_upstream();  // the backend is down: as a lone node
+    auto candidates = usable(where.holders);
+    const bool following = candidates.empty();
+    if (candidates.empty()) {
+      // Nobody holds it yet: whoever claims the fill fetches it for the cluster.
+      auto filler = where.filler;
+      // A filler whose bytes did not verify is replaced, as a dead one would be.
+      const std::string replacing = c_.distrusted(digest_, filler) ? filler : std::string();
+      if (filler.empty() || filler == c_.dir().self() || !replacing.empty()) filler = co_await claim(replacing);
+      if (filler.empty() || filler == c_.dir().self()) co_return co_await from_upstream();
+      candidates.push_back(filler);
+    }
+    // A peer has it (or is fetching it): the upstream decides whether this repository
+    // may have it before a byte is taken. Anything but yes: the upstream's own GET
+    // gives the answer (or the bytes).
+    if (!co_await up_->grants_access()) co_return co_await from_upstream();
+    authorized_ = true;
+    for (const auto& node : candidates) {
+      mirror::blob_fetch out;
+      if (auto body = co_await ask(node, 0, &out, following)) {
+        out.body = std::move(body);
+        co_return out;
+      }
+    }
+    // Every candidate refused or failed: take over from the one that was filling.
+    auto filler = co_await claim(where.filler);
+    if (!filler.empty() && filler != c_.dir().self() && !tried(filler)) {
+      mirror::blob_fetch out;
+      if (auto body = co_await ask(filler, 0, &out, true)) {
+        out.body = std::move(body);
+        co_return out;
+      }
+    }
+    co_return co_await from_upstream();
+  }
+
+  asio::awaitable<std::unique_ptr<core::body_source>> fetch_range(std::uint64_t offset,
+                                                                  std::optional<std::uint64_t> end,
+                                                                  std::string& problem) override {
+    if (!current_.empty()) {
+      failed_.push_back(current_);  // the peer the body came from broke off or stalled
+      log::warn("peer_switch", {{"digest", digest_}, {"from", current_}, {"offset", offset}});
+    }
+    current_.clear();
+    if (authorized_ && !won_) {
+      auto where = co_await c_.dir().lookup(digest_);
+      if (where.answered) {
+        for (const auto& node : usable(where.holders)) {
+          if (auto body = co_await ask(node, offset, nullptr, false, end)) co_return body;
+        }
+        // No holder: follow the filler, or take its place when it is the one that failed.
+        const std::string dead = tried(where.filler) ? where.filler : std::string();
+        const auto filler = co_await claim(dead);
+        if (!filler.empty() && filler != c_.dir().self() && !tried(filler)) {
+          if (auto body = co_await ask(filler, offset, nullptr, true, end)) co_return body;
+        }
+      }
+    }
+    auto body = co_await up_->fetch_range(offset, end, problem);
+    if (body) body = std::make_unique<counted_body>(std::move(body), c_.metrics(), false);
+    co_return body;
+  }
+
+  std::string name() const override { return current_.empty() ? up_->name() : "peer " + current_; }
+
+  void rejected() override {
+    for (const auto& node : used_) {
+      c_.metrics().peer_fetch("wrong_bytes");
+      c_.distrust(digest_, node);
+      c_.dir().forget_holder(digest_, node);
+      log::error("peer_wrong_bytes", {{"digest", digest_}, {"peer", node}});
+    }
+  }
+
+ private:
+  // Holders worth asking: not this node, not one that failed or lied.
+  std::vector<std::string> usable(const std::vector<std::string>& nodes) const {
+    std::vector<std::string> out;
+    for (const auto& n : nodes) {
+      if (n != c_.dir().self() && !tried(n) && !c_.distrusted(digest_, n)) out.push_back(n);
+    }
+    return out;
+  }
+  bool tried(const std::string& node) const {
+    return !node.empty() && std::find(failed_.begin(), failed_.end(), node) != failed_.end();
+  }
+
+  // Claims the fill (replacing `dead`, if it still holds it); when this node wins,
+  // keeps the claim fresh while the source lives.
+  asio::awaitable<std::string> claim(const std::string& dead) {
+    auto who = co_await c_.dir().claim(digest_, dead, c_.claim_hold());
+    if (!who.empty() && who == c_.dir().self() && !won_) {
+      won_ = true;
+      if (!dead.empty()) log::info("peer_fill_taken_over", {{"digest", digest_}, {"from", dead}});
+      // Named: GCC 12 destroys temporaries in a co_await expression twice.
+      const auto executor = co_await asio::this_coro::executor;
+      std::weak_ptr<cluster_source> self = weak_from_this();
+      auto task = keep_claim(std::move(self), c_, digest_);
+      asio::co_spawn(executor, std::move(task), asio::detached);
+    }
+    co_return who;
+  }
+
+  static asio::awaitable<void> keep_claim(std::weak_ptr<cluster_source> self, cluster& c, std::string digest) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (true) {
+      timer.expires_after(c.claim_hold() / 3);
+      error_code ec;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (self.expired()) co_return;  // the fill is over: the claim lapses on its own
+      co_await c.dir().refresh(digest, c.claim_hold());
+    }
+  }
+
+  asio::awaitable<mirror::blob_fetch> from_upstream() {
+    current_.clear();
+    auto out = co_await up_->fetch();
+    if (out.body) out.body = std::make_unique<counted_body>(std::move(out.body), c_.metrics(), false);
+    co_return out;
+  }
+
+  // The blob from `node`, from `offset` (to `end`); null when it will not or cannot
+  // send it. A whole-blob answer (offset 0, no end) fills `head` with its size and type.
+  // `filling`: the node is the filler, whose bytes come as its upstream sends them.
+  asio::awaitable<std::unique_ptr<core::body_source>> ask(const std::string& node, std::uint64_t offset,
+                                                          mirror::blob_fetch* head, bool filling,
+                                                          std::optional<std::uint64_t> end = std::nullopt) {
+    const auto to = node_origin(node);
+    if (!to) {
+      failed_.push_back(node);
+      co_return nullptr;
+    }
+    upstream::request req;
+    req.target = "/peer/blobs/" + digest_;
+    if (offset > 0 || end) req.range = "bytes=" + std::to_string(offset) + "-" + (end ? std::to_string(*end - 1) : "");
+    error_code ec;
+    // Named: GCC 12 destroys temporaries in a co_await expression twice.
+    std::string authorization = sign(c_.options().secret, "GET", digest_, core::unix_ms() / 1000);
+    std::string label = "peer";
+    const auto timeout = filling ? c_.follow_timeout() : c_.options().stall_timeout;
+    auto res = co_await up_->via().fetch_direct(*to, req, std::move(authorization), timeout, std::move(label), ec);
+    const char* outcome = nullptr;
+    if (ec) {
+      outcome = "unreachable";
+    } else if (res.status == 503) {
+      outcome = "busy";
+    } else if (res.status != (req.range.empty() ? 200 : 206)) {
+      outcome = "refused";
+      if (res.status == 404) c_.dir().forget_holder(digest_, node);
+    } else if (!req.range.empty()) {
+      // Only a 206 that starts exactly where asked continues the body.
+      const auto range = res.headers.get("Content-Range");
+      if (!range || range->rfind("bytes " + std::to_string(offset) + "-", 0) != 0) outcome = "refused";
+    }
+    if (outcome == nullptr && !res.body) outcome = "refused";  // an empty blob: not worth a peer, the upstream sends it
+    if (outcome != nullptr) {
+      c_.metrics().peer_fetch(outcome);
+      log::info("peer_fetch_failed", {{"digest", digest_},
+                                      {"peer", node},
+                                      {"outcome", outcome},
+                                      {"status", res.status},
+                                      {"error", ec ? ec.message() : std::string()}});
+      failed_.push_back(node);
+      co_return nullptr;
+    }
+    c_.metrics().peer_fetch("ok");
+    if (head != nullptr) {
+      head->size = mirror::content_length(res.headers);
+      head->media_type = mirror::bare_media_type(res.headers);
+      if (!core::media_type::valid(head->media_type)) head->media_type = "application/octet-stream";
+    }
+    current_ = node;
+    if (std::find(used_.begin(), used_.end(), node) == used_.end()) used_.push_back(node);
+    co_return std::make_unique<counted_body>(std::move(res.body), c_.metrics(), true);
+  }
+
+  cluster& c_;
+  std::shared_ptr<mirror::upstream_blob_source> up_;
+  std::string digest_;
+  std::vector<std::string> failed_;  // peers that refused, broke off or stalled in this fill
+  std::vector<std::string> used_;    // peers that gave bytes to this fill
+  std::string current_;              // where the body comes from now ("" the upstream)
+  bool authorized_ = false;          // the upstream said yes for this repository
+  bool won_ = false;                 // this node holds the fill claim
+};
+
+}  // namespace
+
+cluster::cluster(const peer_options& options, directory& dir, metrics::registry& metrics,
+                 std::chrono::milliseconds follow_timeout, std::chrono::milliseconds claim_hold)
+    : options_(options),
+      dir_(dir),
+      metrics_(metrics),
+      follow_timeout_(std::max(follow_timeout, options.stall_timeout)),
+      claim_hold_(claim_hold) {}
+
+std::shared_ptr<mirror::blob_source> cluster::for_fill(std::shared_ptr<mirror::upstream_blob_source> upstream) {
+  return std::make_shared<cluster_source>(*this, std::move(upstream));
+}
+
+void cluster::distrust(const std::string& digest, const std::string& node) {
+  std::lock_guard lock(mu_);
+  if (distrusted_.size() >= k_max_distrusted) distrusted_.clear();
+  distrusted_.emplace(digest, node);
+}
+
+bool cluster::distrusted(const std::string& digest, const std::string& node) const {
+  std::lock_guard lock(mu_);
+  return distrusted_.count({digest, node}) > 0;
+}
+
+}  // namespace berth::peer

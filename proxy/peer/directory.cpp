@@ -1,0 +1,231 @@
+#include "peer/directory.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
+#include <condition_variable>
+#include <random>
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "meta/redis.hpp"
+#include "metrics/metrics.hpp"
+
+namespace berth::peer {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Takes the claim when it is free or held by the node being replaced; answers who
+// holds it afterwards. One round trip, atomic in the backend.
+constexpr const char* k_claim_script =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if (not v) or v == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return ARGV[1] end "
+    "return v";
+constexpr const char* k_refresh_script =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+
+constexpr std::size_t k_batch = 512;
+
+}  // namespace
+
+struct directory::state {
+  asio::io_context io{1};
+  std::mutex mu;  // guards everything below
+  std::condition_variable sent_cv;
+  struct pending {
+    std::string op;
+    std::vector<std::vector<std::string>> commands;
+  };
+  std::vector<pending> queue;
+  std::uint64_t queued = 0;  // batches queued so far
+  std::uint64_t sent = 0;    // ... and sent (or given up)
+  bool stopping = false;
+  bool running = false;
+};
+
+directory::directory(std::shared_ptr<meta::redis_client> backend, options o, metrics::registry& metrics)
+    : backend_(std::move(backend)), options_(std::move(o)), metrics_(metrics), state_(std::make_unique<state>()) {}
+
+directory::~directory() {
+  stop();
+}
+
+std::string directory::key(std::string_view kind, std::string_view id) const {
+  std::string k = options_.prefix;
+  k.append(kind).append(":").append(id);
+  return k;
+}
+
+void directory::start() {
+  {
+    std::lock_guard lock(state_->mu);
+    if (state_->running) return;
+    state_->running = true;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+void directory::stop() {
+  {
+    std::lock_guard lock(state_->mu);
+    state_->stopping = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void directory::run() {
+  auto loop = [this]() -> asio::awaitable<void> {
+    asio::steady_timer timer(state_->io);
+    auto next_beat = std::chrono::steady_clock::now();
+    const auto beat_ttl = std::to_string(3 * options_.heartbeat.count());
+    while (true) {
+      std::vector<state::pending> batch;
+      bool stopping = false;
+      {
+        std::lock_guard lock(state_->mu);
+        batch.swap(state_->queue);
+        stopping = state_->stopping;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (!stopping && now >= next_beat) {
+        next_beat = now + options_.heartbeat;
+        std::vector<std::string> beat{"SET", key("node", options_.self), std::to_string(core::unix_ms()), "PX",
+                                      beat_ttl};
+        const auto ok = co_await backend_->command(std::move(beat));
+        metrics_.directory_op("heartbeat", ok && ok->ok() ? "ok" : "error");
+      }
+      // Pipelined, at most k_batch commands a round trip.
+      std::size_t i = 0;
+      while (i < batch.size()) {
+        std::vector<std::vector<std::string>> commands;
+        std::vector<std::string> ops;
+        std::size_t j = i;
+        for (; j < batch.size() && commands.size() < k_batch; ++j) {
+          for (auto& c : batch[j].commands) commands.push_back(std::move(c));
+          ops.push_back(batch[j].op);
+        }
+        const auto answers = co_await backend_->pipeline(std::move(commands));
+        for (const auto& op : ops) metrics_.directory_op(op, answers ? "ok" : "error");
+        if (!answers) log::debug("peer_directory_write_failed", {{"commands", static_cast<unsigned long long>(j - i)}});
+        i = j;
+      }
+      {
+        std::lock_guard lock(state_->mu);
+        state_->sent += batch.size();
+      }
+      state_->sent_cv.notify_all();
+      if (stopping) {
+        std::lock_guard lock(state_->mu);
+        if (state_->queue.empty()) co_return;
+        continue;
+      }
+      timer.expires_after(std::chrono::milliseconds(50));
+      boost::system::error_code ec;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  };
+  asio::co_spawn(state_->io, loop(), asio::detached);
+  try {
+    state_->io.run();
+  } catch (const std::exception& e) {
+    log::error("task_exception", {{"task", "peer_directory"}, {"error", e.what()}});
+    metrics_.task_exception("peer_directory");
+  }
+  std::lock_guard lock(state_->mu);
+  state_->sent = state_->queued;  // nothing more will be sent: never leave flush() waiting
+  state_->sent_cv.notify_all();
+}
+
+void directory::queue(std::vector<std::vector<std::string>> commands, std::string_view op) {
+  std::lock_guard lock(state_->mu);
+  if (state_->stopping) return;
+  state_->queue.push_back({std::string(op), std::move(commands)});
+  ++state_->queued;
+}
+
+void directory::flush() {
+  std::unique_lock lock(state_->mu);
+  if (!state_->running) return;
+  const auto target = state_->queued;
+  state_->sent_cv.wait(lock, [&] { return state_->sent >= target; });
+}
+
+void directory::published(const std::string& digest, std::uint64_t) {
+  const auto k = key("blob", digest);
+  queue({{"SADD", k, options_.self}, {"PEXPIRE", k, std::to_string(options_.holder_ttl.count())}}, "announce");
+}
+
+void directory::evicted(const std::string& digest, std::uint64_t) {
+  queue({{"SREM", key("blob", digest), options_.self}}, "withdraw");
+}
+
+void directory::invalidated(const std::string& digest, std::string_view) {
+  queue({{"SREM", key("blob", digest), options_.self}}, "withdraw");
+}
+
+void directory::forget_holder(const std::string& digest, const std::string& node) {
+  queue({{"SREM", key("blob", digest), node}}, "withdraw");
+}
+
+asio::awaitable<directory::where> directory::lookup(const std::string& digest) {
+  where out;
+  std::vector<std::vector<std::string>> ask{
+      {"SRANDMEMBER", key("blob", digest), std::to_string(options_.max_candidates)}, {"GET", key("fill", digest)}};
+  const auto first = co_await backend_->pipeline(std::move(ask));
+  if (!first || first->size() != 2 || !(*first)[0].ok()) {
+    metrics_.directory_op("lookup", "error");
+    co_return out;
+  }
+  std::vector<std::string> members;
+  for (const auto& m : (*first)[0].elements) {
+    if (m.type == meta::reply::kind::string && m.str != options_.self) members.push_back(m.str);
+  }
+  if ((*first)[1].type == meta::reply::kind::string) out.filler = (*first)[1].str;
+  if (!members.empty()) {
+    // Only nodes whose heartbeat is current: a dead holder costs nobody a timeout.
+    std::vector<std::string> mget{"MGET"};
+    for (const auto& m : members) mget.push_back(key("node", m));
+    const auto beats = co_await backend_->command(std::move(mget));
+    if (!beats || beats->type != meta::reply::kind::array || beats->elements.size() != members.size()) {
+      metrics_.directory_op("lookup", "error");
+      co_return out;
+    }
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      if (beats->elements[i].type == meta::reply::kind::string) out.holders.push_back(members[i]);
+    }
+  }
+  thread_local std::minstd_rand shuffle_rng{std::random_device{}()};
+  std::shuffle(out.holders.begin(), out.holders.end(), shuffle_rng);
+  out.answered = true;
+  metrics_.directory_op("lookup", "ok");
+  co_return out;
+}
+
+asio::awaitable<std::string> directory::claim(const std::string& digest, const std::string& replacing,
+                                              std::chrono::milliseconds hold) {
+  std::vector<std::string> eval{"EVAL",         k_claim_script, "1", key("fill", digest), options_.self,
+                                replacing.empty() ? std::string("\n") : replacing, std::to_string(hold.count())};
+  const auto r = co_await backend_->command(std::move(eval));
+  if (!r || r->type != meta::reply::kind::string) {
+    metrics_.directory_op("lock", "error");
+    if (r && r->type == meta::reply::kind::error) log::warn("peer_claim_failed", {{"error", r->str}});
+    co_return std::string();
+  }
+  metrics_.directory_op("lock", "ok");
+  co_return r->str;
+}
+
+asio::awaitable<void> directory::refresh(const std::string& digest, std::chrono::milliseconds hold) {
+  std::vector<std::string> eval{"EVAL", k_refresh_script, "1", key("fill", digest), options_.self,
+                                std::to_string(hold.count())};
+  const auto r = co_await backend_->command(std::move(eval));
+  metrics_.directory_op("lock", r && r->ok() ? "ok" : "error");
+}
+
+}  // namespace berth::peer

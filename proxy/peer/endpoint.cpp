@@ -1,0 +1,156 @@
+#include "peer/endpoint.hpp"
+
+#include "core/clock.hpp"
+#include "core/failure.hpp"
+#include "core/log.hpp"
+#include "core/range.hpp"
+#include "core/reference.hpp"
+#include "metrics/metrics.hpp"
+#include "mirror/answers.hpp"
+#include "peer/signature.hpp"
+#include "store/blob_store.hpp"
+
+namespace berth::peer {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::string_view k_prefix = "/peer/blobs/";
+
+// Counts a body toward the node's uploads while it is being sent.
+class upload_body final : public core::body_source {
+ public:
+  upload_body(std::unique_ptr<core::body_source> inner, std::atomic<std::size_t>& uploads, metrics::registry& metrics)
+      : inner_(std::move(inner)), uploads_(uploads), metrics_(metrics) {
+    ++uploads_;
+    metrics_.peer_uploads_active(uploads_);
+  }
+  ~upload_body() override {
+    --uploads_;
+    metrics_.peer_uploads_active(uploads_);
+    if (sent_ > 0) metrics_.peer_upload_bytes(sent_);
+  }
+  upload_body(const upload_body&) = delete;
+  upload_body& operator=(const upload_body&) = delete;
+  asio::awaitable<std::size_t> read(asio::mutable_buffer buf, boost::system::error_code& ec) override {
+    const auto n = co_await inner_->read(buf, ec);
+    sent_ += n;
+    co_return n;
+  }
+  std::optional<std::uint64_t> size() const override { return inner_->size(); }
+  std::optional<core::file_span> file() const override { return inner_->file(); }
+  void sent(std::uint64_t n) override {
+    sent_ += n;
+    inner_->sent(n);
+  }
+
+ private:
+  std::unique_ptr<core::body_source> inner_;
+  std::atomic<std::size_t>& uploads_;
+  metrics::registry& metrics_;
+  std::uint64_t sent_ = 0;
+};
+
+http::handled refuse(core::failure f, std::string message, std::string_view outcome, metrics::registry& metrics) {
+  metrics.peer_upload(outcome);
+  http::handled h;
+  h.route = "peer_blob";
+  h.reply = core::error_reply(f, std::move(message));
+  if (f == core::failure::overloaded || f == core::failure::cache_unavailable) h.reply.headers.add("Retry-After", "1");
+  return h;
+}
+
+}  // namespace
+
+endpoint::endpoint(const peer_options& options, metrics::registry& metrics, store::blob_store* store,
+                   std::chrono::milliseconds fill_stall)
+    : options_(options), metrics_(metrics), store_(store), fill_stall_(fill_stall) {}
+
+http::handler endpoint::handler() {
+  return [this](const http::incoming& in) { return serve(in); };
+}
+
+asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
+  const std::string_view target = in.target;
+  // Exactly /peer/blobs/<digest>: no query, no other path, nothing to decode.
+  const auto digest = target.starts_with(k_prefix) ? core::parse_digest(target.substr(k_prefix.size())) : std::nullopt;
+  if (!digest) {
+    co_return refuse(core::failure::not_an_endpoint, "the peer endpoint serves only /peer/blobs/<digest>", "not_found",
+                     metrics_);
+  }
+  if (in.method != "GET" && in.method != "HEAD") {
+    co_return refuse(core::failure::method_not_allowed, "GET and HEAD only", "not_found", metrics_);
+  }
+  const auto name = digest->str();
+  const auto verdict = check(options_.secret, in.method, name, in.authorization, core::unix_ms() / 1000);
+  if (verdict != verdict::ok) {
+    log::warn("peer_unauthorized", {{"digest", name}, {"why", to_string(verdict)}});
+    co_return refuse(core::failure::peer_unauthorized, "a peer request needs the cluster's signature", "unauthorized",
+                     metrics_);
+  }
+  auto* store = store_.load();
+  if (store == nullptr) {
+    co_return refuse(core::failure::blob_unknown, "this node has no blob cache", "miss", metrics_);
+  }
+  const bool head = in.method == "HEAD";
+  if (!head && uploads_ >= options_.max_uploads) {
+    co_return refuse(core::failure::overloaded, "this node is sending as many blobs as it may; ask another holder",
+                     "busy", metrics_);
+  }
+  mirror::pull_request req;
+  req.kind = mirror::endpoint::blob;
+  req.head = head;
+  req.reference = name;
+  req.digest = digest;
+  req.range = in.range;
+  http::handled h;
+  h.route = "peer_blob";
+  auto& r = h.reply;
+  std::uint64_t first = 0, end = 0;
+  boost::system::error_code ec;
+  if (head) {
+    if (auto e = store->stat(name, &ec)) {
+      metrics_.peer_upload("hit");
+      mirror::shape_blob_reply(r, req, e->size, e->media_type, first, end);
+      co_return h;
+    }
+  } else if (auto hit = store->lookup(name, ec)) {
+    metrics_.peer_upload("hit");
+    if (mirror::shape_blob_reply(r, req, hit->entry().size, hit->entry().media_type, first, end)) {
+      r.stream = std::make_unique<upload_body>(store::blob_body(std::move(hit), first, end), uploads_, metrics_);
+    }
+    co_return h;
+  }
+  if (ec) {
+    co_return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
+                     "failed", metrics_);
+  }
+  auto f = store->join(name);
+  if (!f) co_return refuse(core::failure::blob_unknown, name + " is not on this node", "miss", metrics_);
+  const bool ranged = core::parse_byte_range(req.range).has_value();
+  const auto p = co_await f->wait_answered(ranged, fill_stall_);
+  if (p.failure != store::fill_failure::none || !store::fill::answered(p, ranged)) {
+    co_return refuse(core::failure::blob_unknown, "this node's fill of " + name + " did not get under way", "miss",
+                     metrics_);
+  }
+  metrics_.peer_upload("filling");
+  std::optional<std::uint64_t> body_end;
+  if (p.sized) {
+    if (!mirror::shape_blob_reply(r, req, p.size, p.media_type, first, end)) co_return h;
+    body_end = end;
+  } else {
+    mirror::shape_unsized_reply(r, req, p.media_type);
+  }
+  if (head) co_return h;
+  const int fd = f->open_for_read(ec);
+  if (ec) {
+    co_return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
+                     "failed", metrics_);
+  }
+  r.stream = std::make_unique<upload_body>(store::fill_body(std::move(f), fd, first, body_end, fill_stall_), uploads_,
+                                           metrics_);
+  co_return h;
+}
+
+}  // namespace berth::peer

@@ -1,0 +1,27 @@
+#pragma once
+// How Berth nodes prove to each other that a peer request comes from the cluster:
+// "Authorization: Berth-Peer t=<unix seconds>, sig=<hex>", where sig is
+// HMAC-SHA256(secret, "berth-peer-v1\n" method "\n" digest "\n" t). A signature is
+// good for k_validity either side of the receiver's clock and names one method and
+// one digest, so a captured header fetches nothing else and soon nothing at all.
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace berth::peer {
+
+inline constexpr std::chrono::seconds k_validity{30};
+
+// The Authorization header value for `method` ("GET" or "HEAD") on `digest` at `unix_s`.
+std::string sign(std::string_view secret, std::string_view method, std::string_view digest, std::int64_t unix_s);
+
+enum class verdict { ok, missing, malformed, expired, wrong };
+std::string_view to_string(verdict v);
+
+// Checks an Authorization header against the secret at `now_s`; the signature is
+// compared in constant time.
+verdict check(std::string_view secret, std::string_view method, std::string_view digest,
+              std::string_view authorization, std::int64_t now_s);
+
+}  // namespace berth::peer

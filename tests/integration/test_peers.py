@@ -1,0 +1,315 @@
+"""Blob sharing between nodes (issue #13), with real Berth processes on loopback
+addresses 127.0.0.x (one per node), one real redis-server as the directory and the
+real registry as Harbor: one upstream fetch per layer for the whole cluster, every
+byte verified, a peer never deciding who may read what."""
+
+import hashlib
+import hmac
+import http.client
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import harness
+from conftest import REGISTRY_NAME, berth_at
+
+BIG_REPO = "library/app"
+
+
+def sign(secret, method, digest, t=None):
+    t = int(time.time()) if t is None else t
+    mac = hmac.new(secret.encode(), f"berth-peer-v1\n{method}\n{digest}\n{t}".encode(), hashlib.sha256).hexdigest()
+    return f"Berth-Peer t={t}, sig={mac}"
+
+
+def peer_request(node, target, headers=None, method="GET"):
+    host, port = node.peer.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request(method, target, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    hdrs = {k.lower(): v for k, v in resp.getheaders()}
+    conn.close()
+    return resp.status, hdrs, body
+
+
+def blob_gets(world, digest):
+    """The registry's GETs of a blob that sent bytes (200 or 206)."""
+    return [r for r in world["registry"].settled_requests()
+            if r[0] == "GET" and r[1].split("?")[0].endswith(f"/blobs/{digest}") and r[2] in (200, 206)]
+
+
+def curl_sha256(url):
+    out = subprocess.run(f"curl -sf '{url}' | sha256sum", shell=True, capture_output=True, text=True, timeout=600)
+    return out.stdout.split()[0]
+
+
+def blob_url(node, digest, repo=BIG_REPO):
+    return f"{node.url}/v2/{repo}/blobs/{digest}?ns={REGISTRY_NAME}"
+
+
+def small_layer(world):
+    """The image's smallest layer that is not the big one (a few hundred KiB)."""
+    root = world["registry"].storage_root
+    sizes = {d: os.path.getsize(harness.blob_data_path(root, d)) for d in world["image"]["blobs"]}
+    layers = [d for d in sizes if sizes[d] > 100 * 1024 and d != world["image"]["big_layer"]]
+    return min(layers, key=lambda d: sizes[d])
+
+
+@pytest.fixture
+def cluster(world, tmp_path):
+    """Starts nodes that share one redis-server and one cluster secret; stops them all."""
+    redis = harness.RedisServer(str(tmp_path / "redis")).start()
+    secret = harness.generate_password(32)
+    secret_file = tmp_path / "peer-secret"
+    secret_file.write_text(secret + "\n")
+    prefix = f"t{os.getpid()}{int(time.time() * 1000) % 100000}:"
+    nodes = []
+
+    class Cluster:
+        def __init__(self):
+            self.redis = redis
+            self.secret = secret
+            self.prefix = prefix
+            self.nodes = nodes
+
+        def start(self, endpoint=None, advertise_proxy=False, stall="2s"):
+            i = len(nodes)
+            host = f"127.0.0.{10 + i}"
+            port = harness.free_port(host)
+            proxy = None
+            advertise = ""
+            if advertise_proxy:
+                # Other nodes reach this one through a proxy (that may corrupt bytes).
+                proxy = harness.FaultProxy(port, host=f"127.0.0.{100 + i}", target_host=host)
+                advertise = f"  advertise: {proxy.host}:{proxy.port}\n"
+            d = tmp_path / f"node{i}"
+            extra = f"""metadata:
+  redis: {redis.url}
+  key_prefix: "{prefix}"
+peers:
+  listen: {host}:{port}
+  secret_file: {secret_file}
+  stall_timeout: {stall}
+{advertise}"""
+            node = berth_at(world, str(d), endpoint or world["registry"].endpoint, cache_dir=str(d / "cache"),
+                            extra=extra)
+            node.peer = f"{host}:{port}"
+            node.advertised = f"{proxy.host}:{proxy.port}" if proxy else node.peer
+            node.proxy = proxy
+            node.cache_dir = str(d / "cache")
+            nodes.append(node)
+            return node
+
+        def holders(self, digest):
+            return {m.decode() for m in redis.command("SMEMBERS", f"{prefix}blob:{digest}") or []}
+
+        def filler(self, digest):
+            v = redis.command("GET", f"{prefix}fill:{digest}")
+            return v.decode() if v else None
+
+    try:
+        yield Cluster()
+    finally:
+        for n in nodes:
+            if n.proxy:
+                n.proxy.stop()
+            try:
+                os.kill(n.proc.pid, signal.SIGCONT)
+            except (ProcessLookupError, AttributeError):
+                pass
+            n.stop()
+        redis.stop()
+
+
+def test_peer_endpoint_serves_only_signed_requests_for_blobs_it_holds(world, cluster):
+    a = cluster.start()
+    layer = small_layer(world)
+    assert curl_sha256(blob_url(a, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: a.peer in cluster.holders(layer), what="the node to announce what it holds")
+    with open(harness.blob_data_path(world["registry"].storage_root, layer), "rb") as f:
+        data = f.read()
+    target = f"/peer/blobs/{layer}"
+    ok = sign(cluster.secret, "GET", layer)
+
+    # Signed: the blob, a range of it, its head.
+    status, hdrs, body = peer_request(a, target, {"Authorization": ok})
+    assert status == 200 and body == data and hdrs["docker-content-digest"] == layer
+    status, hdrs, body = peer_request(a, target, {"Authorization": ok, "Range": "bytes=100-199"})
+    assert status == 206 and body == data[100:200] and hdrs["content-range"] == f"bytes 100-199/{len(data)}"
+    status, hdrs, body = peer_request(a, target, {"Authorization": sign(cluster.secret, "HEAD", layer)}, method="HEAD")
+    assert status == 200 and int(hdrs["content-length"]) == len(data) and body == b""
+
+    # Everything else: refused, and nothing of the blob in the answer.
+    refused = {
+        "no signature": (target, {}),
+        "wrong secret": (target, {"Authorization": sign("not-the-cluster-secret-at-all", "GET", layer)}),
+        "expired": (target, {"Authorization": sign(cluster.secret, "GET", layer, t=int(time.time()) - 120)}),
+        "from the future": (target, {"Authorization": sign(cluster.secret, "GET", layer, t=int(time.time()) + 120)}),
+        "signed for another blob": (target, {"Authorization": sign(cluster.secret, "GET", "sha256:" + "0" * 64)}),
+        "signed for HEAD": (target, {"Authorization": sign(cluster.secret, "HEAD", layer)}),
+        "garbled": (target, {"Authorization": "Berth-Peer t=abc, sig=zz"}),
+        "bearer": (target, {"Authorization": "Bearer " + ok}),
+    }
+    for why, (t, h) in refused.items():
+        status, _, body = peer_request(a, t, h)
+        assert status == 401, why
+        assert data[:64] not in body, why
+    for t in ("/v2/", f"/v2/{BIG_REPO}/blobs/{layer}?ns={REGISTRY_NAME}", "/peer/blobs/latest",
+              f"/peer/blobs/{layer}?x=1", f"/peer/blobs/{layer}/../{layer}", "/peer/manifests/" + layer, "/metrics"):
+        status, _, body = peer_request(a, t, {"Authorization": ok})
+        assert status == 404, t
+        assert data[:64] not in body
+    status, _, _ = peer_request(a, target, {"Authorization": ok}, method="DELETE")
+    assert status == 405
+    # A blob it does not hold, signed: unknown here, and no fill is started for it.
+    other = world["image"]["big_layer"]
+    before = len(blob_gets(world, other))
+    status, _, _ = peer_request(a, f"/peer/blobs/{other}", {"Authorization": sign(cluster.secret, "GET", other)})
+    assert status == 404
+    time.sleep(0.5)
+    assert len(blob_gets(world, other)) == before
+    assert a.metric("berth_peer_uploads_total", outcome="unauthorized") == len(refused)
+    assert a.metric("berth_peer_uploads_total", outcome="hit") == 3
+    # The mirror port knows nothing of /peer.
+    s, _, _ = harness.http_request(f"{a.url}/peer/blobs/{layer}", headers={"Authorization": ok})
+    assert s == 404
+
+
+def test_herd_of_ten_nodes_makes_one_upstream_fetch(world, cluster):
+    big = world["image"]["big_layer"]
+    # Harbor across a network: 100 MB/s, so the nodes really follow a fill under way.
+    link = harness.FaultProxy(world["registry"].port, rate=100e6)
+    try:
+        nodes = [cluster.start(endpoint=f"https://127.0.0.1:{link.port}") for _ in range(10)]
+        before = len(blob_gets(world, big))
+        results = {}
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.peer, curl_sha256(blob_url(n, big))))
+                   for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(results[n.peer] == big.split(":")[1] for n in nodes), results
+        gets = blob_gets(world, big)[before:]
+        assert len(gets) == 1, f"one upstream fetch for ten nodes, got {gets}"
+        harness.wait_for(lambda: cluster.holders(big) == {n.peer for n in nodes}, what="every node to be a holder")
+        size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+        harness.wait_for(lambda: sum(n.metric("berth_fill_bytes_total", source="peer") for n in nodes) == 9 * size,
+                         what="nine nodes to have filled from peers")
+        assert sum(n.metric("berth_fill_bytes_total", source="upstream") for n in nodes) == size
+    finally:
+        link.stop()
+
+
+def test_filler_killed_midway_the_others_finish_without_a_herd(world, cluster):
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    link = harness.FaultProxy(world["registry"].port, rate=40e6)
+    try:
+        nodes = [cluster.start(endpoint=f"https://127.0.0.1:{link.port}") for _ in range(4)]
+        before = len(blob_gets(world, big))
+        # One node starts the fill; the others join it once it is under way.
+        first = nodes[0]
+        results = {}
+        threads = [threading.Thread(target=lambda: results.__setitem__("first", curl_sha256(blob_url(first, big))))]
+        threads[0].start()
+        harness.wait_for(lambda: cluster.filler(big) == first.peer,
+                         what="the first node to claim the fill")
+        rest = nodes[1:]
+        for n in rest:
+            t = threading.Thread(target=lambda n=n: results.__setitem__(n.peer, curl_sha256(blob_url(n, big))))
+            t.start()
+            threads.append(t)
+        tmp = os.path.join(first.cache_dir, "tmp")
+
+        def filled():
+            return sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)) if os.path.isdir(tmp) else 0
+
+        harness.wait_for(lambda: filled() >= 0.4 * size, timeout=60, what="the fill to reach 40%")
+        first.proc.kill()
+        for t in threads:
+            t.join()
+        for n in rest:
+            assert results[n.peer] == big.split(":")[1], n.peer
+        gets = blob_gets(world, big)[before:]
+        ranged = [g for g in gets if g[2] == 206]
+        assert len(gets) <= 2, f"the killed filler's work resumed once, not once per node: {gets}"
+        assert len(gets) == 1 or ranged, gets
+    finally:
+        link.stop()
+
+
+def test_peer_sending_wrong_bytes_is_caught_and_the_blob_comes_from_elsewhere(world, cluster):
+    layer = small_layer(world)
+    holder = cluster.start(advertise_proxy=True)
+    assert curl_sha256(blob_url(holder, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: holder.advertised in cluster.holders(layer), what="the holder's announcement")
+    holder.proxy.flip_at = 4096  # every byte stream through it has one byte inverted (past the headers)
+    asker = cluster.start()
+    before = len(blob_gets(world, layer))
+    status, _, body, complete = harness.raw_get(asker.port, f"/v2/{BIG_REPO}/blobs/{layer}?ns={REGISTRY_NAME}")
+    assert holder.proxy.flips >= 1, "the bytes did come through the corrupting link"
+    if status == 200 and complete:
+        assert hashlib.sha256(body).hexdigest() == layer.split(":")[1]
+    assert asker.metric("berth_peer_fetches_total", outcome="wrong_bytes") == 1
+    # The next pull: not from the lying peer, and right.
+    assert curl_sha256(blob_url(asker, layer)) == layer.split(":")[1]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, layer))
+    harness.wait_for(lambda: asker.metric("berth_fill_bytes_total", source="upstream") == size,
+                     what="the blob to come from the upstream instead")
+    harness.wait_for(lambda: len(blob_gets(world, layer)) == before + 1, what="the upstream's one GET")
+    harness.wait_for(lambda: cluster.holders(layer) == {asker.peer}, what="the bad copy unlisted, the good one listed")
+    cached = os.path.join(asker.cache_dir, "blobs", "sha256", layer.split(":")[1][:2], layer.split(":")[1])
+    with open(cached, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == layer.split(":")[1]
+
+
+def test_repository_the_upstream_denies_is_not_served_from_a_peer(world, cluster):
+    layer = small_layer(world)
+    a = cluster.start()
+    assert curl_sha256(blob_url(a, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: a.peer in cluster.holders(layer), what="the holder's announcement")
+    b = cluster.start()
+    # The same blob is in private/secret, which the robot may not pull.
+    status, _, body, _ = harness.raw_get(b.port, f"/v2/private/secret/blobs/{layer}?ns={REGISTRY_NAME}")
+    assert status in (401, 403, 404), status
+    with open(harness.blob_data_path(world["registry"].storage_root, layer), "rb") as f:
+        assert f.read(64) not in body
+    assert a.metric("berth_peer_uploads_total", outcome="hit") == 0, "the holder was never even asked"
+    # Allowed repository: served from the peer.
+    assert curl_sha256(blob_url(b, layer)) == layer.split(":")[1]
+    assert a.metric("berth_peer_uploads_total", outcome="hit") == 1
+
+
+def test_stalled_peer_is_dropped_within_the_stall_timeout(world, cluster):
+    layer = small_layer(world)
+    a = cluster.start()
+    assert curl_sha256(blob_url(a, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: a.peer in cluster.holders(layer), what="the holder's announcement")
+    b = cluster.start(stall="1s")
+    os.kill(a.proc.pid, signal.SIGSTOP)  # alive to the kernel (connections are accepted), silent to peers
+    try:
+        started = time.monotonic()
+        assert curl_sha256(blob_url(b, layer)) == layer.split(":")[1]
+        took = time.monotonic() - started
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    assert b.metric("berth_peer_fetches_total", outcome="unreachable") == 1
+    assert took < 1 + 5, f"switched to the upstream within the stall timeout (took {took:.1f}s)"
+
+
+def test_directory_down_mid_rollout_pulls_come_from_the_upstream(world, cluster):
+    layer = small_layer(world)
+    a = cluster.start()
+    b = cluster.start()
+    assert curl_sha256(blob_url(a, layer)) == layer.split(":")[1]
+    cluster.redis.stop()
+    before = len(blob_gets(world, layer))
+    assert curl_sha256(blob_url(b, layer)) == layer.split(":")[1]
+    assert len(blob_gets(world, layer)) == before + 1
+    assert b.metric("berth_peer_directory_operations_total", op="lookup", result="error") >= 1
