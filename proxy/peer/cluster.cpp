@@ -64,7 +64,9 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
 
   asio::awaitable<mirror::blob_fetch> fetch() override {
     auto where = co_await c_.dir().lookup(digest_);
-    if (!where.answered) co_return co_await from_upstream();  // the backend is down: as a lone node
+    if (!where.answered) {
+      co_return co_await from_upstream();  // the backend is down: as a lone node
+    }
     auto candidates = usable(where.holders);
     const bool following = candidates.empty();
     if (candidates.empty()) {
@@ -72,8 +74,12 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       auto filler = where.filler;
       // A filler whose bytes did not verify is replaced, as a dead one would be.
       const std::string replacing = c_.distrusted(digest_, filler) ? filler : std::string();
-      if (filler.empty() || filler == c_.dir().self() || !replacing.empty()) filler = co_await claim(replacing);
-      if (filler.empty() || filler == c_.dir().self()) co_return co_await from_upstream();
+      if (filler.empty() || filler == c_.dir().self() || !replacing.empty()) {
+        filler = co_await claim(replacing);
+      }
+      if (filler.empty() || filler == c_.dir().self()) {
+        co_return co_await from_upstream();
+      }
       candidates.push_back(filler);
     }
     // A peer has it (or is fetching it): the upstream decides whether this repository
