@@ -677,7 +677,8 @@ const std::vector<key_row>& key_table() {
                    auto& p = s.peers;
                    p.secret_file = as_string(n, c);
                    check_readable(n, c, p.secret_file);
-                   if (!core::read_file(p.secret_file, p.secret) || (p.secret = core::trim_newlines(p.secret)).size() < 16)
+                   if (!core::read_file(p.secret_file, p.secret) ||
+                       (p.secret = core::trim_newlines(p.secret)).size() < 16)
                      c.fail(n, "file " + p.secret_file + " must hold a secret of at least 16 characters");
                  },
                  [](YAML::Emitter& out, const settings& s) {
@@ -767,8 +768,9 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
     if (s.peers.listen.ends_with(":0"))
       peers.child("listen").fail(where("listen"), "needs a port (other nodes connect to it), such as :5051");
     if (host == "0.0.0.0" || host == "[::]")
-      peers.child("listen").fail(where("listen"), "must be this node's own address (other nodes connect to it), "
-                                                  "such as status.hostIP through BERTH_PEERS_LISTEN");
+      peers.child("listen").fail(where("listen"),
+                                 "must be this node's own address (other nodes connect to it), "
+                                 "such as status.hostIP through BERTH_PEERS_LISTEN");
     if (s.peers.listen == s.server.listen || s.peers.listen == s.server.admin_listen)
       peers.child("listen").fail(where("listen"), "must differ from listen and admin_listen (peers get blobs only)");
     if (s.peers.secret.empty())

@@ -252,7 +252,10 @@ struct registry::impl {
           .Help("Requests to this node's peer endpoint from other nodes, by outcome")
           .Register(*reg);
   prometheus::Family<prometheus::Gauge>& peer_uploads_active =
-      BuildGauge().Name("berth_peer_uploads_active").Help("Blob bodies this node is sending to other nodes now").Register(*reg);
+      BuildGauge()
+          .Name("berth_peer_uploads_active")
+          .Help("Blob bodies this node is sending to other nodes now")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& peer_upload_bytes =
       BuildCounter().Name("berth_peer_upload_bytes_total").Help("Blob bytes sent to other nodes").Register(*reg);
   prometheus::Family<prometheus::Counter>& peer_fetches =

@@ -1,12 +1,12 @@
 #include "peer/directory.hpp"
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <algorithm>
 #include <condition_variable>
 #include <random>
 
@@ -209,8 +209,13 @@ asio::awaitable<directory::where> directory::lookup(const std::string& digest) {
 
 asio::awaitable<std::string> directory::claim(const std::string& digest, const std::string& replacing,
                                               std::chrono::milliseconds hold) {
-  std::vector<std::string> eval{"EVAL",         k_claim_script, "1", key("fill", digest), options_.self,
-                                replacing.empty() ? std::string("\n") : replacing, std::to_string(hold.count())};
+  std::vector<std::string> eval{"EVAL",
+                                k_claim_script,
+                                "1",
+                                key("fill", digest),
+                                options_.self,
+                                replacing.empty() ? std::string("\n") : replacing,
+                                std::to_string(hold.count())};
   const auto r = co_await backend_->command(std::move(eval));
   if (!r || r->type != meta::reply::kind::string) {
     metrics_.directory_op("lock", "error");
@@ -222,8 +227,8 @@ asio::awaitable<std::string> directory::claim(const std::string& digest, const s
 }
 
 asio::awaitable<void> directory::refresh(const std::string& digest, std::chrono::milliseconds hold) {
-  std::vector<std::string> eval{"EVAL", k_refresh_script, "1", key("fill", digest), options_.self,
-                                std::to_string(hold.count())};
+  std::vector<std::string> eval{
+      "EVAL", k_refresh_script, "1", key("fill", digest), options_.self, std::to_string(hold.count())};
   const auto r = co_await backend_->command(std::move(eval));
   metrics_.directory_op("lock", r && r->ok() ? "ok" : "error");
 }

@@ -36,8 +36,8 @@ std::string_view to_string(verdict v) {
   return "wrong";
 }
 
-verdict check(std::string_view secret, std::string_view method, std::string_view digest,
-              std::string_view authorization, std::int64_t now_s) {
+verdict check(std::string_view secret, std::string_view method, std::string_view digest, std::string_view authorization,
+              std::int64_t now_s) {
   if (authorization.empty()) return verdict::missing;
   if (!authorization.starts_with(k_scheme)) return verdict::malformed;
   auto rest = authorization.substr(k_scheme.size());

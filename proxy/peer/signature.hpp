@@ -21,7 +21,7 @@ std::string_view to_string(verdict v);
 
 // Checks an Authorization header against the secret at `now_s`; the signature is
 // compared in constant time.
-verdict check(std::string_view secret, std::string_view method, std::string_view digest,
-              std::string_view authorization, std::int64_t now_s);
+verdict check(std::string_view secret, std::string_view method, std::string_view digest, std::string_view authorization,
+              std::int64_t now_s);
 
 }  // namespace berth::peer

@@ -700,7 +700,7 @@ asio::awaitable<token_result> fetch_token(client::impl& pool, registry::impl& re
 }  // namespace
 
 asio::awaitable<response> fetcher::fetch_direct(const origin&, request, std::string, std::chrono::milliseconds,
-                                               std::string, error_code& ec) {
+                                                std::string, error_code& ec) {
   ec = errc::connect_failed;
   co_return response{};
 }
