@@ -767,10 +767,11 @@ settings parse_document(std::string_view yaml, const std::string& source, const 
     const auto host = s.peers.listen.substr(0, s.peers.listen.rfind(':'));
     if (s.peers.listen.ends_with(":0"))
       peers.child("listen").fail(where("listen"), "needs a port (other nodes connect to it), such as :5051");
-    if (host == "0.0.0.0" || host == "[::]")
+    if (host == "0.0.0.0" || host == "[::]") {
       peers.child("listen").fail(where("listen"),
                                  "must be this node's own address (other nodes connect to it), "
                                  "such as status.hostIP through BERTH_PEERS_LISTEN");
+    }
     if (s.peers.listen == s.server.listen || s.peers.listen == s.server.admin_listen)
       peers.child("listen").fail(where("listen"), "must differ from listen and admin_listen (peers get blobs only)");
     if (s.peers.secret.empty())
