@@ -416,6 +416,7 @@ void open_cache(runtime& rt) {
   // size (a kill -9 to serving again, issue #16); the usage is whole a moment later.
   store->open(store::blob_store::index_load::background);
   store->start_reconcile();  // off the start-up path, after the index read
+  if (rt.directory) rt.directory->set_holdings([st = store.get()] { return st->digests(); });
   rt.store = std::move(store);
   rt.metrics.cache_up(true);
 }
@@ -758,6 +759,7 @@ int serve(const std::string& config_path) {
     rt->store->join_background();
     rt->store->flush();  // publishes handed to the disk thread before the stop complete
   }
+  if (rt->directory) rt->directory->set_holdings(nullptr);  // the store goes before the directory
   if (forced) {
     // Something still ran past the limit (its coroutine frames point into the
     // runtime): leave it all to the kernel rather than free it under them.

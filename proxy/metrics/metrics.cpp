@@ -304,7 +304,7 @@ void registry::peers_configured() {
   for (const auto* o : {"ok", "busy", "refused", "broken", "stalled", "wrong_bytes", "unreachable"})
     impl_->peer_fetches.Add({{"outcome", o}});
   for (const auto* src : {"peer", "upstream"}) impl_->fill_bytes.Add({{"source", src}});
-  for (const auto* op : {"announce", "withdraw", "lookup", "lock", "heartbeat"}) {
+  for (const auto* op : {"announce", "withdraw", "relay", "lookup", "lock", "heartbeat"}) {
     for (const auto* result : {"ok", "error"}) impl_->directory_ops.Add({{"op", op}, {"result", result}});
   }
 }
@@ -335,7 +335,7 @@ void registry::fill_bytes(std::string_view source, std::uint64_t bytes) {
 
 void registry::directory_op(std::string_view op, std::string_view result) {
   impl_->directory_ops
-      .Add({{"op", one_of(op, {"announce", "withdraw", "lookup", "lock", "heartbeat"})},
+      .Add({{"op", one_of(op, {"announce", "withdraw", "relay", "lookup", "lock", "heartbeat"})},
             {"result", one_of(result, {"ok", "error"})}})
       .Increment();
 }

@@ -1,6 +1,7 @@
 #include "peer/cluster.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -25,6 +26,8 @@ using boost::system::error_code;
 namespace {
 
 constexpr std::size_t k_max_distrusted = 4096;
+// Rounds of waiting for a busy peer (0.1, 0.2, 0.4, 0.8 s) before the upstream.
+constexpr int k_busy_rounds = 4;
 
 // Counts a fill's bytes by where they came from; for a peer, also how its body ended
 // when it broke off.
@@ -62,48 +65,75 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   cluster_source(cluster& c, std::shared_ptr<mirror::upstream_blob_source> up)
       : c_(c), up_(std::move(up)), digest_(up_->request().reference) {}
 
+  ~cluster_source() override {
+    if (relaying_) c_.dir().unrelay(digest_);
+  }
+  cluster_source(const cluster_source&) = delete;
+  cluster_source& operator=(const cluster_source&) = delete;
+
   asio::awaitable<mirror::blob_fetch> fetch() override {
-    auto where = co_await c_.dir().lookup(digest_);
-    if (!where.answered) {
-      co_return co_await from_upstream();  // the backend is down: as a lone node
-    }
-    auto candidates = usable(where.holders);
-    const bool following = candidates.empty();
-    if (candidates.empty()) {
-      // Nobody holds it yet: whoever claims the fill fetches it for the cluster.
-      auto filler = where.filler;
-      // A filler whose bytes did not verify is replaced, as a dead one would be.
-      const std::string replacing = c_.distrusted(digest_, filler) ? filler : std::string();
-      if (filler.empty() || filler == c_.dir().self() || !replacing.empty()) {
-        filler = co_await claim(replacing);
+    for (int round = 0;; ++round) {
+      auto where = co_await c_.dir().lookup(digest_);
+      if (!where.answered) {
+        co_return co_await from_upstream();  // the backend is down: as a lone node
       }
-      if (filler.empty() || filler == c_.dir().self()) {
-        co_return co_await from_upstream();
+      auto candidates = usable(where.holders);
+      const bool following = candidates.empty();
+      if (following) {
+        // Nobody holds it yet: whoever claims the fill fetches it for the cluster.
+        auto filler = where.filler;
+        // A filler whose bytes did not verify, or that failed this fill, is replaced.
+        const std::string replacing = c_.distrusted(digest_, filler) || dead(filler) ? filler : std::string();
+        if (filler.empty() || filler == c_.dir().self() || !replacing.empty()) {
+          filler = co_await claim(replacing);
+        }
+        if (filler.empty() || filler == c_.dir().self()) {
+          co_return co_await from_upstream();
+        }
+        if (!tried(filler)) candidates.push_back(filler);
       }
-      candidates.push_back(filler);
-    }
-    // A peer has it (or is fetching it): the upstream decides whether this repository
-    // may have it before a byte is taken. Anything but yes: the upstream's own GET
-    // gives the answer (or the bytes).
-    if (!co_await up_->grants_access()) co_return co_await from_upstream();
-    authorized_ = true;
-    for (const auto& node : candidates) {
-      mirror::blob_fetch out;
-      if (auto body = co_await ask(node, 0, &out, following)) {
-        out.body = std::move(body);
-        co_return out;
+      // Nodes following a fill serve it onward: where the filler (or every holder) is
+      // busy, the cluster fans out as a tree instead of falling back to the upstream.
+      for (auto& node : usable(where.relays)) candidates.push_back(std::move(node));
+      if (candidates.empty()) co_return co_await from_upstream();
+      // A peer has it (or is fetching it): the upstream decides whether this repository
+      // may have it before a byte is taken. Anything but yes: the upstream's own GET
+      // gives the answer (or the bytes).
+      if (!authorized_) {
+        if (!co_await up_->grants_access()) co_return co_await from_upstream();
+        authorized_ = true;
       }
-    }
-    // Every candidate refused or failed: take over from the one that was filling.
-    auto filler = co_await claim(where.filler);
-    if (!filler.empty() && filler != c_.dir().self() && !tried(filler)) {
-      mirror::blob_fetch out;
-      if (auto body = co_await ask(filler, 0, &out, true)) {
-        out.body = std::move(body);
-        co_return out;
+      for (const auto& node : candidates) {
+        mirror::blob_fetch out;
+        const bool filling =
+            following || std::find(where.relays.begin(), where.relays.end(), node) != where.relays.end();
+        if (auto body = co_await ask(node, 0, &out, filling)) {
+          out.body = std::move(body);
+          co_return out;
+        }
       }
+      // Everyone asked was busy: they will have room (or more nodes will hold the blob)
+      // sooner than the upstream could send it again. A few short waits, then the upstream.
+      if (!busy_.empty() && round < k_busy_rounds) {
+        co_await pause(std::chrono::milliseconds(100LL << round));
+        std::erase_if(failed_,
+                      [&](const std::string& n) { return std::find(busy_.begin(), busy_.end(), n) != busy_.end(); });
+        busy_.clear();
+        continue;
+      }
+      // The filler failed: take over from it (a busy one keeps its claim). Named:
+      // GCC 12 destroys temporaries in a co_await expression twice.
+      const std::string failed_filler = dead(where.filler) ? where.filler : std::string();
+      auto filler = co_await claim(failed_filler);
+      if (!filler.empty() && filler != c_.dir().self() && !tried(filler)) {
+        mirror::blob_fetch out;
+        if (auto body = co_await ask(filler, 0, &out, true)) {
+          out.body = std::move(body);
+          co_return out;
+        }
+      }
+      co_return co_await from_upstream();
     }
-    co_return co_await from_upstream();
   }
 
   asio::awaitable<std::unique_ptr<core::body_source>> fetch_range(std::uint64_t offset,
@@ -121,11 +151,13 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
           if (auto body = co_await ask(node, offset, nullptr, false, end)) co_return body;
         }
         // No holder: follow the filler, or take its place when it is the one that failed.
-        const std::string dead = tried(where.filler) ? where.filler : std::string();
-        const auto filler = co_await claim(dead);
+        const std::string failed_filler = dead(where.filler) ? where.filler : std::string();  // named: see above
+        const auto filler = co_await claim(failed_filler);
         if (!filler.empty() && filler != c_.dir().self() && !tried(filler)) {
           if (auto body = co_await ask(filler, offset, nullptr, true, end)) co_return body;
         }
+        // Never a relay here: this fill may be one, and two relays following each other
+        // would wait on each other. (A fill picks relays only before it is listed as one.)
       }
     }
     auto body = co_await up_->fetch_range(offset, end, problem);
@@ -156,6 +188,17 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   bool tried(const std::string& node) const {
     return !node.empty() && std::find(failed_.begin(), failed_.end(), node) != failed_.end();
   }
+  // Failed in this fill, not merely busy.
+  bool dead(const std::string& node) const {
+    return tried(node) && std::find(busy_.begin(), busy_.end(), node) == busy_.end();
+  }
+
+  static asio::awaitable<void> pause(std::chrono::milliseconds d) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    timer.expires_after(d);
+    error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 
   // Claims the fill (replacing `dead`, if it still holds it); when this node wins,
   // keeps the claim fresh while the source lives.
@@ -164,23 +207,39 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     if (!who.empty() && who == c_.dir().self() && !won_) {
       won_ = true;
       if (!dead.empty()) log::info("peer_fill_taken_over", {{"digest", digest_}, {"from", dead}});
-      // Named: GCC 12 destroys temporaries in a co_await expression twice.
-      const auto executor = co_await asio::this_coro::executor;
-      std::weak_ptr<cluster_source> self = weak_from_this();
-      auto task = keep_claim(std::move(self), c_, digest_);
-      asio::co_spawn(executor, std::move(task), asio::detached);
+      co_await keep_listed();
     }
     co_return who;
   }
 
-  static asio::awaitable<void> keep_claim(std::weak_ptr<cluster_source> self, cluster& c, std::string digest) {
+  // This fill follows a peer's: listed as a relay, so others may follow it in turn.
+  asio::awaitable<void> relaying() {
+    if (relaying_.exchange(true)) co_return;
+    c_.dir().relay(digest_, c_.claim_hold());
+    co_await keep_listed();
+  }
+
+  // Keeps the claim and the relay listing fresh while the source lives.
+  asio::awaitable<void> keep_listed() {
+    if (listed_) co_return;
+    listed_ = true;
+    // Named: GCC 12 destroys temporaries in a co_await expression twice.
+    const auto executor = co_await asio::this_coro::executor;
+    std::weak_ptr<cluster_source> self = weak_from_this();
+    auto task = keep_fresh(std::move(self), c_.claim_hold());
+    asio::co_spawn(executor, std::move(task), asio::detached);
+  }
+
+  static asio::awaitable<void> keep_fresh(std::weak_ptr<cluster_source> weak, std::chrono::milliseconds hold) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     while (true) {
-      timer.expires_after(c.claim_hold() / 3);
+      timer.expires_after(hold / 3);
       error_code ec;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      if (self.expired()) co_return;  // the fill is over: the claim lapses on its own
-      co_await c.dir().refresh(digest, c.claim_hold());
+      const auto self = weak.lock();
+      if (!self) co_return;  // the fill is over: the claim lapses on its own
+      if (self->relaying_) self->c_.dir().relay(self->digest_, hold);
+      if (self->won_) co_await self->c_.dir().refresh(self->digest_, hold);
     }
   }
 
@@ -216,6 +275,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       outcome = "unreachable";
     } else if (res.status == 503) {
       outcome = "busy";
+      busy_.push_back(node);
     } else if (res.status != (req.range.empty() ? 200 : 206)) {
       outcome = "refused";
       if (res.status == 404) c_.dir().forget_holder(digest_, node);
@@ -243,17 +303,21 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     }
     current_ = node;
     if (std::find(used_.begin(), used_.end(), node) == used_.end()) used_.push_back(node);
+    co_await relaying();
     co_return std::make_unique<counted_body>(std::move(res.body), c_.metrics(), true);
   }
 
   cluster& c_;
   std::shared_ptr<mirror::upstream_blob_source> up_;
   std::string digest_;
-  std::vector<std::string> failed_;  // peers that refused, broke off or stalled in this fill
-  std::vector<std::string> used_;    // peers that gave bytes to this fill
-  std::string current_;              // where the body comes from now ("" the upstream)
-  bool authorized_ = false;          // the upstream said yes for this repository
-  bool won_ = false;                 // this node holds the fill claim
+  std::vector<std::string> failed_;     // peers that refused, broke off or stalled in this fill
+  std::vector<std::string> used_;       // peers that gave bytes to this fill
+  std::string current_;                 // where the body comes from now ("" the upstream)
+  std::vector<std::string> busy_;       // ... of them, the ones that said they were busy
+  bool authorized_ = false;             // the upstream said yes for this repository
+  std::atomic<bool> won_ = false;       // this node holds the fill claim
+  std::atomic<bool> relaying_ = false;  // listed as a relay for the blob
+  bool listed_ = false;                 // keep_fresh runs
 };
 
 }  // namespace

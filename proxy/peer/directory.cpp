@@ -47,6 +47,8 @@ struct directory::state {
   std::uint64_t sent = 0;    // ... and sent (or given up)
   bool stopping = false;
   bool running = false;
+  std::mutex holdings_mu;  // held while `held` runs, so set_holdings(nullptr) waits for it
+  holdings held;
 };
 
 directory::directory(std::shared_ptr<meta::redis_client> backend, options o, metrics::registry& metrics)
@@ -71,6 +73,24 @@ void directory::start() {
   thread_ = std::thread([this] { run(); });
 }
 
+void directory::set_holdings(holdings h) {
+  std::lock_guard lock(state_->holdings_mu);
+  state_->held = std::move(h);
+}
+
+bool directory::announce_all() {
+  std::optional<std::vector<std::string>> digests;
+  {
+    std::lock_guard lock(state_->holdings_mu);
+    if (!state_->held) return true;  // no cache: nothing to announce
+    digests = state_->held();
+  }
+  if (!digests) return false;
+  for (const auto& d : *digests) published(d, 0);
+  log::info("peer_reannounced", {{"blobs", static_cast<unsigned long long>(digests->size())}});
+  return true;
+}
+
 void directory::stop() {
   {
     std::lock_guard lock(state_->mu);
@@ -83,22 +103,37 @@ void directory::run() {
   auto loop = [this]() -> asio::awaitable<void> {
     asio::steady_timer timer(state_->io);
     auto next_beat = std::chrono::steady_clock::now();
+    auto next_announce = next_beat + options_.reannounce;
+    bool announce = false;  // everything held is to be announced again
     const auto beat_ttl = std::to_string(3 * options_.heartbeat.count());
     while (true) {
-      std::vector<state::pending> batch;
       bool stopping = false;
       {
         std::lock_guard lock(state_->mu);
-        batch.swap(state_->queue);
         stopping = state_->stopping;
       }
       const auto now = std::chrono::steady_clock::now();
       if (!stopping && now >= next_beat) {
         next_beat = now + options_.heartbeat;
-        std::vector<std::string> beat{"SET", key("node", options_.self), std::to_string(core::unix_ms()), "PX",
-                                      beat_ttl};
-        const auto ok = co_await backend_->command(std::move(beat));
-        metrics_.directory_op("heartbeat", ok && ok->ok() ? "ok" : "error");
+        // GET: the previous beat, nil when the backend has forgotten this node (a
+        // restarted or flushed Dragonfly, or this node away for three beats), and with
+        // it, perhaps, what this node holds.
+        std::vector<std::string> beat{
+            "SET", key("node", options_.self), std::to_string(core::unix_ms()), "PX", beat_ttl, "GET"};
+        const auto r = co_await backend_->command(std::move(beat));
+        const bool ok = r && r->ok();
+        metrics_.directory_op("heartbeat", ok ? "ok" : "error");
+        if (ok && r->type == meta::reply::kind::nil) announce = true;
+      }
+      if (!stopping && now >= next_announce) {
+        next_announce = now + options_.reannounce;
+        announce = true;
+      }
+      if (announce && !stopping) announce = !announce_all();
+      std::vector<state::pending> batch;
+      {
+        std::lock_guard lock(state_->mu);
+        batch.swap(state_->queue);
       }
       // Pipelined, at most k_batch commands a round trip.
       std::size_t i = 0;
@@ -158,7 +193,19 @@ void directory::flush() {
 
 void directory::published(const std::string& digest, std::uint64_t) {
   const auto k = key("blob", digest);
-  queue({{"SADD", k, options_.self}, {"PEXPIRE", k, std::to_string(options_.holder_ttl.count())}}, "announce");
+  queue({{"SADD", k, options_.self},
+         {"PEXPIRE", k, std::to_string(options_.holder_ttl.count())},
+         {"SREM", key("relay", digest), options_.self}},
+        "announce");
+}
+
+void directory::relay(const std::string& digest, std::chrono::milliseconds hold) {
+  const auto k = key("relay", digest);
+  queue({{"SADD", k, options_.self}, {"PEXPIRE", k, std::to_string(hold.count())}}, "relay");
+}
+
+void directory::unrelay(const std::string& digest) {
+  queue({{"SREM", key("relay", digest), options_.self}}, "relay");
 }
 
 void directory::evicted(const std::string& digest, std::uint64_t) {
@@ -175,16 +222,22 @@ void directory::forget_holder(const std::string& digest, const std::string& node
 
 asio::awaitable<directory::where> directory::lookup(const std::string& digest) {
   where out;
+  const auto n = std::to_string(options_.max_candidates);
   std::vector<std::vector<std::string>> ask{
-      {"SRANDMEMBER", key("blob", digest), std::to_string(options_.max_candidates)}, {"GET", key("fill", digest)}};
+      {"SRANDMEMBER", key("blob", digest), n}, {"GET", key("fill", digest)}, {"SRANDMEMBER", key("relay", digest), n}};
   const auto first = co_await backend_->pipeline(std::move(ask));
-  if (!first || first->size() != 2 || !(*first)[0].ok()) {
+  if (!first || first->size() != 3 || !(*first)[0].ok() || !(*first)[2].ok()) {
     metrics_.directory_op("lookup", "error");
     co_return out;
   }
+  // Holders first, then relays: one heartbeat read for both.
   std::vector<std::string> members;
-  for (const auto& m : (*first)[0].elements) {
-    if (m.type == meta::reply::kind::string && m.str != options_.self) members.push_back(m.str);
+  std::size_t holders = 0;
+  for (const std::size_t set : {std::size_t{0}, std::size_t{2}}) {
+    for (const auto& m : (*first)[set].elements) {
+      if (m.type == meta::reply::kind::string && m.str != options_.self) members.push_back(m.str);
+    }
+    if (set == 0) holders = members.size();
   }
   if ((*first)[1].type == meta::reply::kind::string) out.filler = (*first)[1].str;
   if (!members.empty()) {
@@ -197,11 +250,17 @@ asio::awaitable<directory::where> directory::lookup(const std::string& digest) {
       co_return out;
     }
     for (std::size_t i = 0; i < members.size(); ++i) {
-      if (beats->elements[i].type == meta::reply::kind::string) out.holders.push_back(members[i]);
+      if (beats->elements[i].type != meta::reply::kind::string) continue;
+      if (i < holders) {
+        out.holders.push_back(members[i]);
+      } else if (std::find(out.holders.begin(), out.holders.end(), members[i]) == out.holders.end()) {
+        out.relays.push_back(members[i]);
+      }
     }
   }
   thread_local std::minstd_rand shuffle_rng{std::random_device{}()};
   std::shuffle(out.holders.begin(), out.holders.end(), shuffle_rng);
+  std::shuffle(out.relays.begin(), out.relays.end(), shuffle_rng);
   out.answered = true;
   metrics_.directory_op("lookup", "ok");
   co_return out;

@@ -1,5 +1,7 @@
 #include "peer/endpoint.hpp"
 
+#include <utility>
+
 #include "core/clock.hpp"
 #include "core/failure.hpp"
 #include "core/log.hpp"
@@ -18,17 +20,44 @@ namespace {
 
 constexpr std::string_view k_prefix = "/peer/blobs/";
 
-// Counts a body toward the node's uploads while it is being sent.
+// One of the node's `max_uploads` places, taken in one atomic step when a request is
+// admitted (so two requests cannot both pass the check for the last place) and given
+// back when the body that holds it is done, or at once if the request is refused.
+class upload_slot {
+ public:
+  upload_slot() = default;
+  upload_slot(std::atomic<std::size_t>& uploads, std::size_t max, metrics::registry& metrics) {
+    if (uploads.fetch_add(1) >= max) {
+      uploads.fetch_sub(1);
+      return;
+    }
+    uploads_ = &uploads;
+    metrics_ = &metrics;
+    metrics_->peer_uploads_active(uploads.load());
+  }
+  upload_slot(upload_slot&& o) noexcept
+      : uploads_(std::exchange(o.uploads_, nullptr)), metrics_(std::exchange(o.metrics_, nullptr)) {}
+  upload_slot& operator=(upload_slot&&) = delete;
+  upload_slot(const upload_slot&) = delete;
+  upload_slot& operator=(const upload_slot&) = delete;
+  ~upload_slot() {
+    if (uploads_ == nullptr) return;
+    const auto left = uploads_->fetch_sub(1) - 1;
+    metrics_->peer_uploads_active(left);
+  }
+  explicit operator bool() const { return uploads_ != nullptr; }
+
+ private:
+  std::atomic<std::size_t>* uploads_ = nullptr;
+  metrics::registry* metrics_ = nullptr;
+};
+
+// A body sent to a peer: holds its upload place and counts the bytes sent.
 class upload_body final : public core::body_source {
  public:
-  upload_body(std::unique_ptr<core::body_source> inner, std::atomic<std::size_t>& uploads, metrics::registry& metrics)
-      : inner_(std::move(inner)), uploads_(uploads), metrics_(metrics) {
-    ++uploads_;
-    metrics_.peer_uploads_active(uploads_);
-  }
+  upload_body(std::unique_ptr<core::body_source> inner, upload_slot slot, metrics::registry& metrics)
+      : inner_(std::move(inner)), slot_(std::move(slot)), metrics_(metrics) {}
   ~upload_body() override {
-    --uploads_;
-    metrics_.peer_uploads_active(uploads_);
     if (sent_ > 0) metrics_.peer_upload_bytes(sent_);
   }
   upload_body(const upload_body&) = delete;
@@ -47,7 +76,7 @@ class upload_body final : public core::body_source {
 
  private:
   std::unique_ptr<core::body_source> inner_;
-  std::atomic<std::size_t>& uploads_;
+  upload_slot slot_;
   metrics::registry& metrics_;
   std::uint64_t sent_ = 0;
 };
@@ -94,7 +123,9 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
     co_return refuse(core::failure::blob_unknown, "this node has no blob cache", "miss", metrics_);
   }
   const bool head = in.method == "HEAD";
-  if (!head && uploads_ >= options_.max_uploads) {
+  // A HEAD sends no body and takes no place.
+  upload_slot slot = head ? upload_slot() : upload_slot(uploads_, options_.max_uploads, metrics_);
+  if (!head && !slot) {
     co_return refuse(core::failure::overloaded, "this node is sending as many blobs as it may; ask another holder",
                      "busy", metrics_);
   }
@@ -118,7 +149,7 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
   } else if (auto hit = store->lookup(name, ec)) {
     metrics_.peer_upload("hit");
     if (mirror::shape_blob_reply(r, req, hit->entry().size, hit->entry().media_type, first, end)) {
-      r.stream = std::make_unique<upload_body>(store::blob_body(std::move(hit), first, end), uploads_, metrics_);
+      r.stream = std::make_unique<upload_body>(store::blob_body(std::move(hit), first, end), std::move(slot), metrics_);
     }
     co_return h;
   }
@@ -148,8 +179,8 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
     co_return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
                      "failed", metrics_);
   }
-  r.stream = std::make_unique<upload_body>(store::fill_body(std::move(f), fd, first, body_end, fill_stall_), uploads_,
-                                           metrics_);
+  r.stream = std::make_unique<upload_body>(store::fill_body(std::move(f), fd, first, body_end, fill_stall_),
+                                           std::move(slot), metrics_);
   co_return h;
 }
 

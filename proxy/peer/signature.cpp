@@ -13,9 +13,13 @@ namespace {
 constexpr std::string_view k_scheme = "Berth-Peer ";
 
 std::string mac(std::string_view secret, std::string_view method, std::string_view digest, std::string_view t) {
+  // A key of its own, derived from the cluster secret: the same secret may also sign
+  // the shared metadata (metadata.secret_file), and no MAC of one use is ever valid
+  // for the other.
+  const auto key = core::hmac_sha256_hex(secret, "berth-peer-key-v1");
   std::string data = "berth-peer-v1\n";
   data.append(method).append("\n").append(digest).append("\n").append(t);
-  return core::hmac_sha256_hex(secret, data);
+  return core::hmac_sha256_hex(key, data);
 }
 
 }  // namespace

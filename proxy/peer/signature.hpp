@@ -1,7 +1,9 @@
 #pragma once
 // How Berth nodes prove to each other that a peer request comes from the cluster:
 // "Authorization: Berth-Peer t=<unix seconds>, sig=<hex>", where sig is
-// HMAC-SHA256(secret, "berth-peer-v1\n" method "\n" digest "\n" t). A signature is
+// HMAC-SHA256(key, "berth-peer-v1\n" method "\n" digest "\n" t), key being the hex of
+// HMAC-SHA256(secret, "berth-peer-key-v1") (so the cluster secret that signs the shared
+// metadata may sign peer requests too, each use with a key of its own). A signature is
 // good for k_validity either side of the receiver's clock and names one method and
 // one digest, so a captured header fetches nothing else and soon nothing at all.
 #include <chrono>

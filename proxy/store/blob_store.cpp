@@ -340,6 +340,15 @@ void blob_store::lru_put_locked(const std::string& digest, std::int64_t last_acc
   lru_.emplace(key, &it->first);  // a node's key stays put until the node is erased
 }
 
+std::optional<std::vector<std::string>> blob_store::digests() const {
+  std::lock_guard lock(mu_);
+  if (loading_) return std::nullopt;
+  std::vector<std::string> out;
+  out.reserve(lru_slots_.size());
+  for (const auto& slot : lru_slots_) out.push_back(slot.first);
+  return out;
+}
+
 void blob_store::report_usage_locked() {
   // Under the lock: set from two threads' snapshots, the gauges could end up on the
   // older one (an index read ending as a reconcile adopts).

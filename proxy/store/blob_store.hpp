@@ -219,6 +219,9 @@ class blob_store {
   // through the peer endpoint follows a fill, it does not cause one).
   std::shared_ptr<fill> join(const std::string& digest);
 
+  // The digest of every published blob; nullopt until open()'s index read is done.
+  std::optional<std::vector<std::string>> digests() const;
+
   struct usage {
     std::uint64_t bytes = 0;  // published blobs
     std::uint64_t blobs = 0;

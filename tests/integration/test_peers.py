@@ -22,7 +22,8 @@ BIG_REPO = "library/app"
 
 def sign(secret, method, digest, t=None):
     t = int(time.time()) if t is None else t
-    mac = hmac.new(secret.encode(), f"berth-peer-v1\n{method}\n{digest}\n{t}".encode(), hashlib.sha256).hexdigest()
+    key = hmac.new(secret.encode(), b"berth-peer-key-v1", hashlib.sha256).hexdigest()
+    mac = hmac.new(key.encode(), f"berth-peer-v1\n{method}\n{digest}\n{t}".encode(), hashlib.sha256).hexdigest()
     return f"Berth-Peer t={t}, sig={mac}"
 
 
@@ -77,7 +78,7 @@ def cluster(world, tmp_path):
             self.prefix = prefix
             self.nodes = nodes
 
-        def start(self, endpoint=None, advertise_proxy=False, stall="2s"):
+        def start(self, endpoint=None, advertise_proxy=False, stall="2s", max_uploads=16):
             i = len(nodes)
             host = f"127.0.0.{10 + i}"
             port = harness.free_port(host)
@@ -95,6 +96,7 @@ peers:
   listen: {host}:{port}
   secret_file: {secret_file}
   stall_timeout: {stall}
+  max_uploads: {max_uploads}
 {advertise}"""
             node = berth_at(world, str(d), endpoint or world["registry"].endpoint, cache_dir=str(d / "cache"),
                             extra=extra)
@@ -202,6 +204,43 @@ def test_herd_of_ten_nodes_makes_one_upstream_fetch(world, cluster):
         harness.wait_for(lambda: sum(n.metric("berth_fill_bytes_total", source="peer") for n in nodes) == 9 * size,
                          what="nine nodes to have filled from peers")
         assert sum(n.metric("berth_fill_bytes_total", source="upstream") for n in nodes) == size
+    finally:
+        link.stop()
+
+
+def test_a_busy_filler_is_relayed_by_its_followers_not_bypassed_to_the_upstream(world, cluster):
+    """Each node may send to two peers at once: eight nodes still make one upstream
+    fetch, the nodes turned away by the filler following the ones that follow it."""
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    link = harness.FaultProxy(world["registry"].port, rate=60e6)
+    try:
+        nodes = [cluster.start(endpoint=f"https://127.0.0.1:{link.port}", max_uploads=2) for _ in range(8)]
+        before = len(blob_gets(world, big))
+        results = {}
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.peer, curl_sha256(blob_url(n, big))))
+                   for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(results[n.peer] == big.split(":")[1] for n in nodes), results
+        gets = blob_gets(world, big)[before:]
+        assert len(gets) == 1, f"one upstream fetch although the filler was busy, got {gets}"
+        filler = [n for n in nodes if n.metric("berth_fill_bytes_total", source="upstream") > 0]
+        assert len(filler) == 1
+        assert filler[0].metric("berth_fill_bytes_total", source="upstream") == size
+        # The filler turned some away; others served them from their own growing fills.
+        assert sum(n.metric("berth_peer_fetches_total", outcome="busy") for n in nodes) >= 1
+        relayed = sum(n.metric("berth_peer_uploads_total", outcome="filling") for n in nodes if n is not filler[0])
+        assert relayed >= 1, "a follower relayed the blob onward"
+        assert sum(n.metric("berth_peer_directory_operations_total", op="relay", result="ok") for n in nodes) >= 1
+        harness.wait_for(lambda: sum(n.metric("berth_fill_bytes_total", source="peer") for n in nodes) == 7 * size,
+                         what="seven nodes to have filled from peers")
+        harness.wait_for(lambda: cluster.holders(big) == {n.peer for n in nodes}, what="every node to be a holder")
+        # A relay is unlisted once its copy is published.
+        harness.wait_for(lambda: not cluster.redis.command("SMEMBERS", f"{cluster.prefix}relay:{big}"),
+                         what="the relay listing to empty")
     finally:
         link.stop()
 

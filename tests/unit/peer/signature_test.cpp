@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "core/hasher.hpp"
+
 namespace berth::peer {
 namespace {
 
@@ -36,6 +38,19 @@ TEST(PeerSignature, ASignatureNamesOneSecretMethodAndDigest) {
   auto flipped = header;
   flipped.back() = flipped.back() == '0' ? '1' : '0';
   EXPECT_EQ(check(k_secret, "GET", k_digest, flipped, k_now), verdict::wrong);
+}
+
+TEST(PeerSignature, TheClusterSecretItselfSignsNothing) {
+  // The same secret may sign the shared metadata: a MAC made with it directly (as the
+  // metadata's are) is no peer signature; only one made with the derived key is.
+  const std::string t = std::to_string(k_now);
+  const std::string data = "berth-peer-v1\nGET\n" + k_digest + "\n" + t;
+  const auto raw = "Berth-Peer t=" + t + ", sig=" + core::hmac_sha256_hex(k_secret, data);
+  EXPECT_EQ(check(k_secret, "GET", k_digest, raw, k_now), verdict::wrong);
+  const auto key = core::hmac_sha256_hex(k_secret, "berth-peer-key-v1");
+  const auto derived = "Berth-Peer t=" + t + ", sig=" + core::hmac_sha256_hex(key, data);
+  EXPECT_EQ(check(k_secret, "GET", k_digest, derived, k_now), verdict::ok);
+  EXPECT_EQ(sign(k_secret, "GET", k_digest, k_now), derived);
 }
 
 TEST(PeerSignature, MalformedHeadersAreRefused) {
