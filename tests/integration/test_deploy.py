@@ -62,10 +62,24 @@ def test_rendered_config_passes_check_config(rendered, tmp_path):
     secret = tmp_path / "cluster-secret"
     secret.write_text(harness.generate_password() + "\n")
     cfg.write_text(cm["data"]["berth.yaml"].replace("/etc/berth/cluster/secret", str(secret)))
-    r = subprocess.run([berth_binary(), "check-config", str(cfg)], capture_output=True, text=True)
+    ds = by_kind(rendered, "DaemonSet")[0]
+    # The environment the DaemonSet gives Berth, with a node IP put in for $(HOST_IP)
+    # and the pod IP for $(POD_IP) (check-config binds nothing).
+    berth = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "berth"][0]
+    env = dict(os.environ)
+    for e in berth["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"].replace("$(HOST_IP)", "10.1.2.3").replace("$(POD_IP)", "10.244.0.7")
+    r = subprocess.run([berth_binary(), "check-config", str(cfg)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "listen: 127.0.0.1:5050" in r.stdout  # the mirror stays on the node's loopback
-    ds = by_kind(rendered, "DaemonSet")[0]
+    # Blob sharing on, on the node's IP: the cluster secret signs requests between nodes.
+    shown = yaml.safe_load(r.stdout)
+    assert shown["peers"]["listen"] == "10.1.2.3:5051", r.stdout
+    assert shown["peers"]["secret_file"] == str(secret)
+    # Without the DaemonSet's environment, sharing is off and the config still valid.
+    r = subprocess.run([berth_binary(), "check-config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     # The DaemonSet mounts exactly the (hashed) ConfigMap that was rendered.
     vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
     assert vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
@@ -95,6 +109,12 @@ def test_daemonset_properties(rendered):
     # The pod's uid, so that a restarted container of a pod that handed over stays out.
     env = {e["name"]: e for e in berth["env"]}
     assert env["BERTH_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+    # Other nodes reach the peer endpoint on this node's IP (the downward API), on a
+    # port of its own, never the mirror's loopback one.
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert env["BERTH_PEERS_LISTEN"]["value"] == "$(HOST_IP):5051"
+    names = [e["name"] for e in berth["env"]]
+    assert names.index("HOST_IP") < names.index("BERTH_PEERS_LISTEN")  # $(VAR) sees only earlier ones
     res = berth["resources"]
     assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
     sc = berth["securityContext"]
@@ -124,6 +144,7 @@ def test_daemonset_properties(rendered):
     # The cluster secret that signs Dragonfly entries is required, never optional.
     assert vols["cluster-secret"]["secret"] == {"secretName": "berth-cluster"}
     assert config["metadata"]["secret_file"].startswith(mounts["cluster-secret"]["mountPath"] + "/")
+    assert config["peers"]["secret_file"].startswith(mounts["cluster-secret"]["mountPath"] + "/")
     init = [c for c in pod["initContainers"] if c["name"] == "containerd-hosts"][0]
     assert init["args"][:2] == ["containerd", "install"]
     certs = [m for m in init["volumeMounts"] if m["name"] == "containerd-certs"][0]

@@ -1,5 +1,5 @@
-"""A real Prometheus scrapes real Berth nodes (one redis-server between them, traffic
-pulled through both): every expression of the Grafana dashboard and of the
+"""A real Prometheus scrapes real Berth nodes (one redis-server between them, sharing
+blobs, traffic pulled through both): every expression of the Grafana dashboard and of the
 PrometheusRule evaluates without error, and each one returns series whenever the
 metrics it reads have samples. A metric that has none yet (a counter of faults that
 did not happen) must still be one Berth exports, so no panel or alert refers to a
@@ -84,11 +84,15 @@ def scraped_nodes(world, tmp_path):
     redis = harness.RedisServer(str(tmp_path / "redis")).start()
     secret = tmp_path / "dockerconfigjson"
     write_docker_config(str(secret), REGISTRY_NAME, ROBOT, world["robot_password"])
+    peer_secret = tmp_path / "peer-secret"
+    peer_secret.write_text(harness.generate_password(32) + "\n")
     nodes, prom = [], None
     try:
         for i in range(2):
             d = tmp_path / f"node{i}"
-            extra = f"cache:\n  dir: {d / 'cache'}\n  max_size: 1GiB\nmetadata:\n  redis: {redis.url}\n"
+            # Sharing blobs: the second node's miss is filled from the first.
+            extra = (f"cache:\n  dir: {d / 'cache'}\n  max_size: 1GiB\nmetadata:\n  redis: {redis.url}\n"
+                     f"peers:\n  listen: 127.0.0.1:{harness.free_port()}\n  secret_file: {peer_secret}\n")
             nodes.append(harness.Berth(berth_binary(), str(d), berth_config(world, str(secret), extra_top=extra)).start())
         prom = Prometheus(str(tmp_path / "prometheus"),
                           [(f"n{i}", f"127.0.0.1:{b.admin_port}") for i, b in enumerate(nodes)]).start()
