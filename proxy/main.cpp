@@ -40,6 +40,7 @@
 #include "metrics/metrics.hpp"
 #include "mirror/mirror.hpp"
 #include "mirror/registry_table.hpp"
+#include "peer/allow_list.hpp"
 #include "peer/cluster.hpp"
 #include "peer/directory.hpp"
 #include "peer/endpoint.hpp"
@@ -65,10 +66,12 @@ struct descriptor_budget {
   std::size_t reserve = 0;
   std::size_t mirror = 0;
   std::size_t admin = 0;
+  std::size_t peer = 0;  // the peer endpoint's connections (0: no peer listener)
 };
 
+// `peer_wanted`: connections the peer endpoint should take (0: none).
 descriptor_budget plan_descriptors(const http::server_options& s, std::size_t threads, std::size_t registries,
-                                   std::size_t idle_per_host) {
+                                   std::size_t idle_per_host, std::size_t peer_wanted) {
   rlimit r{};
   getrlimit(RLIMIT_NOFILE, &r);
   if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < r.rlim_max) {
@@ -83,12 +86,16 @@ descriptor_budget plan_descriptors(const http::server_options& s, std::size_t th
   const std::size_t per_connection = 3;
   const std::size_t fits = b.limit > reserve + 2 * per_connection ? (b.limit - reserve) / per_connection : 2;
   b.admin = s.admin_max_connections ? s.admin_max_connections : std::clamp<std::size_t>(fits / 8, 1, 64);
-  b.mirror =
-      s.max_connections ? s.max_connections : std::clamp<std::size_t>(fits - std::min(fits - 1, b.admin), 1, 16384);
-  if (b.mirror + b.admin > fits) {
+  // Other nodes' asks: a few per upload place (HEADs, askers turned away busy), never
+  // more than a quarter of what fits.
+  b.peer = peer_wanted == 0 ? 0 : std::clamp<std::size_t>(peer_wanted, 1, std::max<std::size_t>(fits / 4, 1));
+  const std::size_t others = std::min(fits - 1, b.admin + b.peer);
+  b.mirror = s.max_connections ? s.max_connections : std::clamp<std::size_t>(fits - others, 1, 16384);
+  if (b.mirror + b.admin + b.peer > fits) {
     log::warn("descriptors_short", {{"nofile", static_cast<unsigned long long>(b.limit)},
                                     {"max_connections", static_cast<unsigned long long>(b.mirror)},
                                     {"admin_max_connections", static_cast<unsigned long long>(b.admin)},
+                                    {"peer_connections", static_cast<unsigned long long>(b.peer)},
                                     {"detail",
                                      "connections may exhaust file descriptors; raise the nofile limit or "
                                      "lower clients.max_connections"}});
@@ -596,7 +603,8 @@ int serve(const std::string& config_path) {
   // A Berth still draining on these ports (it refused to hand them over) frees them
   // within its shutdown_timeout: wait for that rather than fail.
   const auto bind_wait = s.server.shutdown_timeout + std::chrono::seconds(5);
-  const auto fds = plan_descriptors(s.server, threads, s.registries.size(), s.upstream.max_idle_per_host);
+  const auto fds = plan_descriptors(s.server, threads, s.registries.size(), s.upstream.max_idle_per_host,
+                                    s.peers.enabled() ? std::max<std::size_t>(64, 4 * s.peers.max_uploads) : 0);
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
@@ -659,7 +667,8 @@ int serve(const std::string& config_path) {
                                   .max_body_bytes = 4096,
                                   .pull_only = true,
                                   .gate = nullptr,
-                                  .max_connections = std::max<std::size_t>(fds.admin, 4 * s.peers.max_uploads),
+                                  .max_connections = fds.peer,
+                                  .allow = s.peers.allow.empty() ? nullptr : peer::allow_from(s.peers.allow),
                                   .bind_wait = bind_wait},
                                  predecessor.take("peer", s.peers.listen));
   }
@@ -723,6 +732,7 @@ int serve(const std::string& config_path) {
                           {"descriptors_reserved", static_cast<unsigned long long>(fds.reserve)},
                           {"max_connections", static_cast<unsigned long long>(fds.mirror)},
                           {"admin_max_connections", static_cast<unsigned long long>(fds.admin)},
+                          {"peer_max_connections", static_cast<unsigned long long>(fds.peer)},
                           {"registries", static_cast<unsigned>(regs.size())},
                           {"config", s.source}});
 

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/files.hpp"
+#include "peer/allow_list.hpp"
 #include "upstream/credentials.hpp"
 
 namespace berth::config {
@@ -683,6 +684,22 @@ const std::vector<key_row>& key_table() {
                  },
                  [](YAML::Emitter& out, const settings& s) {
                    if (!s.peers.secret_file.empty()) emit(out, "secret_file", s.peers.secret_file);
+                 }});
+    t.push_back({"peers", "allow",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   s.peers.allow = as_string_list(n, c);
+                   for (std::size_t i = 0; i < s.peers.allow.size(); ++i) {
+                     if (!peer::valid_network(s.peers.allow[i])) {
+                       c.item(i).fail(n.IsSequence() ? n[i] : n,
+                                      "must be an IP address or a network such as 10.0.0.0/16 (no bits set past "
+                                      "the prefix), not \"" +
+                                          s.peers.allow[i] + "\"");
+                     }
+                   }
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   if (s.peers.allow.empty()) return;
+                   out << YAML::Key << "allow" << YAML::Value << YAML::Flow << s.peers.allow;
                  }});
     t.push_back(duration_row("peers", "stall_timeout", [](settings& s) -> ms& { return s.peers.stall_timeout; }));
     t.push_back(count_row<std::size_t>(

@@ -159,6 +159,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   // Whether a new connection may stay: at the listener's limit the longest idle
   // connection is closed to make room, or, with none idle, this one is refused.
   bool admit(listener& l, accepted_socket& sock);
+  // Whether the connection comes from an address the listener allows; if not, it is
+  // closed (nothing is read or written) and counted.
+  bool allowed(listener& l, accepted_socket& sock);
   // One request on a connection: read, answer, log. False: close the connection.
   asio::awaitable<bool> serve_one(connection_state& conn, listener& l, std::size_t worker, beast::flat_buffer& buffer);
   asio::awaitable<void> session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker);
@@ -289,6 +292,24 @@ std::size_t server::open_connections() const {
   return impl_->connections.size();
 }
 
+bool server::impl::allowed(listener& l, accepted_socket& sock) {
+  error_code ec;
+  const auto from = sock.remote_endpoint(ec);
+  if (!ec && l.options.allow(from.address())) return true;
+  metrics.connection_shed(l.options.name, "not_allowed");
+  // One line a second at most, as for refusals.
+  const auto now = clock_type::now().time_since_epoch().count();
+  auto last = l.refused_logged.load();
+  if (now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
+      l.refused_logged.compare_exchange_strong(last, now)) {
+    log::warn("connection_not_allowed", {{"listener", l.options.name},
+                                         {"from", ec ? ec.message() : from.address().to_string()},
+                                         {"detail", "not from an allowed address (peers.allow)"}});
+  }
+  sock.close(ec);
+  return false;
+}
+
 bool server::impl::admit(listener& l, accepted_socket& sock) {
   const auto max = l.options.max_connections;
   std::shared_ptr<connection_state> oldest;
@@ -343,6 +364,7 @@ asio::awaitable<void> server::impl::accept_loop(listener& l) {
     try {
       auto sock = co_await l.acceptor.async_accept(*workers[index], asio::redirect_error(asio::use_awaitable, ec));
       if (!ec) {
+        if (l.options.allow && !allowed(l, sock)) continue;
         if (!admit(l, sock)) continue;
         sock.set_option(tcp::no_delay(true), ec);
         auto conn = std::make_shared<connection_state>(std::move(sock), l);

@@ -16,6 +16,9 @@
 #include "core/reply.hpp"
 #include "http/options.hpp"
 
+namespace boost::asio::ip {
+class address;
+}
 namespace berth::metrics {
 class registry;
 }
@@ -61,6 +64,9 @@ struct listener_options {
   // Open connections at most. At the limit, a new connection closes the longest idle
   // one; with none idle it is answered 503 and closed. 0: no limit.
   std::size_t max_connections = 0;
+  // Who may connect: a connection from an address this refuses is closed at once,
+  // before a byte of it is read. Null: anyone.
+  std::function<bool(const boost::asio::ip::address&)> allow{};
   // How long listen() retries an address in use (a predecessor still draining on it)
   // before it gives up. 0: not at all.
   std::chrono::milliseconds bind_wait{0};

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace berth::peer {
 
@@ -17,6 +18,9 @@ struct peer_options {
   // secret_file at start-up).
   std::string secret_file;
   std::string secret;
+  // Addresses or networks (CIDR) other nodes connect from: a connection from anywhere
+  // else is closed before a byte is read. Empty: any address (the signature decides).
+  std::vector<std::string> allow;
   // A peer that sends nothing for this long is dropped and the fill continues
   // elsewhere (well under containerd's patience).
   std::chrono::milliseconds stall_timeout{5000};

@@ -8,6 +8,7 @@ import hmac
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -78,7 +79,7 @@ def cluster(world, tmp_path):
             self.prefix = prefix
             self.nodes = nodes
 
-        def start(self, endpoint=None, advertise_proxy=False, stall="2s", max_uploads=16):
+        def start(self, endpoint=None, advertise_proxy=False, stall="2s", max_uploads=16, allow=None):
             i = len(nodes)
             host = f"127.0.0.{10 + i}"
             port = harness.free_port(host)
@@ -98,6 +99,8 @@ peers:
   stall_timeout: {stall}
   max_uploads: {max_uploads}
 {advertise}"""
+            if allow is not None:
+                extra += f"  allow: [{', '.join(allow)}]\n"
             node = berth_at(world, str(d), endpoint or world["registry"].endpoint, cache_dir=str(d / "cache"),
                             extra=extra)
             node.peer = f"{host}:{port}"
@@ -180,6 +183,75 @@ def test_peer_endpoint_serves_only_signed_requests_for_blobs_it_holds(world, clu
     # The mirror port knows nothing of /peer.
     s, _, _ = harness.http_request(f"{a.url}/peer/blobs/{layer}", headers={"Authorization": ok})
     assert s == 404
+
+
+def raw_exchange(source, dest, request):
+    """Sends `request` from address `source` to "host:port" `dest`; returns what came
+    back before the server closed (b"" when it closed without a word)."""
+    host, port = dest.rsplit(":", 1)
+    s = socket.socket()
+    s.settimeout(10)
+    try:
+        s.bind((source, 0))
+        s.connect((host, int(port)))
+        try:
+            s.sendall(request)
+        except OSError:
+            return b""
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+    finally:
+        s.close()
+
+
+def test_peer_port_closes_connections_from_outside_peers_allow(world, cluster):
+    """peers.allow: a connection from an address outside it is closed before a byte is
+    read, signed or not; one from inside gets the endpoint's answers. A node whose
+    holder refuses it goes to the upstream: nothing fails."""
+    layer = small_layer(world)
+    # Nodes' requests to 127.0.0.x leave from 127.0.0.1 (the loopback route's source).
+    holder = cluster.start(allow=["127.0.0.1/32", "10.0.0.0/8"])
+    assert curl_sha256(blob_url(holder, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: holder.peer in cluster.holders(layer), what="the holder's announcement")
+    request = (f"GET /peer/blobs/{layer} HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: {sign(cluster.secret, 'GET', layer)}\r\nConnection: close\r\n\r\n").encode()
+    inside = raw_exchange("127.0.0.1", holder.peer, request)
+    assert inside.startswith(b"HTTP/1.1 200"), inside[:200]
+    # A pod (or anything) from another address: the same signed request gets nothing.
+    assert raw_exchange("127.0.0.77", holder.peer, request) == b""
+    assert holder.metric("berth_http_connections_shed_total", listener="peer", action="not_allowed") >= 1
+    # Another node's asks are admitted from the allowed address: the blob comes from the holder.
+    asker = cluster.start()
+    before = len(blob_gets(world, layer))
+    assert curl_sha256(blob_url(asker, layer)) == layer.split(":")[1]
+    assert len(blob_gets(world, layer)) == before
+    assert asker.metric("berth_peer_fetches_total", outcome="ok") == 1
+    # A holder that allows only other addresses: the asker is turned away and goes to the upstream.
+    strict = cluster.start(allow=["10.20.0.0/16"])
+    other = small_layer_other(world, layer)
+    assert curl_sha256(blob_url(strict, other)) == other.split(":")[1]
+    harness.wait_for(lambda: strict.peer in cluster.holders(other), what="the strict holder's announcement")
+    before = len(blob_gets(world, other))
+    late = cluster.start()
+    assert curl_sha256(blob_url(late, other)) == other.split(":")[1]
+    assert late.metric("berth_peer_fetches_total", outcome="unreachable") >= 1
+    assert len(blob_gets(world, other)) == before + 1
+    assert strict.metric("berth_http_connections_shed_total", listener="peer", action="not_allowed") >= 1
+
+
+def small_layer_other(world, than):
+    """A small layer other than `than` and the big one."""
+    root = world["registry"].storage_root
+    sizes = {d: os.path.getsize(harness.blob_data_path(root, d)) for d in world["image"]["blobs"]}
+    layers = [d for d in sizes if d not in (than, world["image"]["big_layer"])]
+    return min(layers, key=lambda d: sizes[d])
 
 
 def test_herd_of_ten_nodes_makes_one_upstream_fetch(world, cluster):

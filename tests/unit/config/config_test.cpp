@@ -387,7 +387,7 @@ TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
       " memory_size: 65MiB, webhook_secret_file: " +
       d + "/webhook, secret_file: " + d + "/secret, timeout: 600ms}\n" +
       "peers: {listen: 127.0.0.2:5052, advertise: 127.0.0.3:5053, secret_file: " + d +
-      "/secret, stall_timeout: 4s, max_uploads: 9}\n";
+      "/secret, allow: [10.0.0.0/16, 'fd00::/64'], stall_timeout: 4s, max_uploads: 9}\n";
   const auto shown = config::render(config::parse(full, "full.yaml", no_env));
   // What was set is what is shown: the rendering parses back to the same rendering.
   EXPECT_EQ(config::render(config::parse(shown, "shown.yaml", no_env)), shown);
