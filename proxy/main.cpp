@@ -44,6 +44,7 @@
 #include "peer/cluster.hpp"
 #include "peer/directory.hpp"
 #include "peer/endpoint.hpp"
+#include "peer/tls.hpp"
 #include "store/blob_store.hpp"
 #include "upstream/client.hpp"
 #include "upstream/credentials.hpp"
@@ -125,6 +126,7 @@ struct runtime {
   std::vector<std::unique_ptr<upstream::registry>> registries;
   std::shared_ptr<meta::redis_client> backend;  // metadata.redis: shared metadata and the blob directory
   std::shared_ptr<peer::directory> directory;   // blob sharing (peers.listen): what each node holds
+  peer::tls_contexts peer_tls;                  // peers.tls: null contexts without it
   std::unique_ptr<store::blob_store> store;
   std::unique_ptr<meta::cache> metadata;
   std::unique_ptr<peer::cluster> cluster;
@@ -571,11 +573,14 @@ int serve(const std::string& config_path) {
   const unsigned threads = s.server.threads ? s.server.threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<asio::io_context*> contexts;
   std::vector<mirror::mirror*> mirrors;
+  // Mutual TLS between nodes: the peer listener's context and the one fetches use.
+  if (s.peers.enabled() && s.peers.tls.enabled()) rt->peer_tls = peer::make_tls(s.peers.tls);
   for (unsigned i = 0; i < threads; ++i) {
     rt->workers.push_back(std::make_unique<asio::io_context>(1));
     contexts.push_back(rt->workers.back().get());
     rt->clients.push_back(
         std::make_unique<upstream::client>(rt->workers.back()->get_executor(), s.upstream, rt->metrics));
+    if (rt->peer_tls.client) rt->clients.back()->set_direct_tls(rt->peer_tls.client.get(), s.peers.tls.server_name);
     mirror::mirror_options options;
     if (s.cache) {
       options.fill_stall = s.cache->reader_stall;
@@ -669,6 +674,7 @@ int serve(const std::string& config_path) {
                                   .gate = nullptr,
                                   .max_connections = fds.peer,
                                   .allow = s.peers.allow.empty() ? nullptr : peer::allow_from(s.peers.allow),
+                                  .tls = rt->peer_tls.server.get(),
                                   .bind_wait = bind_wait},
                                  predecessor.take("peer", s.peers.listen));
   }

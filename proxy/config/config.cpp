@@ -14,6 +14,7 @@
 
 #include "core/files.hpp"
 #include "peer/allow_list.hpp"
+#include "peer/tls.hpp"
 #include "upstream/credentials.hpp"
 
 namespace berth::config {
@@ -700,6 +701,42 @@ const std::vector<key_row>& key_table() {
                  [](YAML::Emitter& out, const settings& s) {
                    if (s.peers.allow.empty()) return;
                    out << YAML::Key << "allow" << YAML::Value << YAML::Flow << s.peers.allow;
+                 }});
+    t.push_back({"peers", "tls",
+                 [](const YAML::Node& n, const context& c, settings& s) {
+                   check_keys(n, c, {"cert", "key", "ca", "server_name"});
+                   auto& f = s.peers.tls;
+                   for (const char* k : {"cert", "key", "ca"}) {
+                     if (!n[k]) {
+                       c.fail(n, std::string(k) +
+                                     " is required (cert and key: the peers' certificate and its key; ca: what a "
+                                     "peer's certificate must chain to)");
+                     }
+                   }
+                   const auto file = [&](const char* k) {
+                     auto path = as_string(n[k], c.child(k));
+                     check_readable(n[k], c.child(k), path);
+                     return path;
+                   };
+                   f.cert = file("cert");
+                   f.key = file("key");
+                   f.ca = file("ca");
+                   if (n["server_name"]) {
+                     f.server_name = as_string(n["server_name"], c.child("server_name"));
+                     if (!valid_host_name(f.server_name))
+                       c.child("server_name").fail(n["server_name"], "must be a DNS name such as berth-peer");
+                   }
+                   if (const auto why = peer::check_tls(f); !why.empty()) c.fail(n, why);
+                 },
+                 [](YAML::Emitter& out, const settings& s) {
+                   const auto& f = s.peers.tls;
+                   if (!f.enabled()) return;
+                   out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
+                   emit(out, "cert", f.cert);
+                   emit(out, "key", f.key);
+                   emit(out, "ca", f.ca);
+                   emit(out, "server_name", f.server_name);
+                   out << YAML::EndMap;
                  }});
     t.push_back(duration_row("peers", "stall_timeout", [](settings& s) -> ms& { return s.peers.stall_timeout; }));
     t.push_back(count_row<std::size_t>(

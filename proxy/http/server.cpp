@@ -26,6 +26,7 @@
 
 #include "core/log.hpp"
 #include "core/spawn.hpp"
+#include "http/tls_front.hpp"
 #include "metrics/metrics.hpp"
 
 namespace berth::http {
@@ -113,6 +114,8 @@ struct listener {
 // On shutdown, how long a connection accepted just before it has to send its first
 // request.
 constexpr std::chrono::seconds k_first_request_grace{1};
+// How long a TLS client has to finish its handshake.
+constexpr std::chrono::seconds k_tls_handshake{10};
 
 void close_socket(connection_state& c) {
   error_code ignored;
@@ -165,6 +168,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   // One request on a connection: read, answer, log. False: close the connection.
   asio::awaitable<bool> serve_one(connection_state& conn, listener& l, std::size_t worker, beast::flat_buffer& buffer);
   asio::awaitable<void> session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker);
+  // A connection to a TLS listener: the handshake, then an ordinary session on the
+  // cleartext side. Counted in l.open from its accept.
+  asio::awaitable<void> serve_tls(tcp::socket sock, listener& l, std::size_t worker);
   asio::awaitable<bool> write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
                                     bool keep_alive, std::uint64_t& bytes);
   asio::awaitable<bool> send_file(connection_state& conn, const core::file_span& span, std::uint64_t& bytes);
@@ -367,6 +373,14 @@ asio::awaitable<void> server::impl::accept_loop(listener& l) {
         if (l.options.allow && !allowed(l, sock)) continue;
         if (!admit(l, sock)) continue;
         sock.set_option(tcp::no_delay(true), ec);
+        if (l.options.tls != nullptr) {
+          {
+            std::lock_guard lock(mu);
+            ++l.open;  // the handshake holds a place too
+          }
+          core::spawn(*workers[index], serve_tls(tcp::socket(std::move(sock)), l, index), on_exception("session"));
+          continue;
+        }
         auto conn = std::make_shared<connection_state>(std::move(sock), l);
         {
           std::lock_guard lock(mu);
@@ -535,6 +549,37 @@ asio::awaitable<void> server::impl::linger(connection_state& conn) {
     if (ec) break;
     drained += n;
   }
+}
+
+asio::awaitable<void> server::impl::serve_tls(tcp::socket sock, listener& l, std::size_t worker) {
+  auto self = shared_from_this();
+  std::string problem;
+  const int fd = co_await terminate_tls(std::move(sock), l.options.tls, k_tls_handshake, problem);
+  tcp::socket plain(*workers[worker]);
+  error_code ec;
+  if (fd >= 0) plain.assign(tcp::v4(), fd, ec);  // a Unix socket, used only to read and write
+  if (fd < 0 || ec) {
+    if (fd >= 0) ::close(fd);
+    {
+      std::lock_guard lock(mu);
+      --l.open;
+    }
+    metrics.connection_shed(l.options.name, "tls_failed");
+    // One line a second at most: a scan of the port must not flood the log.
+    const auto now = clock_type::now().time_since_epoch().count();
+    auto last = l.refused_logged.load();
+    if (now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
+        l.refused_logged.compare_exchange_strong(last, now)) {
+      log::warn("tls_handshake_failed", {{"listener", l.options.name}, {"error", fd < 0 ? problem : ec.message()}});
+    }
+    co_return;
+  }
+  auto conn = std::make_shared<connection_state>(std::move(plain), l);
+  {
+    std::lock_guard lock(mu);
+    connections.insert(conn);  // already counted in l.open
+  }
+  co_await session(conn, l, worker);
 }
 
 asio::awaitable<void> server::impl::session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker) {

@@ -16,6 +16,8 @@
 #include "core/reply.hpp"
 #include "http/options.hpp"
 
+using SSL_CTX = struct ssl_ctx_st;
+
 namespace boost::asio::ip {
 class address;
 }
@@ -67,6 +69,10 @@ struct listener_options {
   // Who may connect: a connection from an address this refuses is closed at once,
   // before a byte of it is read. Null: anyone.
   std::function<bool(const boost::asio::ip::address&)> allow{};
+  // TLS on this listener (peers.tls): each connection's TLS is terminated before its
+  // session (see tls_front.hpp); the context's verify mode decides whether a client
+  // certificate is required. Null: plain HTTP.
+  SSL_CTX* tls = nullptr;
   // How long listen() retries an address in use (a predecessor still draining on it)
   // before it gives up. 0: not at all.
   std::chrono::milliseconds bind_wait{0};

@@ -55,9 +55,9 @@ class counted_body final : public core::body_source {
   std::uint64_t bytes_ = 0;
 };
 
-// "ip:port" or "[v6]:port" as an origin.
-std::optional<upstream::origin> node_origin(const std::string& node) {
-  return upstream::parse_url("http://" + node);
+// "ip:port" or "[v6]:port" as an origin (https with peers.tls).
+std::optional<upstream::origin> node_origin(const std::string& node, bool tls) {
+  return upstream::parse_url((tls ? "https://" : "http://") + node);
 }
 
 class cluster_source final : public mirror::blob_source, public std::enable_shared_from_this<cluster_source> {
@@ -95,7 +95,9 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       // Nodes following a fill serve it onward: where the filler (or every holder) is
       // busy, the cluster fans out as a tree instead of falling back to the upstream.
       for (auto& node : usable(where.relays)) candidates.push_back(std::move(node));
-      if (candidates.empty()) co_return co_await from_upstream();
+      if (candidates.empty()) {
+        co_return co_await from_upstream();
+      }
       // A peer has it (or is fetching it): the upstream decides whether this repository
       // may have it before a byte is taken. Anything but yes: the upstream's own GET
       // gives the answer (or the bytes).
@@ -239,7 +241,9 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       const auto self = weak.lock();
       if (!self) co_return;  // the fill is over: the claim lapses on its own
       if (self->relaying_) self->c_.dir().relay(self->digest_, hold);
-      if (self->won_) co_await self->c_.dir().refresh(self->digest_, hold);
+      if (self->won_) {
+        co_await self->c_.dir().refresh(self->digest_, hold);
+      }
     }
   }
 
@@ -256,7 +260,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   asio::awaitable<std::unique_ptr<core::body_source>> ask(const std::string& node, std::uint64_t offset,
                                                           mirror::blob_fetch* head, bool filling,
                                                           std::optional<std::uint64_t> end = std::nullopt) {
-    const auto to = node_origin(node);
+    const auto to = node_origin(node, c_.options().tls.enabled());
     if (!to) {
       failed_.push_back(node);
       co_return nullptr;

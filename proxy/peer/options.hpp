@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "peer/tls.hpp"
+
 namespace berth::peer {
 
 struct peer_options {
@@ -21,6 +23,8 @@ struct peer_options {
   // Addresses or networks (CIDR) other nodes connect from: a connection from anywhere
   // else is closed before a byte is read. Empty: any address (the signature decides).
   std::vector<std::string> allow;
+  // Mutual TLS between nodes (peers.tls); off unless set. See peer/tls.hpp.
+  tls_files tls;
   // A peer that sends nothing for this long is dropped and the fill continues
   // elsewhere (well under containerd's patience).
   std::chrono::milliseconds stall_timeout{5000};

@@ -221,6 +221,8 @@ struct client::impl {
   std::unordered_set<connection*> busy;
   bool stopping = false;
   ssl::context plain{ssl::context::tls_client};  // for fetch_direct's plain-HTTP exchanges (never used for TLS)
+  std::unique_ptr<ssl::context> direct_tls;      // fetch_direct's TLS (peers.tls), null when not configured
+  std::string direct_name;                       // ... and the name the server's certificate must carry
 
   // Takes `c` into use: counted in `busy` until it is released or destroyed.
   std::unique_ptr<connection> in_use(std::unique_ptr<connection> c) {
@@ -328,8 +330,10 @@ struct client::impl {
   }
 
   asio::awaitable<void> connect(connection& c, ssl::context& tls, error_code& ec) {
+    // Named: GCC 12 destroys temporaries in a co_await expression twice.
+    const std::string verify_name = direct_tls && &tls == direct_tls.get() ? direct_name : std::string();
     co_await c.t.connect(c.org.host, c.org.port, c.org.tls() ? tls.native_handle() : nullptr, options.connect_timeout,
-                         ec, c.org.public_only);
+                         ec, c.org.public_only, verify_name);
   }
 };
 
@@ -705,18 +709,25 @@ asio::awaitable<response> fetcher::fetch_direct(const origin&, request, std::str
   co_return response{};
 }
 
+void client::set_direct_tls(SSL_CTX* ctx, std::string verify_name) {
+  SSL_CTX_up_ref(ctx);  // asio's context takes the reference it is given
+  impl_->direct_tls = std::make_unique<ssl::context>(ctx);
+  impl_->direct_name = std::move(verify_name);
+}
+
 asio::awaitable<response> client::fetch_direct(const origin& to, request req, std::string authorization,
                                                std::chrono::milliseconds timeout, std::string label, error_code& ec) {
   auto& pool = *impl_;
-  if (to.tls()) {
-    ec = errc::tls_failed;  // peers speak plain HTTP (see peers in the README)
+  if (to.tls() && !pool.direct_tls) {
+    ec = errc::tls_failed;  // no peers.tls here: never TLS without this node's certificate
     co_return response{};
   }
+  auto& tls = to.tls() ? *pool.direct_tls : pool.plain;
   const bool head = req.method == "HEAD";
   auto r = make_request(head ? http::verb::head : http::verb::get, to, req.target);
   if (!req.range.empty()) r.set(http::field::range, req.range);
   if (!authorization.empty()) r.set(http::field::authorization, authorization);
-  auto ex = co_await exchange(pool, pool.plain, to, r, head, label, "peer", ec, timeout);
+  auto ex = co_await exchange(pool, tls, to, r, head, label, "peer", ec, timeout);
   if (ec) co_return response{};
   co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
 }

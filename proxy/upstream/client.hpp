@@ -16,6 +16,8 @@
 #include "core/headers.hpp"
 #include "upstream/options.hpp"
 
+using SSL_CTX = struct ssl_ctx_st;
+
 namespace berth::metrics {
 class registry;
 }
@@ -131,6 +133,11 @@ class client final : public fetcher {
   boost::asio::awaitable<response> fetch_direct(const origin& to, request req, std::string authorization,
                                                 std::chrono::milliseconds timeout, std::string label,
                                                 boost::system::error_code& ec) override;
+  // fetch_direct to an https origin (another node with peers.tls) uses `ctx` (this
+  // node's certificate, the peers' CA; a reference of its own is taken), and the
+  // server's certificate must name `verify_name`. Without it such a fetch fails with
+  // errc::tls_failed. Call before the client is used.
+  void set_direct_tls(SSL_CTX* ctx, std::string verify_name);
   // For shutdown: closes every connection, idle or busy (their reads fail at once),
   // and refuses new ones (errc::shutting_down). Thread-safe: runs on the client's
   // executor.

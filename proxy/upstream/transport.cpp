@@ -123,7 +123,8 @@ asio::awaitable<void> transport::wait(bool for_read, error_code& ec) {
 }
 
 asio::awaitable<void> transport::connect(const std::string& host, const std::string& port, SSL_CTX* tls,
-                                         std::chrono::milliseconds timeout, error_code& ec, bool public_only) {
+                                         std::chrono::milliseconds timeout, error_code& ec, bool public_only,
+                                         const std::string& verify_name) {
   set_deadline(timeout);
   tcp::resolver resolver(socket_.get_executor());
   auto resolved = co_await resolver.async_resolve(host, port, asio::redirect_error(asio::use_awaitable, ec));
@@ -170,7 +171,10 @@ asio::awaitable<void> transport::connect(const std::string& host, const std::str
   SSL_set_default_read_buffer_len(ssl_, 64 * 1024);
   error_code addr_ec;
   asio::ip::make_address(host, addr_ec);
-  if (addr_ec) {
+  if (!verify_name.empty()) {
+    SSL_set_tlsext_host_name(ssl_, verify_name.c_str());
+    SSL_set1_host(ssl_, verify_name.c_str());
+  } else if (addr_ec) {
     SSL_set_tlsext_host_name(ssl_, host.c_str());
     SSL_set1_host(ssl_, host.c_str());
   } else {

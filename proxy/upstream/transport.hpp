@@ -29,12 +29,14 @@ class transport {
   transport& operator=(const transport&) = delete;
 
   // TCP connect to host:port, then, with `tls`, a TLS handshake with SNI and
-  // hostname (or IP) verification. `public_only`: addresses that are loopback,
-  // link-local or unspecified are never connected to (errc::redirect_refused when
-  // nothing else is left). Errors: errc::connect_failed, timeout, tls_failed.
+  // hostname (or IP) verification; with `verify_name`, the certificate must name that
+  // instead (another node reached by IP, whose certificate names the cluster's peers).
+  // `public_only`: addresses that are loopback, link-local or unspecified are never
+  // connected to (errc::redirect_refused when nothing else is left). Errors:
+  // errc::connect_failed, timeout, tls_failed.
   boost::asio::awaitable<void> connect(const std::string& host, const std::string& port, SSL_CTX* tls,
                                        std::chrono::milliseconds timeout, boost::system::error_code& ec,
-                                       bool public_only = false);
+                                       bool public_only = false, const std::string& verify_name = {});
 
   // Reads what is available (at least one byte), up to the buffer's size. At the
   // peer's clean end: 0 and asio::error::eof. Errors: errc::timeout, connection_lost.

@@ -3,12 +3,14 @@ addresses 127.0.0.x (one per node), one real redis-server as the directory and t
 real registry as Harbor: one upstream fetch per layer for the whole cluster, every
 byte verified, a peer never deciding who may read what."""
 
+import datetime
 import hashlib
 import hmac
 import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -79,7 +81,7 @@ def cluster(world, tmp_path):
             self.prefix = prefix
             self.nodes = nodes
 
-        def start(self, endpoint=None, advertise_proxy=False, stall="2s", max_uploads=16, allow=None):
+        def start(self, endpoint=None, advertise_proxy=False, stall="2s", max_uploads=16, allow=None, tls=None):
             i = len(nodes)
             host = f"127.0.0.{10 + i}"
             port = harness.free_port(host)
@@ -101,6 +103,8 @@ peers:
 {advertise}"""
             if allow is not None:
                 extra += f"  allow: [{', '.join(allow)}]\n"
+            if tls is not None:
+                extra += f"  tls: {{cert: {tls['cert']}, key: {tls['key']}, ca: {tls['ca']}}}\n"
             node = berth_at(world, str(d), endpoint or world["registry"].endpoint, cache_dir=str(d / "cache"),
                             extra=extra)
             node.peer = f"{host}:{port}"
@@ -244,6 +248,108 @@ def test_peer_port_closes_connections_from_outside_peers_allow(world, cluster):
     assert late.metric("berth_peer_fetches_total", outcome="unreachable") >= 1
     assert len(blob_gets(world, other)) == before + 1
     assert strict.metric("berth_http_connections_shed_total", listener="peer", action="not_allowed") >= 1
+
+
+def peer_pki(directory, name="berth-peer"):
+    """A CA and the cluster's one peer certificate (DNS name `name`, server and client
+    use), as cert-manager would issue them. Returns {cert, key, ca} file paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"peer CA {os.path.basename(directory)}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out = {k: os.path.join(directory, f) for k, f in (("cert", "tls.crt"), ("key", "tls.key"), ("ca", "ca.crt"))}
+    with open(out["ca"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(out["cert"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(out["key"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return out
+
+
+def tls_exchange(dest, request, ca, client=None, server_name="berth-peer"):
+    """Sends `request` over TLS to "host:port" `dest`, checking the server's certificate
+    against `ca` and `server_name`, presenting `client` ({cert, key}) if given. Returns
+    the answer's bytes, or the exception that ended the exchange."""
+    host, port = dest.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=ca)
+    if client:
+        ctx.load_cert_chain(client["cert"], client["key"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server_name) as s:
+                s.sendall(request)
+                out = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return out
+                    out += chunk
+    except (ssl.SSLError, OSError) as e:
+        return e
+
+
+def test_peers_speak_mutual_tls_and_refuse_anyone_without_the_cluster_certificate(world, cluster, tmp_path):
+    """peers.tls: blobs move between nodes over TLS; the peer port takes no plain HTTP,
+    no client without a certificate, none from another CA; a node with the wrong
+    certificate is refused and goes to the upstream, and pulls never fail."""
+    pki = peer_pki(str(tmp_path / "pki"))
+    stranger = peer_pki(str(tmp_path / "other"))
+    layer = small_layer(world)
+    holder = cluster.start(tls=pki)
+    assert curl_sha256(blob_url(holder, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: holder.peer in cluster.holders(layer), what="the holder's announcement")
+    request = (f"GET /peer/blobs/{layer} HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: {sign(cluster.secret, 'GET', layer)}\r\nConnection: close\r\n\r\n").encode()
+    with open(harness.blob_data_path(world["registry"].storage_root, layer), "rb") as f:
+        data = f.read()
+    # The cluster's certificate: the blob, over TLS, from a server that proved it is a peer.
+    good = tls_exchange(holder.peer, request, pki["ca"], client=pki)
+    assert isinstance(good, bytes) and good.startswith(b"HTTP/1.1 200"), good
+    assert good.split(b"\r\n\r\n", 1)[1] == data
+    # Plain HTTP to the TLS port: no answer in HTTP.
+    plain = raw_exchange("127.0.0.1", holder.peer, request)
+    assert not plain.startswith(b"HTTP"), plain[:100]
+    # TLS without a client certificate, or with one from another CA: refused.
+    for who in (None, stranger):
+        refused = tls_exchange(holder.peer, request, pki["ca"], client=who)
+        assert not (isinstance(refused, bytes) and refused.startswith(b"HTTP")), refused
+    # A server certificate from another CA is not believed by a client either.
+    assert isinstance(tls_exchange(holder.peer, request, stranger["ca"], client=pki), ssl.SSLError)
+    harness.wait_for(lambda: holder.metric("berth_http_connections_shed_total", listener="peer",
+                                           action="tls_failed") >= 3, what="the refused handshakes counted")
+    # Another node with the cluster's certificate gets the blob from the holder, over TLS.
+    asker = cluster.start(tls=pki)
+    before = len(blob_gets(world, layer))
+    assert curl_sha256(blob_url(asker, layer)) == layer.split(":")[1]
+    assert len(blob_gets(world, layer)) == before
+    assert asker.metric("berth_peer_fetches_total", outcome="ok") == 1
+    assert asker.metric("berth_fill_bytes_total", source="peer") == len(data)
+    # A node holding another CA's certificate: refused by the holders, the blob comes from the upstream.
+    outsider = cluster.start(tls=stranger)
+    assert curl_sha256(blob_url(outsider, layer)) == layer.split(":")[1]
+    assert outsider.metric("berth_peer_fetches_total", outcome="unreachable") >= 1
+    assert outsider.metric("berth_fill_bytes_total", source="peer") == 0
+    assert len(blob_gets(world, layer)) == before + 1
 
 
 def small_layer_other(world, than):

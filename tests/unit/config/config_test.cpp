@@ -358,6 +358,16 @@ std::string example_value(const std::string& text, const std::string& section, c
   return {};
 }
 
+// A throwaway self-signed certificate and key (dir/peer.crt, dir/peer.key), made with
+// the openssl command line tool.
+void write_peer_certificate(const std::string& dir) {
+  const std::string cmd =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "
+      "/CN=berth-peer -addext subjectAltName=DNS:berth-peer -keyout " +
+      dir + "/peer.key -out " + dir + "/peer.crt >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
 }  // namespace
 
 // One table drives parsing, the known-key lists and rendering: a key set in the file
@@ -369,6 +379,7 @@ TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
     std::ofstream(dir / f) << "an-obviously-fake-secret-of-some-length\n";
   }
   const std::string d = dir.string();
+  write_peer_certificate(d);
   const std::string full =
       "listen: 127.0.0.1:5051\nadmin_listen: 127.0.0.1:9096\nthreads: 3\nlog_level: warn\n"
       "access_log: false\nshutdown_timeout: 7s\nwatchdog_timeout: 2s\n"
@@ -387,7 +398,8 @@ TEST(ConfigTable, EveryKeyReadIsShownAndDocumented) {
       " memory_size: 65MiB, webhook_secret_file: " +
       d + "/webhook, secret_file: " + d + "/secret, timeout: 600ms}\n" +
       "peers: {listen: 127.0.0.2:5052, advertise: 127.0.0.3:5053, secret_file: " + d +
-      "/secret, allow: [10.0.0.0/16, 'fd00::/64'], stall_timeout: 4s, max_uploads: 9}\n";
+      "/secret, allow: [10.0.0.0/16, 'fd00::/64'], tls: {cert: " + d + "/peer.crt, key: " + d + "/peer.key, ca: " + d +
+      "/peer.crt, server_name: peers.example}, stall_timeout: 4s, max_uploads: 9}\n";
   const auto shown = config::render(config::parse(full, "full.yaml", no_env));
   // What was set is what is shown: the rendering parses back to the same rendering.
   EXPECT_EQ(config::render(config::parse(shown, "shown.yaml", no_env)), shown);
@@ -432,4 +444,55 @@ TEST(Config, TheHandoverSocketMustBeAUsablePath) {
   EXPECT_NE(error_of(regs + "handover_socket: /" + std::string(120, 's') + "\n").find("at most 107 bytes"),
             std::string::npos);
   EXPECT_EQ(config::parse(regs + "handover_socket: none\n", "berth.yaml", no_env).server.handover_socket, "none");
+}
+
+TEST(Config, PeersAllowAndTls) {
+  const auto dir = std::filesystem::temp_directory_path() / ("berth-config-tls-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string d = dir.string();
+  write_peer_certificate(d);
+  // A second key that belongs to no certificate here.
+  ASSERT_EQ(std::system(("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + d +
+                         "/other.key >/dev/null 2>&1")
+                            .c_str()),
+            0);
+  std::ofstream(dir / "not.pem") << "not a certificate\n";
+  const std::string head = "registries: [{names: [r]}]\npeers:\n";
+  const auto tls = [&](const std::string& cert, const std::string& key, const std::string& ca) {
+    return "  tls: {cert: " + d + "/" + cert + ", key: " + d + "/" + key + ", ca: " + d + "/" + ca + "}\n";
+  };
+
+  auto s = config::parse(
+      head + "  allow: [10.0.0.0/16, 192.168.1.7, 'fd00::/64']\n" + tls("peer.crt", "peer.key", "peer.crt"),
+      "berth.yaml", no_env);
+  EXPECT_EQ(s.peers.allow, (std::vector<std::string>{"10.0.0.0/16", "192.168.1.7", "fd00::/64"}));
+  EXPECT_TRUE(s.peers.tls.enabled());
+  EXPECT_EQ(s.peers.tls.key, d + "/peer.key");
+  EXPECT_EQ(s.peers.tls.server_name, "berth-peer");  // the default
+  const auto shown = config::render(s);
+  EXPECT_NE(shown.find("allow: [10.0.0.0/16, 192.168.1.7, fd00::/64]"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("server_name: berth-peer"), std::string::npos) << shown;
+
+  // Bad input: a clear error naming the file, the line and the key.
+  EXPECT_NE(error_of(head + "  allow: [10.0.0.0/16, 10.1.2.3/8]\n")
+                .find("berth.yaml:3:24: peers.allow[1]: must be an IP address or a network"),
+            std::string::npos)
+      << error_of(head + "  allow: [10.0.0.0/16, 10.1.2.3/8]\n");
+  EXPECT_NE(error_of(head + "  allow: {a: 1}\n").find("peers.allow: must be a list of strings"), std::string::npos);
+  EXPECT_NE(error_of(head + "  tls: {cert: " + d + "/peer.crt, key: " + d + "/peer.key}\n").find("ca is required"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + tls("peer.crt", "other.key", "peer.crt")).find("does not belong to cert"),
+            std::string::npos)
+      << error_of(head + tls("peer.crt", "other.key", "peer.crt"));
+  EXPECT_NE(error_of(head + tls("not.pem", "peer.key", "peer.crt")).find("not a PEM certificate"), std::string::npos);
+  EXPECT_NE(error_of(head + tls("peer.crt", "peer.key", "not.pem")).find("no PEM CA certificate"), std::string::npos)
+      << error_of(head + tls("peer.crt", "peer.key", "not.pem"));
+  EXPECT_NE(error_of(head + tls("peer.crt", "missing.key", "peer.crt")).find("peers.tls.key: file"), std::string::npos);
+  EXPECT_NE(error_of(head + "  tls: {cert: a, key: b, ca: c, sni: x}\n").find("peers.tls.sni: unknown key"),
+            std::string::npos);
+  const auto good = tls("peer.crt", "peer.key", "peer.crt");
+  EXPECT_NE(error_of(head + good.substr(0, good.size() - 2) + ", server_name: 'not a name'}\n")
+                .find("peers.tls.server_name: must be a DNS name"),
+            std::string::npos);
+  std::filesystem::remove_all(dir);
 }
