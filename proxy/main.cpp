@@ -146,6 +146,17 @@ struct runtime {
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::atomic<bool> ready{false};
   std::atomic<bool> draining{false};
+  runtime() = default;
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+  // The directory's thread reads the store (re-announcements) and is destroyed after
+  // it: on every way out, a failed start included, it lets go of the store first.
+  ~runtime() {
+    if (directory) {
+      directory->set_holdings(nullptr);
+      directory->stop();
+    }
+  }
   std::atomic<bool> stopping{false};
   // The connection to the successor this process handed its listeners to; -1 if none.
   std::atomic<int> successor{-1};
@@ -608,8 +619,13 @@ int serve(const std::string& config_path) {
   // A Berth still draining on these ports (it refused to hand them over) frees them
   // within its shutdown_timeout: wait for that rather than fail.
   const auto bind_wait = s.server.shutdown_timeout + std::chrono::seconds(5);
+  // A peer connection over TLS holds four descriptors (the TLS socket, the tunnel's
+  // socket pair, the blob), a budget unit is three.
+  const std::size_t peer_connections = std::max<std::size_t>(64, 4 * s.peers.max_uploads);
   const auto fds = plan_descriptors(s.server, threads, s.registries.size(), s.upstream.max_idle_per_host,
-                                    s.peers.enabled() ? std::max<std::size_t>(64, 4 * s.peers.max_uploads) : 0);
+                                    !s.peers.enabled()      ? 0
+                                    : s.peers.tls.enabled() ? (peer_connections * 4 + 2) / 3
+                                                            : peer_connections);
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
@@ -672,7 +688,7 @@ int serve(const std::string& config_path) {
                                   .max_body_bytes = 4096,
                                   .pull_only = true,
                                   .gate = nullptr,
-                                  .max_connections = fds.peer,
+                                  .max_connections = s.peers.tls.enabled() ? fds.peer * 3 / 4 : fds.peer,
                                   .allow = s.peers.allow.empty() ? nullptr : peer::allow_from(s.peers.allow),
                                   .tls = rt->peer_tls.server.get(),
                                   .bind_wait = bind_wait},

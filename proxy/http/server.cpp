@@ -18,6 +18,7 @@
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
+#include <deque>
 #include <limits>
 #include <mutex>
 #include <stdexcept>
@@ -88,6 +89,11 @@ struct connection_state {
   std::atomic<bool> shed{false};
   // Whether a request has been read on it yet. On this connection's thread only.
   bool used = false;
+  // A TLS listener's connection: the tunnel whose cleartext `stream` carries. When the
+  // connection closes, the tunnel sends what is left and closes, within
+  // `tunnel_drain` (the write timeout): a tunnel never outlives its session by more.
+  std::shared_ptr<tls_tunnel> tunnel;
+  std::chrono::milliseconds tunnel_drain{0};
   void set_idle(bool v) {
     if (v) idle_since.store(clock_type::now().time_since_epoch().count(), std::memory_order_relaxed);
     idle.store(v, std::memory_order_release);
@@ -103,6 +109,9 @@ struct listener {
   // A copy of the listening socket kept to hand to a successor; -1 once shutdown
   // began. Guarded by server::impl::mu.
   int handover_fd = -1;
+  // A TLS listener's handshakes under way, oldest first (guarded by server::impl::mu):
+  // at k_max_handshakes the oldest gives way, and shutdown closes them.
+  std::deque<std::weak_ptr<tls_tunnel>> handshakes;
   explicit listener(asio::io_context& ctx) : acceptor(ctx) {}
   ~listener() {
     if (handover_fd >= 0) ::close(handover_fd);
@@ -115,12 +124,39 @@ struct listener {
 // request.
 constexpr std::chrono::seconds k_first_request_grace{1};
 // How long a TLS client has to finish its handshake.
-constexpr std::chrono::seconds k_tls_handshake{10};
+constexpr std::chrono::seconds k_tls_handshake{3};
+// TLS handshakes under way on one listener at most. They are unauthenticated: at the
+// cap the oldest is closed for the newest, so connecting and saying nothing cannot
+// keep the cluster's nodes out (a real peer's handshake takes milliseconds).
+constexpr std::size_t k_max_handshakes = 32;
 
-void close_socket(connection_state& c) {
+// What a full listener answers (then closes).
+const std::string& busy_answer() {
+  static const std::string busy = [] {
+    const auto body = error_body(core::error(core::failure::overloaded, "too many open connections; retry"));
+    return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+           "Connection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  }();
+  return busy;
+}
+
+// `now`: a TLS connection's tunnel is closed at once too (a forced stop), instead of
+// sending what the session wrote first.
+// Whether a refusal on `l` may be logged now: one line a second at most, so that a
+// flood (or a scan of the port) does not turn into a flood of log lines.
+bool refusal_log_due(listener& l) {
+  const auto now = clock_type::now().time_since_epoch().count();
+  auto last = l.refused_logged.load();
+  return now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
+         l.refused_logged.compare_exchange_strong(last, now);
+}
+
+void close_socket(connection_state& c, bool now = false) {
   error_code ignored;
   c.stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
   c.stream.socket().close(ignored);
+  if (c.tunnel) close_tls_tunnel(c.tunnel, now ? std::chrono::milliseconds(0) : c.tunnel_drain);
 }
 
 // One in-flight request, counted down however the request ends.
@@ -162,15 +198,20 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   // Whether a new connection may stay: at the listener's limit the longest idle
   // connection is closed to make room, or, with none idle, this one is refused.
   bool admit(listener& l, accepted_socket& sock);
+  // Whether the listener has room for one more connection: at its limit the longest
+  // idle one is closed to make room; false (counted, logged) when every one is busy.
+  bool make_room(listener& l);
+  // A connection to a TLS listener: its tunnel, listed among the handshakes under way.
+  void start_tls(listener& l, accepted_socket& sock, std::size_t worker);
   // Whether the connection comes from an address the listener allows; if not, it is
   // closed (nothing is read or written) and counted.
   bool allowed(listener& l, accepted_socket& sock);
   // One request on a connection: read, answer, log. False: close the connection.
   asio::awaitable<bool> serve_one(connection_state& conn, listener& l, std::size_t worker, beast::flat_buffer& buffer);
   asio::awaitable<void> session(std::shared_ptr<connection_state> conn, listener& l, std::size_t worker);
-  // A connection to a TLS listener: the handshake, then an ordinary session on the
-  // cleartext side. Counted in l.open from its accept.
-  asio::awaitable<void> serve_tls(tcp::socket sock, listener& l, std::size_t worker);
+  // A connection to a TLS listener: the handshake, then (with room) an ordinary
+  // session on the cleartext side, counted in l.open from then on.
+  asio::awaitable<void> serve_tls(std::shared_ptr<tls_tunnel> t, listener& l, std::size_t worker);
   asio::awaitable<bool> write_reply(connection_state& conn, core::reply& r, bool head, unsigned version,
                                     bool keep_alive, std::uint64_t& bytes);
   asio::awaitable<bool> send_file(connection_state& conn, const core::file_span& span, std::uint64_t& bytes);
@@ -267,6 +308,9 @@ void server::begin_shutdown() {
     });
   }
   std::lock_guard lock(impl_->mu);
+  for (auto& l : impl_->listeners) {
+    for (const auto& w : l->handshakes) close_tls_tunnel(w.lock());  // no session to answer yet
+  }
   for (const auto& c : impl_->connections) {
     asio::post(c->stream.get_executor(), [c] {
       if (!c->idle) return;  // busy: closed after its reply (see serve_one)
@@ -288,8 +332,11 @@ void server::begin_shutdown() {
 
 void server::close_all() {
   std::lock_guard lock(impl_->mu);
+  for (auto& l : impl_->listeners) {
+    for (const auto& w : l->handshakes) close_tls_tunnel(w.lock());
+  }
   for (const auto& c : impl_->connections) {
-    asio::post(c->stream.get_executor(), [c] { close_socket(*c); });
+    asio::post(c->stream.get_executor(), [c] { close_socket(*c, true); });
   }
 }
 
@@ -303,11 +350,7 @@ bool server::impl::allowed(listener& l, accepted_socket& sock) {
   const auto from = sock.remote_endpoint(ec);
   if (!ec && l.options.allow(from.address())) return true;
   metrics.connection_shed(l.options.name, "not_allowed");
-  // One line a second at most, as for refusals.
-  const auto now = clock_type::now().time_since_epoch().count();
-  auto last = l.refused_logged.load();
-  if (now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
-      l.refused_logged.compare_exchange_strong(last, now)) {
+  if (refusal_log_due(l)) {
     log::warn("connection_not_allowed", {{"listener", l.options.name},
                                          {"from", ec ? ec.message() : from.address().to_string()},
                                          {"detail", "not from an allowed address (peers.allow)"}});
@@ -317,6 +360,16 @@ bool server::impl::allowed(listener& l, accepted_socket& sock) {
 }
 
 bool server::impl::admit(listener& l, accepted_socket& sock) {
+  if (make_room(l)) return true;
+  error_code ec;
+  sock.non_blocking(true, ec);
+  sock.write_some(asio::buffer(busy_answer().data(), busy_answer().size()), ec);
+  sock.shutdown(tcp::socket::shutdown_send, ec);
+  sock.close(ec);
+  return false;
+}
+
+bool server::impl::make_room(listener& l) {
   const auto max = l.options.max_connections;
   std::shared_ptr<connection_state> oldest;
   {
@@ -339,26 +392,11 @@ bool server::impl::admit(listener& l, accepted_socket& sock) {
   }
   // Every connection is busy: refuse this one readably and at once.
   metrics.connection_shed(l.options.name, "refused");
-  // One line a second at most: a flood must not turn into a flood of log lines.
-  const auto now = clock_type::now().time_since_epoch().count();
-  auto last = l.refused_logged.load();
-  if (now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
-      l.refused_logged.compare_exchange_strong(last, now)) {
+  if (refusal_log_due(l)) {
     log::warn("connection_refused", {{"listener", l.options.name},
                                      {"max_connections", static_cast<unsigned long long>(max)},
                                      {"detail", "every connection is busy; raise clients.max_connections"}});
   }
-  static const std::string busy = [] {
-    const auto body = error_body(core::error(core::failure::overloaded, "too many open connections; retry"));
-    return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-           "Connection: close\r\nContent-Length: " +
-           std::to_string(body.size()) + "\r\n\r\n" + body;
-  }();
-  error_code ec;
-  sock.non_blocking(true, ec);
-  sock.write_some(asio::buffer(busy.data(), busy.size()), ec);
-  sock.shutdown(tcp::socket::shutdown_send, ec);
-  sock.close(ec);
   return false;
 }
 
@@ -371,16 +409,12 @@ asio::awaitable<void> server::impl::accept_loop(listener& l) {
       auto sock = co_await l.acceptor.async_accept(*workers[index], asio::redirect_error(asio::use_awaitable, ec));
       if (!ec) {
         if (l.options.allow && !allowed(l, sock)) continue;
-        if (!admit(l, sock)) continue;
         sock.set_option(tcp::no_delay(true), ec);
         if (l.options.tls != nullptr) {
-          {
-            std::lock_guard lock(mu);
-            ++l.open;  // the handshake holds a place too
-          }
-          core::spawn(*workers[index], serve_tls(tcp::socket(std::move(sock)), l, index), on_exception("session"));
+          start_tls(l, sock, index);  // admitted once the handshake is done
           continue;
         }
+        if (!admit(l, sock)) continue;
         auto conn = std::make_shared<connection_state>(std::move(sock), l);
         {
           std::lock_guard lock(mu);
@@ -551,33 +585,71 @@ asio::awaitable<void> server::impl::linger(connection_state& conn) {
   }
 }
 
-asio::awaitable<void> server::impl::serve_tls(tcp::socket sock, listener& l, std::size_t worker) {
+void server::impl::start_tls(listener& l, accepted_socket& sock, std::size_t worker) {
+  std::string problem;
+  tcp::socket s(std::move(sock));
+  auto t = make_tls_tunnel(std::move(s), l.options.tls, problem);
+  if (!t) {
+    log::warn("tls_handshake_failed", {{"listener", l.options.name}, {"error", problem}});
+    metrics.connection_shed(l.options.name, "tls_failed");
+    return;
+  }
+  std::shared_ptr<tls_tunnel> oldest;
+  {
+    std::lock_guard lock(mu);
+    std::erase_if(l.handshakes, [](const std::weak_ptr<tls_tunnel>& w) { return w.expired(); });
+    if (l.handshakes.size() >= k_max_handshakes) {
+      oldest = l.handshakes.front().lock();
+      l.handshakes.pop_front();
+    }
+    l.handshakes.push_back(t);
+  }
+  if (oldest) {
+    close_tls_tunnel(oldest);
+    metrics.connection_shed(l.options.name, "closed_handshake");
+  }
+  // Named: GCC 12 destroys temporaries in a co_spawn argument twice.
+  auto task = serve_tls(std::move(t), l, worker);
+  core::spawn(*workers[worker], std::move(task), on_exception("session"));
+}
+
+asio::awaitable<void> server::impl::serve_tls(std::shared_ptr<tls_tunnel> t, listener& l, std::size_t worker) {
   auto self = shared_from_this();
   std::string problem;
-  const int fd = co_await terminate_tls(std::move(sock), l.options.tls, k_tls_handshake, problem);
+  auto handshaking = t;  // named: GCC 12 destroys temporaries in a co_await expression twice
+  const int fd = co_await tls_handshake(std::move(handshaking), k_tls_handshake, problem);
+  {
+    std::lock_guard lock(mu);
+    std::erase_if(l.handshakes, [&](const std::weak_ptr<tls_tunnel>& w) { return w.expired() || w.lock() == t; });
+  }
   tcp::socket plain(*workers[worker]);
   error_code ec;
   if (fd >= 0) plain.assign(tcp::v4(), fd, ec);  // a Unix socket, used only to read and write
   if (fd < 0 || ec) {
-    if (fd >= 0) ::close(fd);
-    {
-      std::lock_guard lock(mu);
-      --l.open;
-    }
+    if (fd >= 0 && ec) ::close(fd);
+    close_tls_tunnel(t);
     metrics.connection_shed(l.options.name, "tls_failed");
-    // One line a second at most: a scan of the port must not flood the log.
-    const auto now = clock_type::now().time_since_epoch().count();
-    auto last = l.refused_logged.load();
-    if (now - last > std::chrono::duration_cast<clock_type::duration>(std::chrono::seconds(1)).count() &&
-        l.refused_logged.compare_exchange_strong(last, now)) {
+    if (refusal_log_due(l)) {
       log::warn("tls_handshake_failed", {{"listener", l.options.name}, {"error", fd < 0 ? problem : ec.message()}});
     }
     co_return;
   }
+  // A peer now, admitted like any connection; a full listener says so in HTTP (the
+  // asker sees "busy" and asks another holder), through the tunnel.
+  if (!make_room(l)) {
+    plain.non_blocking(true, ec);
+    plain.write_some(asio::buffer(busy_answer().data(), busy_answer().size()), ec);
+    plain.shutdown(tcp::socket::shutdown_send, ec);
+    plain.close(ec);  // the tunnel sends the answer, then sees the end and closes
+    co_return;
+  }
   auto conn = std::make_shared<connection_state>(std::move(plain), l);
+  conn->tunnel = t;
+  conn->tunnel_drain = std::max(options.write_timeout, std::chrono::milliseconds(1));
   {
     std::lock_guard lock(mu);
-    connections.insert(conn);  // already counted in l.open
+    connections.insert(conn);
+    ++l.open;
   }
   co_await session(conn, l, worker);
 }

@@ -94,7 +94,12 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       }
       // Nodes following a fill serve it onward: where the filler (or every holder) is
       // busy, the cluster fans out as a tree instead of falling back to the upstream.
-      for (auto& node : usable(where.relays)) candidates.push_back(std::move(node));
+      for (auto& node : usable(where.relays)) {
+        // Once each (a node that took a claim over may still be listed as a relay).
+        if (std::find(candidates.begin(), candidates.end(), node) == candidates.end()) {
+          candidates.push_back(std::move(node));
+        }
+      }
       if (candidates.empty()) {
         co_return co_await from_upstream();
       }

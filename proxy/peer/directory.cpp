@@ -31,6 +31,8 @@ constexpr const char* k_refresh_script =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 
 constexpr std::size_t k_batch = 512;
+// Digests of a re-announcement queued a round (every 50 ms at most): 40 000 a second.
+constexpr std::size_t k_announce_step = 2048;
 
 }  // namespace
 
@@ -78,17 +80,29 @@ void directory::set_holdings(holdings h) {
   state_->held = std::move(h);
 }
 
-bool directory::announce_all() {
-  std::optional<std::vector<std::string>> digests;
-  {
-    std::lock_guard lock(state_->holdings_mu);
-    if (!state_->held) return true;  // no cache: nothing to announce
-    digests = state_->held();
-  }
-  if (!digests) return false;
-  for (const auto& d : *digests) published(d, 0);
-  log::info("peer_reannounced", {{"blobs", static_cast<unsigned long long>(digests->size())}});
-  return true;
+std::optional<std::vector<std::string>> directory::holdings_now() {
+  std::lock_guard lock(state_->holdings_mu);
+  // No cache yet (a successor attaches it once its predecessor has let go): asked
+  // again until there is one.
+  if (!state_->held) return std::nullopt;
+  return state_->held();
+}
+
+asio::awaitable<std::optional<bool>> directory::beat() {
+  // GET: the previous beat, nil when the backend has forgotten this node (a restarted
+  // or flushed Dragonfly, or this node away for three beats), and with it, perhaps,
+  // what this node holds.
+  std::vector<std::string> cmd{"SET",
+                               key("node", options_.self),
+                               std::to_string(core::unix_ms()),
+                               "PX",
+                               std::to_string(3 * options_.heartbeat.count()),
+                               "GET"};
+  const auto r = co_await backend_->command(std::move(cmd));
+  const bool ok = r && r->ok();
+  metrics_.directory_op("heartbeat", ok ? "ok" : "error");
+  if (!ok) co_return std::nullopt;
+  co_return r->type == meta::reply::kind::nil;
 }
 
 void directory::stop() {
@@ -102,34 +116,52 @@ void directory::stop() {
 void directory::run() {
   auto loop = [this]() -> asio::awaitable<void> {
     asio::steady_timer timer(state_->io);
-    auto next_beat = std::chrono::steady_clock::now();
+    using clock = std::chrono::steady_clock;
+    auto next_beat = clock::now();
     auto next_announce = next_beat + options_.reannounce;
-    bool announce = false;  // everything held is to be announced again
-    const auto beat_ttl = std::to_string(3 * options_.heartbeat.count());
+    bool announce = false;                // everything held is to be announced again
+    bool lost_writes = false;             // writes failed: announce everything once the backend answers
+    std::vector<std::string> announcing;  // ... the digests being announced, a step a round
+    std::size_t announced = 0;
+    // The heartbeat, also between the batches of a long drain (a node must not look
+    // dead to the others while it announces a big cache).
+    auto beat_if_due = [&]() -> asio::awaitable<void> {
+      if (clock::now() < next_beat) co_return;
+      next_beat = clock::now() + options_.heartbeat;
+      const auto r = co_await beat();
+      if (!r) co_return;
+      if (*r || lost_writes) announce = true;  // forgotten, or what was written may be lost
+      lost_writes = false;
+    };
     while (true) {
       bool stopping = false;
       {
         std::lock_guard lock(state_->mu);
         stopping = state_->stopping;
       }
-      const auto now = std::chrono::steady_clock::now();
-      if (!stopping && now >= next_beat) {
-        next_beat = now + options_.heartbeat;
-        // GET: the previous beat, nil when the backend has forgotten this node (a
-        // restarted or flushed Dragonfly, or this node away for three beats), and with
-        // it, perhaps, what this node holds.
-        std::vector<std::string> beat{
-            "SET", key("node", options_.self), std::to_string(core::unix_ms()), "PX", beat_ttl, "GET"};
-        const auto r = co_await backend_->command(std::move(beat));
-        const bool ok = r && r->ok();
-        metrics_.directory_op("heartbeat", ok ? "ok" : "error");
-        if (ok && r->type == meta::reply::kind::nil) announce = true;
+      if (!stopping) {
+        co_await beat_if_due();
       }
-      if (!stopping && now >= next_announce) {
-        next_announce = now + options_.reannounce;
+      if (!stopping && clock::now() >= next_announce) {
+        next_announce = clock::now() + options_.reannounce;
         announce = true;
       }
-      if (announce && !stopping) announce = !announce_all();
+      if (announce && !stopping && announced == announcing.size()) {
+        if (auto held = holdings_now()) {
+          announcing = std::move(*held);
+          announced = 0;
+          announce = false;
+          log::info("peer_reannounce", {{"blobs", static_cast<unsigned long long>(announcing.size())}});
+        }
+      }
+      // A step of the announcement a round: the queue (and each drain) stays short.
+      for (std::size_t n = 0; announced < announcing.size() && n < k_announce_step && !stopping; ++n) {
+        announce_held(announcing[announced++]);
+      }
+      if (announced == announcing.size() && !announcing.empty()) {
+        announcing = {};
+        announced = 0;
+      }
       std::vector<state::pending> batch;
       {
         std::lock_guard lock(state_->mu);
@@ -147,8 +179,14 @@ void directory::run() {
         }
         const auto answers = co_await backend_->pipeline(std::move(commands));
         for (const auto& op : ops) metrics_.directory_op(op, answers ? "ok" : "error");
-        if (!answers) log::debug("peer_directory_write_failed", {{"commands", static_cast<unsigned long long>(j - i)}});
+        if (!answers) {
+          log::debug("peer_directory_write_failed", {{"commands", static_cast<unsigned long long>(j - i)}});
+          lost_writes = true;
+        }
         i = j;
+        if (!stopping) {
+          co_await beat_if_due();
+        }
       }
       {
         std::lock_guard lock(state_->mu);
@@ -197,6 +235,11 @@ void directory::published(const std::string& digest, std::uint64_t) {
          {"PEXPIRE", k, std::to_string(options_.holder_ttl.count())},
          {"SREM", key("relay", digest), options_.self}},
         "announce");
+}
+
+void directory::announce_held(const std::string& digest) {
+  const auto k = key("blob", digest);
+  queue({{"SADD", k, options_.self}, {"PEXPIRE", k, std::to_string(options_.holder_ttl.count())}}, "announce");
 }
 
 void directory::relay(const std::string& digest, std::chrono::milliseconds hold) {

@@ -99,8 +99,14 @@ class directory final : public store::observer {
 
  private:
   void queue(std::vector<std::vector<std::string>> commands, std::string_view op);
-  // Queues an announcement of every blob held; false when that is not known yet.
-  bool announce_all();
+  // What this node holds now; nullopt while not known (no cache attached yet, or its
+  // index still being read).
+  std::optional<std::vector<std::string>> holdings_now();
+  // Lists this node as a holder of `digest` again (a re-announcement), queued.
+  void announce_held(const std::string& digest);
+  // The heartbeat: true when the backend had forgotten this node, nullopt when it did
+  // not answer.
+  boost::asio::awaitable<std::optional<bool>> beat();
   void run();
   std::string key(std::string_view kind, std::string_view id) const;
 

@@ -29,6 +29,9 @@ ctx_ptr make_context(const tls_files& f, bool server) {
   ctx_ptr ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()), SSL_CTX_free);
   if (!ctx) throw std::runtime_error("cannot make a TLS context: " + openssl_error());
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
+  // An encrypted key fails to load instead of prompting on a terminal.
+  SSL_CTX_set_default_passwd_cb(ctx.get(), [](char*, int, int, void*) { return 0; });
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), f.cert.c_str()) != 1)
     throw std::runtime_error("cert " + f.cert + ": not a PEM certificate (" + openssl_error() + ")");
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), f.key.c_str(), SSL_FILETYPE_PEM) != 1) {

@@ -18,7 +18,7 @@ import time
 import pytest
 
 import harness
-from conftest import REGISTRY_NAME, berth_at
+from conftest import REGISTRY_NAME, berth_at, berth_binary
 
 BIG_REPO = "library/app"
 
@@ -54,6 +54,18 @@ def curl_sha256(url):
 
 def blob_url(node, digest, repo=BIG_REPO):
     return f"{node.url}/v2/{repo}/blobs/{digest}?ns={REGISTRY_NAME}"
+
+
+def pull_at_once(nodes, digest):
+    """Every node pulls `digest` at the same moment; each body must hash right."""
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.peer, curl_sha256(blob_url(n, digest))))
+               for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[n.peer] == digest.split(":")[1] for n in nodes), results
 
 
 def small_layer(world):
@@ -352,6 +364,88 @@ def test_peers_speak_mutual_tls_and_refuse_anyone_without_the_cluster_certificat
     assert len(blob_gets(world, layer)) == before + 1
 
 
+def test_silent_connections_cannot_lock_a_tls_peer_port_and_do_not_hold_up_a_stop(world, cluster, tmp_path):
+    """A client that connects to the TLS peer port and says nothing: 60 of them (over the
+    listener's 64 places) do not keep a real peer out (handshakes give way oldest first,
+    and are cut after 3 s), and a SIGTERM with handshakes under way stops Berth cleanly
+    and at once (no forced shutdown, no crash record)."""
+    pki = peer_pki(str(tmp_path / "pki"))
+    layer = small_layer(world)
+    holder = cluster.start(tls=pki)
+    assert curl_sha256(blob_url(holder, layer)) == layer.split(":")[1]
+    harness.wait_for(lambda: holder.peer in cluster.holders(layer), what="the holder's announcement")
+    host, port = holder.peer.rsplit(":", 1)
+    silent = []
+    try:
+        for _ in range(60):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            silent.append(s)
+        request = (f"GET /peer/blobs/{layer} HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: {sign(cluster.secret, 'GET', layer)}\r\nConnection: close\r\n\r\n").encode()
+        got = tls_exchange(holder.peer, request, pki["ca"], client=pki)
+        assert isinstance(got, bytes) and got.startswith(b"HTTP/1.1 200"), got
+        assert holder.metric("berth_http_connections_shed_total", listener="peer", action="closed_handshake") >= 20
+        # A silent connection is closed within the handshake's 3 s.
+        started = time.monotonic()
+        last = silent[-1]
+        last.settimeout(10)
+        assert last.recv(1) == b""
+        assert time.monotonic() - started < 5
+        # Handshakes under way, then SIGTERM: a clean, prompt stop.
+        for _ in range(10):
+            silent.append(socket.create_connection((host, int(port)), timeout=10))
+        started = time.monotonic()
+        rc = holder.stop()
+        assert rc == 0 and time.monotonic() - started < 8, rc
+        log = holder.log()
+        assert '"shutdown_complete"' in log and '"shutdown_forced"' not in log
+    finally:
+        for s in silent:
+            s.close()
+
+
+def test_a_start_that_fails_to_bind_the_peer_port_exits_cleanly(world, cluster, tmp_path):
+    """The peer address is taken: Berth says so and exits, without touching a store it
+    has already closed (the blob directory's re-announcement reads the store)."""
+    host = "127.0.0.60"
+    taken = socket.socket()
+    taken.bind((host, 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        d = tmp_path / "failed-start"
+        os.makedirs(d)
+        secret = d / "dockerconfigjson"
+        harness.write_dockerconfigjson(str(secret), REGISTRY_NAME, "robot$cluster-pull", "an-obviously-fake-pw")
+        cfg = d / "berth.yaml"
+        cfg.write_text(f"""listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+shutdown_timeout: 1s
+registries:
+  - names: [{REGISTRY_NAME}]
+    endpoint: {world["registry"].endpoint}
+    credentials: {secret}
+    ca_file: {world['pki'].ca_file}
+default_registry: {REGISTRY_NAME}
+cache:
+  dir: {d / 'cache'}
+metadata:
+  redis: {cluster.redis.url}
+  key_prefix: "{cluster.prefix}"
+peers:
+  listen: {host}:{port}
+  secret_file: {tmp_path / 'peer-secret'}
+""")
+        r = subprocess.run([berth_binary(), "serve", "--config", str(cfg)], capture_output=True, text=True,
+                           timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, out
+        assert f"cannot listen on {host}:{port}" in out, out
+        assert "Sanitizer" not in out and "Segmentation" not in out, out
+    finally:
+        taken.close()
+
+
 def small_layer_other(world, than):
     """A small layer other than `than` and the big one."""
     root = world["registry"].storage_root
@@ -367,14 +461,7 @@ def test_herd_of_ten_nodes_makes_one_upstream_fetch(world, cluster):
     try:
         nodes = [cluster.start(endpoint=f"https://127.0.0.1:{link.port}") for _ in range(10)]
         before = len(blob_gets(world, big))
-        results = {}
-        threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.peer, curl_sha256(blob_url(n, big))))
-                   for n in nodes]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert all(results[n.peer] == big.split(":")[1] for n in nodes), results
+        pull_at_once(nodes, big)
         gets = blob_gets(world, big)[before:]
         assert len(gets) == 1, f"one upstream fetch for ten nodes, got {gets}"
         harness.wait_for(lambda: cluster.holders(big) == {n.peer for n in nodes}, what="every node to be a holder")
@@ -395,14 +482,7 @@ def test_a_busy_filler_is_relayed_by_its_followers_not_bypassed_to_the_upstream(
     try:
         nodes = [cluster.start(endpoint=f"https://127.0.0.1:{link.port}", max_uploads=2) for _ in range(8)]
         before = len(blob_gets(world, big))
-        results = {}
-        threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.peer, curl_sha256(blob_url(n, big))))
-                   for n in nodes]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert all(results[n.peer] == big.split(":")[1] for n in nodes), results
+        pull_at_once(nodes, big)
         gets = blob_gets(world, big)[before:]
         assert len(gets) == 1, f"one upstream fetch although the filler was busy, got {gets}"
         filler = [n for n in nodes if n.metric("berth_fill_bytes_total", source="upstream") > 0]

@@ -56,13 +56,21 @@ inline long backend_commands(const std::string& metrics_text, const std::string&
 
 class redis_server {
  public:
-  explicit redis_server(int port, std::string password = {}) : port_(port), password_(std::move(password)) { start(); }
+  // `persist_dir`: an append-only file there (fsynced on every write), so that a
+  // restart keeps the data, as a Dragonfly with snapshots would.
+  explicit redis_server(int port, std::string password = {}, std::string persist_dir = {})
+      : port_(port), password_(std::move(password)), persist_dir_(std::move(persist_dir)) {
+    start();
+  }
   ~redis_server() { stop(); }
   void start() {
     std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
                                      "--save",       "",       "--appendonly",        "no",     "--loglevel",
                                      "warning"};
     if (!password_.empty()) args.insert(args.end(), {"--requirepass", password_});
+    if (!persist_dir_.empty()) {
+      args.insert(args.end(), {"--dir", persist_dir_, "--appendonly", "yes", "--appendfsync", "always"});
+    }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -82,6 +90,7 @@ class redis_server {
  private:
   int port_;
   std::string password_;
+  std::string persist_dir_;
   pid_t pid_ = -1;
 };
 

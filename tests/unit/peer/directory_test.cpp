@@ -6,10 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <filesystem>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -198,5 +202,89 @@ TEST(PeerDirectory, NoHoldingsAreReadOnceTheyAreWithdrawn) {
   gone = true;
   std::this_thread::sleep_for(300ms);
   EXPECT_FALSE(late);
+  n.dir->stop();
+}
+
+TEST(PeerDirectory, AnnouncementsLostWhileTheBackendWasDownAreMadeAgain) {
+  const int port = free_port();
+  const auto dir = std::filesystem::temp_directory_path() / ("berth-dir-aof-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  redis_server server(port, {}, dir.string());  // keeps its data across a restart
+  inspector look(port);
+  metrics::registry m;
+  m.peers_configured();
+  peer::directory::options o;
+  o.prefix = "t:";
+  o.self = "127.0.0.10:5051";
+  o.heartbeat = 2s;  // the node's key outlives a quick restart
+  auto backend = std::make_shared<meta::redis_client>(backend_options(port), m);
+  peer::directory dir_(backend, o, m);
+  std::mutex mu;
+  std::vector<std::string> held{k_a};
+  dir_.set_holdings([&] {
+    std::lock_guard lock(mu);
+    return held;
+  });
+  dir_.start();
+  ASSERT_TRUE(eventually([&] { return !look.members("t:blob:" + k_a).empty(); }));
+  // Dragonfly goes down; a blob published meanwhile is not announced (the write fails).
+  server.stop();
+  {
+    std::lock_guard lock(mu);
+    held.push_back(k_b);
+  }
+  dir_.published(k_b, 1);
+  dir_.flush();
+  // It comes back with its data: this node's key is still there, so the heartbeat
+  // does not say "forgotten". The lost write is made again all the same.
+  server.start();
+  // (The inspector's first command after the restart meets its closed connection.)
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto r = look.run({"EXISTS", "t:node:127.0.0.10:5051"});
+        return r && r->type == meta::reply::kind::integer && r->integer == 1;
+      },
+      1s));
+  std::optional<meta::reply> members;
+  ASSERT_TRUE(eventually(
+      [&] {
+        members = look.run({"SCARD", "t:blob:" + k_b});
+        return members && members->type == meta::reply::kind::integer;
+      },
+      1s));
+  EXPECT_EQ(members->integer, 0);
+  EXPECT_TRUE(eventually([&] { return look.members("t:blob:" + k_b).count("127.0.0.10:5051") == 1; }, 8s));
+  dir_.stop();
+  server.stop();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PeerDirectory, ABigAnnouncementKeepsTheNodeAlive) {
+  const int port = free_port();
+  redis_server server(port);
+  inspector look(port);
+  node n(port);  // heartbeat every 100 ms, expiring after 300 ms
+  std::vector<std::string> many;
+  for (int i = 0; i < 30000; ++i) {
+    std::string hex = std::to_string(i);
+    many.push_back("sha256:" + std::string(64 - hex.size(), '0') + hex);
+  }
+  n.dir->set_holdings([&] { return many; });
+  n.dir->start();
+  // While the 30 000 blobs are announced (paced, between heartbeats), the node's key
+  // never expires: the other nodes never see it as dead.
+  ASSERT_TRUE(eventually([&] { return look.run({"EXISTS", "t:node:127.0.0.10:5051"})->integer == 1; }));
+  bool always_alive = true;
+  const bool done = eventually(
+      [&] {
+        if (look.run({"EXISTS", "t:node:127.0.0.10:5051"})->integer != 1) always_alive = false;
+        return !look.members("t:blob:" + many.back()).empty();
+      },
+      20s);
+  EXPECT_TRUE(done);
+  EXPECT_TRUE(always_alive);
+  EXPECT_FALSE(look.members("t:blob:" + many.front()).empty());
+  EXPECT_FALSE(look.members("t:blob:" + many[15000]).empty());
   n.dir->stop();
 }
