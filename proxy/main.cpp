@@ -70,9 +70,10 @@ struct descriptor_budget {
   std::size_t peer = 0;  // the peer endpoint's connections (0: no peer listener)
 };
 
-// `peer_wanted`: connections the peer endpoint should take (0: none).
+// `peer_wanted`: connections the peer endpoint should take (0: none), each holding
+// `peer_each` descriptors.
 descriptor_budget plan_descriptors(const http::server_options& s, std::size_t threads, std::size_t registries,
-                                   std::size_t idle_per_host, std::size_t peer_wanted) {
+                                   std::size_t idle_per_host, std::size_t peer_wanted, std::size_t peer_each) {
   rlimit r{};
   getrlimit(RLIMIT_NOFILE, &r);
   if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < r.rlim_max) {
@@ -89,10 +90,13 @@ descriptor_budget plan_descriptors(const http::server_options& s, std::size_t th
   b.admin = s.admin_max_connections ? s.admin_max_connections : std::clamp<std::size_t>(fits / 8, 1, 64);
   // Other nodes' asks: a few per upload place (HEADs, askers turned away busy), never
   // more than a quarter of what fits.
-  b.peer = peer_wanted == 0 ? 0 : std::clamp<std::size_t>(peer_wanted, 1, std::max<std::size_t>(fits / 4, 1));
-  const std::size_t others = std::min(fits - 1, b.admin + b.peer);
+  b.peer = peer_wanted == 0 ? 0
+                            : std::clamp<std::size_t>(peer_wanted, 1,
+                                                      std::max<std::size_t>(fits * per_connection / 4 / peer_each, 1));
+  const std::size_t peer_units = (b.peer * peer_each + per_connection - 1) / per_connection;
+  const std::size_t others = std::min(fits - 1, b.admin + peer_units);
   b.mirror = s.max_connections ? s.max_connections : std::clamp<std::size_t>(fits - others, 1, 16384);
-  if (b.mirror + b.admin + b.peer > fits) {
+  if (b.mirror + b.admin + peer_units > fits) {
     log::warn("descriptors_short", {{"nofile", static_cast<unsigned long long>(b.limit)},
                                     {"max_connections", static_cast<unsigned long long>(b.mirror)},
                                     {"admin_max_connections", static_cast<unsigned long long>(b.admin)},
@@ -619,13 +623,11 @@ int serve(const std::string& config_path) {
   // A Berth still draining on these ports (it refused to hand them over) frees them
   // within its shutdown_timeout: wait for that rather than fail.
   const auto bind_wait = s.server.shutdown_timeout + std::chrono::seconds(5);
-  // A peer connection over TLS holds four descriptors (the TLS socket, the tunnel's
-  // socket pair, the blob), a budget unit is three.
-  const std::size_t peer_connections = std::max<std::size_t>(64, 4 * s.peers.max_uploads);
+  // A peer connection is budgeted like a client's (three descriptors); over TLS one
+  // more, the tunnel's socket pair.
   const auto fds = plan_descriptors(s.server, threads, s.registries.size(), s.upstream.max_idle_per_host,
-                                    !s.peers.enabled()      ? 0
-                                    : s.peers.tls.enabled() ? (peer_connections * 4 + 2) / 3
-                                                            : peer_connections);
+                                    s.peers.enabled() ? std::max<std::size_t>(64, 4 * s.peers.max_uploads) : 0,
+                                    s.peers.tls.enabled() ? 4 : 3);
   http::webhook_target webhook{rt->metadata.get(), rt->table.get(), s.metadata.webhook_secret_file};
   http::admin_state admin_state;
   admin_state.ready = &rt->ready;
@@ -688,7 +690,7 @@ int serve(const std::string& config_path) {
                                   .max_body_bytes = 4096,
                                   .pull_only = true,
                                   .gate = nullptr,
-                                  .max_connections = s.peers.tls.enabled() ? fds.peer * 3 / 4 : fds.peer,
+                                  .max_connections = fds.peer,
                                   .allow = s.peers.allow.empty() ? nullptr : peer::allow_from(s.peers.allow),
                                   .tls = rt->peer_tls.server.get(),
                                   .bind_wait = bind_wait},
@@ -791,7 +793,6 @@ int serve(const std::string& config_path) {
     rt->store->join_background();
     rt->store->flush();  // publishes handed to the disk thread before the stop complete
   }
-  if (rt->directory) rt->directory->set_holdings(nullptr);  // the store goes before the directory
   if (forced) {
     // Something still ran past the limit (its coroutine frames point into the
     // runtime): leave it all to the kernel rather than free it under them.

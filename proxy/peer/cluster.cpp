@@ -1,7 +1,6 @@
 #include "peer/cluster.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -221,7 +220,8 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
 
   // This fill follows a peer's: listed as a relay, so others may follow it in turn.
   asio::awaitable<void> relaying() {
-    if (relaying_.exchange(true)) co_return;
+    if (relaying_) co_return;
+    relaying_ = true;
     c_.dir().relay(digest_, c_.claim_hold());
     co_await keep_listed();
   }
@@ -319,14 +319,14 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   cluster& c_;
   std::shared_ptr<mirror::upstream_blob_source> up_;
   std::string digest_;
-  std::vector<std::string> failed_;     // peers that refused, broke off or stalled in this fill
-  std::vector<std::string> used_;       // peers that gave bytes to this fill
-  std::string current_;                 // where the body comes from now ("" the upstream)
-  std::vector<std::string> busy_;       // ... of them, the ones that said they were busy
-  bool authorized_ = false;             // the upstream said yes for this repository
-  std::atomic<bool> won_ = false;       // this node holds the fill claim
-  std::atomic<bool> relaying_ = false;  // listed as a relay for the blob
-  bool listed_ = false;                 // keep_fresh runs
+  std::vector<std::string> failed_;  // peers that refused, broke off or stalled in this fill
+  std::vector<std::string> used_;    // peers that gave bytes to this fill
+  std::string current_;              // where the body comes from now ("" the upstream)
+  std::vector<std::string> busy_;    // ... of them, the ones that said they were busy
+  bool authorized_ = false;          // the upstream said yes for this repository
+  bool won_ = false;                 // this node holds the fill claim
+  bool relaying_ = false;            // listed as a relay for the blob
+  bool listed_ = false;              // keep_fresh runs
 };
 
 }  // namespace
