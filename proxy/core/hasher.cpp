@@ -25,6 +25,12 @@ hasher::~hasher() = default;
 hasher::hasher(hasher&&) noexcept = default;
 hasher& hasher::operator=(hasher&&) noexcept = default;
 
+hasher hasher::clone() const {
+  hasher out(impl_->algorithm);
+  if (EVP_MD_CTX_copy_ex(out.impl_->ctx, impl_->ctx) != 1) throw std::runtime_error("EVP_MD_CTX_copy_ex failed");
+  return out;
+}
+
 void hasher::update(const void* data, std::size_t size) {
   EVP_DigestUpdate(impl_->ctx, data, size);
 }

@@ -17,6 +17,8 @@ class hasher {
 
   void update(const void* data, std::size_t size);
   void update(std::string_view s) { update(s.data(), s.size()); }
+  // A hasher in the same state (to go back to it later).
+  hasher clone() const;
   // "sha256:<hex>". Call once.
   std::string finish();
 

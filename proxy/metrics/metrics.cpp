@@ -260,6 +260,11 @@ struct registry::impl {
       BuildCounter().Name("berth_peer_upload_bytes_total").Help("Blob bytes sent to other nodes").Register(*reg);
   prometheus::Family<prometheus::Counter>& peer_fetches =
       BuildCounter().Name("berth_peer_fetches_total").Help("Blob fetches from other nodes, by outcome").Register(*reg);
+  prometheus::Family<prometheus::Counter>& peer_chunk_checks =
+      BuildCounter()
+          .Name("berth_peer_chunk_checks_total")
+          .Help("Chunks of blobs from other nodes checked against their chunk hashes before release, by result")
+          .Register(*reg);
   prometheus::Family<prometheus::Counter>& fill_bytes =
       BuildCounter()
           .Name("berth_fill_bytes_total")
@@ -297,12 +302,13 @@ registry::registry() : impl_(std::make_unique<impl>()) {
 }
 
 void registry::peers_configured() {
-  for (const auto* o : {"hit", "filling", "miss", "busy", "unauthorized", "not_found", "failed"})
+  for (const auto* o : {"hit", "filling", "chunk_list", "miss", "busy", "unauthorized", "not_found", "failed"})
     impl_->peer_uploads.Add({{"outcome", o}});
   impl_->peer_uploads_active.Add({});
   impl_->peer_upload_bytes.Add({});
   for (const auto* o : {"ok", "busy", "refused", "broken", "stalled", "wrong_bytes", "unreachable"})
     impl_->peer_fetches.Add({{"outcome", o}});
+  for (const auto* r : {"match", "mismatch", "unchecked"}) impl_->peer_chunk_checks.Add({{"result", r}});
   for (const auto* src : {"peer", "upstream"}) impl_->fill_bytes.Add({{"source", src}});
   for (const auto* op : {"announce", "withdraw", "relay", "lookup", "lock", "heartbeat"}) {
     for (const auto* result : {"ok", "error"}) impl_->directory_ops.Add({{"op", op}, {"result", result}});
@@ -311,7 +317,8 @@ void registry::peers_configured() {
 
 void registry::peer_upload(std::string_view outcome) {
   impl_->peer_uploads
-      .Add({{"outcome", one_of(outcome, {"hit", "filling", "miss", "busy", "unauthorized", "not_found", "failed"})}})
+      .Add({{"outcome",
+             one_of(outcome, {"hit", "filling", "chunk_list", "miss", "busy", "unauthorized", "not_found", "failed"})}})
       .Increment();
 }
 
@@ -327,6 +334,10 @@ void registry::peer_fetch(std::string_view outcome) {
   impl_->peer_fetches
       .Add({{"outcome", one_of(outcome, {"ok", "busy", "refused", "broken", "stalled", "wrong_bytes", "unreachable"})}})
       .Increment();
+}
+
+void registry::peer_chunk_check(std::string_view result) {
+  impl_->peer_chunk_checks.Add({{"result", one_of(result, {"match", "mismatch", "unchecked"})}}).Increment();
 }
 
 void registry::fill_bytes(std::string_view source, std::uint64_t bytes) {

@@ -76,14 +76,17 @@ class registry {
   // Blob sharing between nodes. Exports the peer families at 0 when sharing is on.
   void peers_configured();
   // A request to this node's peer endpoint by outcome: hit (a published blob),
-  // filling (a fill under way followed), miss, busy, unauthorized, not_found (not a
-  // blob path), failed (the cache could not read it).
+  // filling (a fill under way followed), chunk_list (a blob's chunk hashes), miss,
+  // busy, unauthorized, not_found (not a peer path), failed (the cache could not read it).
   void peer_upload(std::string_view outcome);
   void peer_uploads_active(std::size_t n);
   void peer_upload_bytes(std::uint64_t bytes);
   // A fetch from another node by outcome: ok, busy, refused, broken, stalled,
   // wrong_bytes, unreachable.
   void peer_fetch(std::string_view outcome);
+  // A chunk from another node checked before its release: match, mismatch, unchecked
+  // (the node gave no hash for it; the blob's digest still checks it at the end).
+  void peer_chunk_check(std::string_view result);
   // Blob bytes that came into this node's cache, by where from: peer, upstream.
   void fill_bytes(std::string_view source, std::uint64_t bytes);
   // The blob directory in the backend: op (announce, withdraw, lookup, lock,

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/body_source.hpp"
+#include "core/chunk_hash.hpp"
 #include "core/reply.hpp"
 #include "mirror/options.hpp"
 #include "mirror/request.hpp"
@@ -49,6 +50,20 @@ class blob_source {
   virtual std::string name() const = 0;
   // The bytes this source gave did not hash to the digest (the fill has failed).
   virtual void rejected() {}
+
+  // Chunk by chunk (core/chunk_hash.hpp), for a source that vouches for what it
+  // sends now (another node): the fill keeps each chunk from its clients until it
+  // matches the hash the source gives for it, and on a mismatch goes on from the
+  // chunk's start elsewhere, so its clients never see the wrong bytes.
+  virtual bool vouches() const { return false; }
+  // The hash the source gives for chunk `index`; nullopt when it has none (the chunk
+  // is then released unchecked: the digest still checks the blob at the end).
+  virtual boost::asio::awaitable<std::optional<core::chunk_digest>> chunk_hash(std::uint64_t /*index*/) {
+    co_return std::nullopt;
+  }
+  // Its bytes for chunk `index` did not match: the source drops whoever sent them,
+  // and the fill asks fetch_range for the rest from the chunk's start.
+  virtual void wrong_chunk(std::uint64_t /*index*/) {}
 };
 
 // The upstream registry as a blob source: GET /v2/<repository>/blobs/<digest> with

@@ -5,6 +5,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "core/chunk_hash.hpp"
 #include "core/log.hpp"
 #include "core/min_rate_body.hpp"
 #include "metrics/metrics.hpp"
@@ -16,59 +17,145 @@ namespace berth::mirror {
 namespace asio = boost::asio;
 
 namespace {
-constexpr std::size_t k_chunk = 256 * 1024;
+
+constexpr std::size_t k_read = 256 * 1024;
+// Sources dropped for wrong chunks in one fill before it gives up (each one is a
+// distrusted node; the upstream vouches for nothing, so this is a guard, not a plan).
+constexpr int k_max_wrong_chunks = 8;
+
+class fill_run {
+ public:
+  fill_run(std::shared_ptr<store::fill> f, std::shared_ptr<blob_source> source, metrics::registry& metrics,
+           const mirror_options& options)
+      : f_(std::move(f)), source_(std::move(source)), metrics_(metrics), options_(options) {}
+
+  asio::awaitable<void> run(std::string confirmed_for) {
+    auto first = co_await source_->fetch();
+    if (first.refusal) {
+      f_->fail(store::fill_failure::upstream_answer, std::make_shared<const core::reply>(std::move(*first.refusal)));
+      co_return;
+    }
+    size_ = first.size;
+    if (!f_->start(first.size, std::move(first.media_type), std::move(confirmed_for))) co_return;
+    std::unique_ptr<core::body_source> body = first.body ? slow_guard(std::move(first.body)) : nullptr;
+    bool ended = body == nullptr;  // an empty blob has no body to read
+    std::unique_ptr<char[]> buf(new char[k_read]);
+    while (body) {
+      // A chunk from a source that vouches for it is held until it is checked; its
+      // reads stop at the chunk's end.
+      const bool hold = f_->held() > 0 || source_->vouches();
+      const auto want = hold ? std::min<std::uint64_t>(k_read, f_->room_in_chunk()) : k_read;
+      boost::system::error_code ec;
+      const auto n = co_await body->read(asio::buffer(buf.get(), static_cast<std::size_t>(want)), ec);
+      if (!ec && n == 0) {
+        if (f_->held() == 0 || co_await held_bytes_check_out()) {
+          ended = true;
+          break;
+        }
+        body = co_await elsewhere();
+        continue;
+      }
+      if (!ec) {
+        if (!f_->append(buf.get(), n, hold)) co_return;
+        if (f_->held() > 0 && f_->room_in_chunk() == core::k_chunk_bytes && !co_await held_bytes_check_out()) {
+          body = co_await elsewhere();
+        }
+        continue;
+      }
+      // A chunk comes whole from one source: what is held of it is asked for again.
+      f_->drop_held();
+      log::warn("cache_fill_broken", {{"source", source_->name()},
+                                      {"digest", f_->digest()},
+                                      {"received", f_->written()},
+                                      {"size", size_ ? std::to_string(*size_) : std::string("unknown")},
+                                      {"error", ec.message()},
+                                      {"resumes", resumes_}});
+      body = co_await resume();
+    }
+    if (!ended) {
+      f_->fail(store::fill_failure::upstream_broken);
+      co_return;
+    }
+    if (f_->finish() == store::fill_failure::digest_mismatch) source_->rejected();
+  }
+
+ private:
+  // A trickling source is treated like a stalled one: resume from a fresh connection.
+  std::unique_ptr<core::body_source> slow_guard(std::unique_ptr<core::body_source> b) const {
+    return std::make_unique<core::min_rate_body>(std::move(b), options_.min_rate, options_.min_rate_period);
+  }
+
+  // Checks the held chunk against the source's hash: released when it matches (or
+  // the source has no hash for it), dropped and the source told when it does not.
+  asio::awaitable<bool> held_bytes_check_out() {
+    const auto index = f_->held_chunk();
+    const auto expected = co_await source_->chunk_hash(index);
+    if (!expected || *expected == f_->held_digest()) {
+      metrics_.peer_chunk_check(expected ? "match" : "unchecked");
+      f_->confirm_held();
+      co_return true;
+    }
+    metrics_.peer_chunk_check("mismatch");
+    log::error("chunk_mismatch", {{"source", source_->name()},
+                                  {"digest", f_->digest()},
+                                  {"chunk", index},
+                                  {"offset", index * core::k_chunk_bytes},
+                                  {"expected", core::to_hex(*expected)},
+                                  {"got", core::to_hex(f_->held_digest())}});
+    f_->drop_held();
+    source_->wrong_chunk(index);
+    co_return false;
+  }
+
+  // After wrong bytes: the rest from the chunk's start, from another source at once
+  // (then as after a broken body).
+  asio::awaitable<std::unique_ptr<core::body_source>> elsewhere() {
+    if (++wrong_chunks_ <= k_max_wrong_chunks) {
+      std::string problem;
+      if (auto rest = co_await source_->fetch_range(f_->written(), std::nullopt, problem)) {
+        metrics_.cache_resume("ok");
+        co_return slow_guard(std::move(rest));
+      }
+      metrics_.cache_resume("failed");
+      log::warn("cache_resume_failed", {{"source", source_->name()}, {"digest", f_->digest()}, {"error", problem}});
+    }
+    co_return co_await resume();
+  }
+
+  // The rest of the body from the byte the fill reached, a few times with backoff;
+  // null when no source would.
+  asio::awaitable<std::unique_ptr<core::body_source>> resume() {
+    while (resumes_ < options_.resume_backoff.size()) {
+      asio::steady_timer pause(co_await asio::this_coro::executor, options_.resume_backoff[resumes_++]);
+      boost::system::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      std::string problem;
+      if (auto rest = co_await source_->fetch_range(f_->written(), std::nullopt, problem)) {
+        metrics_.cache_resume("ok");
+        co_return slow_guard(std::move(rest));
+      }
+      metrics_.cache_resume("failed");
+      log::warn("cache_resume_failed", {{"source", source_->name()}, {"digest", f_->digest()}, {"error", problem}});
+    }
+    co_return nullptr;
+  }
+
+  std::shared_ptr<store::fill> f_;
+  std::shared_ptr<blob_source> source_;
+  metrics::registry& metrics_;
+  const mirror_options& options_;
+  std::optional<std::uint64_t> size_;
+  std::size_t resumes_ = 0;
+  int wrong_chunks_ = 0;
+};
+
 }  // namespace
 
 asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, std::shared_ptr<blob_source> source,
                                std::string confirmed_for, metrics::registry& metrics, const mirror_options& options) {
   try {
-    auto first = co_await source->fetch();
-    if (first.refusal) {
-      f->fail(store::fill_failure::upstream_answer, std::make_shared<const core::reply>(std::move(*first.refusal)));
-      co_return;
-    }
-    if (!f->start(first.size, std::move(first.media_type), std::move(confirmed_for))) co_return;
-    // A trickling source is treated like a stalled one: resume from a fresh connection.
-    auto slow_guard = [&options](std::unique_ptr<core::body_source> b) -> std::unique_ptr<core::body_source> {
-      return std::make_unique<core::min_rate_body>(std::move(b), options.min_rate, options.min_rate_period);
-    };
-    std::unique_ptr<core::body_source> body = first.body ? slow_guard(std::move(first.body)) : nullptr;
-    std::unique_ptr<char[]> buf(new char[k_chunk]);
-    std::size_t resumes = 0;
-    while (body) {
-      boost::system::error_code ec;
-      const auto n = co_await body->read(asio::buffer(buf.get(), k_chunk), ec);
-      if (!ec && n == 0) break;
-      if (!ec) {
-        if (!f->append(buf.get(), n)) co_return;
-        continue;
-      }
-      const auto have = f->written();
-      log::warn("cache_fill_broken", {{"source", source->name()},
-                                      {"digest", f->digest()},
-                                      {"received", have},
-                                      {"size", first.size ? std::to_string(*first.size) : std::string("unknown")},
-                                      {"error", ec.message()},
-                                      {"resumes", resumes}});
-      body.reset();
-      while (!body && resumes < options.resume_backoff.size()) {
-        asio::steady_timer pause(co_await asio::this_coro::executor, options.resume_backoff[resumes++]);
-        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        std::string problem;
-        if (auto rest = co_await source->fetch_range(have, std::nullopt, problem)) {
-          body = slow_guard(std::move(rest));
-          metrics.cache_resume("ok");
-        } else {
-          metrics.cache_resume("failed");
-          log::warn("cache_resume_failed", {{"source", source->name()}, {"digest", f->digest()}, {"error", problem}});
-        }
-      }
-      if (!body) {
-        f->fail(store::fill_failure::upstream_broken);
-        co_return;
-      }
-    }
-    if (f->finish() == store::fill_failure::digest_mismatch) source->rejected();
+    fill_run run(f, std::move(source), metrics, options);
+    co_await run.run(std::move(confirmed_for));
   } catch (const std::exception& e) {
     // As core::spawn's handler would (logged and counted alike), but here the fill's
     // followers are told at once and the exception goes no further.

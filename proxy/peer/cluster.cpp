@@ -7,7 +7,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/json/parse.hpp>
 
+#include "core/chunk_hash.hpp"
 #include "core/clock.hpp"
 #include "core/log.hpp"
 #include "core/media_types.hpp"
@@ -53,6 +55,36 @@ class counted_body final : public core::body_source {
   bool peer_;
   std::uint64_t bytes_ = 0;
 };
+
+// Up to 32 768 chunks (128 GiB): a list longer than that is not one.
+constexpr std::size_t k_max_chunk_list = 1 << 20;
+// Chunks in a row whose list a node could not be asked for before it is followed unchecked.
+constexpr int k_max_list_failures = 3;
+
+// {"chunk_size": <bytes>, "chunks": "<hex>"} (peer::endpoint); nullopt when it is not
+// one, or was cut with another chunk size.
+std::optional<std::vector<core::chunk_digest>> parse_chunk_list(std::string_view text) {
+  boost::system::error_code ec;
+  const auto doc = boost::json::parse(text, ec);
+  const auto* o = ec ? nullptr : doc.if_object();
+  if (o == nullptr) return std::nullopt;
+  const auto* size = o->if_contains("chunk_size");
+  const auto* hex = o->if_contains("chunks");
+  if (size == nullptr || (!size->is_uint64() && !size->is_int64()) || hex == nullptr || !hex->is_string()) {
+    return std::nullopt;
+  }
+  if (size->to_number<std::uint64_t>() != core::k_chunk_bytes) return std::nullopt;
+  const auto& h = hex->get_string();
+  if (h.size() % 32 != 0) return std::nullopt;
+  std::vector<core::chunk_digest> out;
+  out.reserve(h.size() / 32);
+  for (std::size_t at = 0; at < h.size(); at += 32) {
+    auto d = core::chunk_digest_from_hex(std::string_view(h).substr(at, 32));
+    if (!d) return std::nullopt;
+    out.push_back(*d);
+  }
+  return out;
+}
 
 // "ip:port" or "[v6]:port" as an origin (https with peers.tls).
 std::optional<upstream::origin> node_origin(const std::string& node, bool tls) {
@@ -149,7 +181,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       failed_.push_back(current_);  // the peer the body came from broke off or stalled
       log::warn("peer_switch", {{"digest", digest_}, {"from", current_}, {"offset", offset}});
     }
-    current_.clear();
+    switch_to({});
     if (authorized_ && !won_) {
       auto where = co_await c_.dir().lookup(digest_);
       if (where.answered) {
@@ -172,6 +204,30 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   }
 
   std::string name() const override { return current_.empty() ? up_->name() : "peer " + current_; }
+
+  bool vouches() const override { return !current_.empty() && !unvouched_; }
+
+  asio::awaitable<std::optional<core::chunk_digest>> chunk_hash(std::uint64_t index) override {
+    // A published copy's list is whole at once; a growing fill's has every chunk its
+    // readers may have, so it is asked again as each chunk ends here.
+    if (index >= hashes_.size() && vouches()) {
+      co_await load_hashes();
+    }
+    if (index < hashes_.size()) co_return hashes_[index];
+    co_return std::nullopt;
+  }
+
+  void wrong_chunk(std::uint64_t index) override {
+    if (current_.empty()) return;
+    const auto node = current_;
+    c_.metrics().peer_fetch("wrong_bytes");
+    c_.distrust(digest_, node);
+    c_.dir().forget_holder(digest_, node);
+    log::error("peer_wrong_bytes", {{"digest", digest_}, {"peer", node}, {"chunk", index}});
+    failed_.push_back(node);
+    std::erase(used_, node);  // caught here: not blamed again if the blob fails at its end
+    switch_to({});
+  }
 
   void rejected() override {
     for (const auto& node : used_) {
@@ -253,7 +309,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   }
 
   asio::awaitable<mirror::blob_fetch> from_upstream() {
-    current_.clear();
+    switch_to({});
     auto out = co_await up_->fetch();
     if (out.body) out.body = std::make_unique<counted_body>(std::move(out.body), c_.metrics(), false);
     co_return out;
@@ -305,28 +361,95 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       co_return nullptr;
     }
     c_.metrics().peer_fetch("ok");
+    switch_to(node);
     if (head != nullptr) {
       head->size = mirror::content_length(res.headers);
       head->media_type = mirror::bare_media_type(res.headers);
       if (!core::media_type::valid(head->media_type)) head->media_type = "application/octet-stream";
     }
-    current_ = node;
     if (std::find(used_.begin(), used_.end(), node) == used_.end()) used_.push_back(node);
     co_await relaying();
     co_return std::make_unique<counted_body>(std::move(res.body), c_.metrics(), true);
   }
 
+  // The body comes from `node` now ("" the upstream): its chunk hashes are asked of it.
+  void switch_to(std::string node) {
+    current_ = std::move(node);
+    hashes_.clear();
+    unvouched_ = false;
+    list_failures_ = 0;
+  }
+
+  // The chunk hashes `current_` has for the blob, into hashes_. A node that has none
+  // (an older Berth, a blob it cached before it kept them) or answers with anything
+  // but a list vouches for nothing more in this fill; one that cannot be reached (a
+  // busy moment) is asked once more at once, then again at its next chunk's end, and
+  // after k_max_list_failures such chunks no more.
+  asio::awaitable<void> load_hashes() {
+    std::string problem;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const auto got = co_await fetch_hashes(problem);
+      if (got == list_answer::ok) {
+        list_failures_ = 0;
+        co_return;
+      }
+      if (got == list_answer::none) {
+        unvouched_ = true;
+        break;
+      }
+    }
+    if (!unvouched_ && ++list_failures_ >= k_max_list_failures) unvouched_ = true;
+    log::info("peer_chunk_list_unavailable",
+              {{"digest", digest_}, {"peer", current_}, {"error", problem}, {"asked_again", !unvouched_}});
+  }
+
+  enum class list_answer { ok, none, unreachable };
+  asio::awaitable<list_answer> fetch_hashes(std::string& problem) {
+    const auto to = node_origin(current_, c_.options().tls.enabled());
+    if (!to) co_return list_answer::none;
+    upstream::request req;
+    req.target = "/peer/chunks/" + digest_;
+    error_code ec;
+    // Named: GCC 12 destroys temporaries in a co_await expression twice.
+    std::string authorization = sign(c_.options().secret, k_chunk_list_method, digest_, core::unix_ms() / 1000);
+    std::string label = "peer";
+    auto res = co_await up_->via().fetch_direct(*to, req, std::move(authorization), c_.options().stall_timeout,
+                                                std::move(label), ec);
+    std::string body;
+    if (!ec && res.status == 200) {
+      co_await res.read_all(body, k_max_chunk_list, ec);
+    }
+    if (ec) {
+      problem = ec.message();
+      co_return list_answer::unreachable;
+    }
+    if (res.status != 200) {
+      problem = "HTTP " + std::to_string(res.status);
+      co_return list_answer::none;
+    }
+    auto list = parse_chunk_list(body);
+    if (!list) {
+      problem = "not a chunk list";
+      co_return list_answer::none;
+    }
+    hashes_ = std::move(*list);
+    co_return list_answer::ok;
+  }
+
   cluster& c_;
   std::shared_ptr<mirror::upstream_blob_source> up_;
   std::string digest_;
-  std::vector<std::string> failed_;  // peers that refused, broke off or stalled in this fill
-  std::vector<std::string> used_;    // peers that gave bytes to this fill
-  std::string current_;              // where the body comes from now ("" the upstream)
-  std::vector<std::string> busy_;    // ... of them, the ones that said they were busy
-  bool authorized_ = false;          // the upstream said yes for this repository
-  bool won_ = false;                 // this node holds the fill claim
-  bool relaying_ = false;            // listed as a relay for the blob
-  bool listed_ = false;              // keep_fresh runs
+  std::vector<std::string> failed_;         // peers that refused, broke off or stalled in this fill
+  std::vector<std::string> used_;           // peers that gave bytes to this fill
+  std::string current_;                     // where the body comes from now ("" the upstream)
+  std::vector<core::chunk_digest> hashes_;  // current_'s chunk hashes for the blob, as far as it knows them
+  bool unvouched_ = false;                  // current_ gave no chunk list
+  int list_failures_ = 0;                   // chunks in a row whose list current_ could not be asked for
+  std::vector<std::string> busy_;           // ... of them, the ones that said they were busy
+  bool authorized_ = false;                 // the upstream said yes for this repository
+  bool won_ = false;                        // this node holds the fill claim
+  bool relaying_ = false;                   // listed as a relay for the blob
+  bool listed_ = false;                     // keep_fresh runs
 };
 
 }  // namespace

@@ -8,6 +8,9 @@
 //  3. A peer that breaks off, stalls (peers.stall_timeout) or refuses mid-way: the
 //     fill continues from the byte it reached (Range) from another holder, from a
 //     node that took over the dead filler's claim, or from the upstream.
+//  4. Bytes from a peer come with its chunk hashes (GET /peer/chunks/<digest>): the fill
+//     holds each chunk until it matches, and on a mismatch drops the peer (wrong_chunk)
+//     and goes on from the chunk's start as in 3, so the clients never see the bytes.
 // Before any byte is taken from a peer, the upstream confirms that the repository may
 // have the blob (HEAD, as Berth): a peer never decides who may read what. Every byte
 // is verified against the digest by the fill, whatever its source; a peer whose bytes

@@ -1,7 +1,10 @@
 #include "peer/endpoint.hpp"
 
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
 #include <utility>
 
+#include "core/chunk_hash.hpp"
 #include "core/clock.hpp"
 #include "core/failure.hpp"
 #include "core/log.hpp"
@@ -19,6 +22,7 @@ namespace asio = boost::asio;
 namespace {
 
 constexpr std::string_view k_prefix = "/peer/blobs/";
+constexpr std::string_view k_chunks_prefix = "/peer/chunks/";
 
 // One of the node's `max_uploads` places, taken in one atomic step when a request is
 // admitted (so two requests cannot both pass the check for the last place) and given
@@ -81,10 +85,11 @@ class upload_body final : public core::body_source {
   std::uint64_t sent_ = 0;
 };
 
-http::handled refuse(core::failure f, std::string message, std::string_view outcome, metrics::registry& metrics) {
+http::handled refuse(core::failure f, std::string message, std::string_view outcome, metrics::registry& metrics,
+                     std::string_view route = "peer_blob") {
   metrics.peer_upload(outcome);
   http::handled h;
-  h.route = "peer_blob";
+  h.route = std::string(route);
   h.reply = core::error_reply(f, std::move(message));
   if (f == core::failure::overloaded || f == core::failure::cache_unavailable) h.reply.headers.add("Retry-After", "1");
   return h;
@@ -102,22 +107,29 @@ http::handler endpoint::handler() {
 
 asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
   const std::string_view target = in.target;
-  // Exactly /peer/blobs/<digest>: no query, no other path, nothing to decode.
-  const auto digest = target.starts_with(k_prefix) ? core::parse_digest(target.substr(k_prefix.size())) : std::nullopt;
+  // Exactly /peer/blobs/<digest> or /peer/chunks/<digest>: no query, no other path,
+  // nothing to decode.
+  const bool chunks = target.starts_with(k_chunks_prefix);
+  const auto prefix = chunks ? k_chunks_prefix : k_prefix;
+  const auto digest = target.starts_with(prefix) ? core::parse_digest(target.substr(prefix.size())) : std::nullopt;
   if (!digest) {
-    co_return refuse(core::failure::not_an_endpoint, "the peer endpoint serves only /peer/blobs/<digest>", "not_found",
+    co_return refuse(core::failure::not_an_endpoint,
+                     "the peer endpoint serves only /peer/blobs/<digest> and /peer/chunks/<digest>", "not_found",
                      metrics_);
   }
-  if (in.method != "GET" && in.method != "HEAD") {
-    co_return refuse(core::failure::method_not_allowed, "GET and HEAD only", "not_found", metrics_);
+  if (in.method != "GET" && (chunks || in.method != "HEAD")) {
+    co_return refuse(core::failure::method_not_allowed, chunks ? "GET only" : "GET and HEAD only", "not_found",
+                     metrics_);
   }
   const auto name = digest->str();
-  const auto verdict = check(options_.secret, in.method, name, in.authorization, core::unix_ms() / 1000);
+  const auto verdict = check(options_.secret, chunks ? k_chunk_list_method : std::string_view(in.method), name,
+                             in.authorization, core::unix_ms() / 1000);
   if (verdict != verdict::ok) {
     log::warn("peer_unauthorized", {{"digest", name}, {"why", to_string(verdict)}});
     co_return refuse(core::failure::peer_unauthorized, "a peer request needs the cluster's signature", "unauthorized",
                      metrics_);
   }
+  if (chunks) co_return chunk_list(name);
   auto* store = store_.load();
   if (store == nullptr) {
     co_return refuse(core::failure::blob_unknown, "this node has no blob cache", "miss", metrics_);
@@ -182,6 +194,40 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
   r.stream = std::make_unique<upload_body>(store::fill_body(std::move(f), fd, first, body_end, fill_stall_),
                                            std::move(slot), metrics_);
   co_return h;
+}
+
+// {"chunk_size": <bytes>, "chunks": "<hex of each chunk's hash, one after another>"}:
+// every chunk of a published blob, or the chunks of a fill under way that its readers
+// may have in full (a node following this one asks again as it reaches each chunk's
+// end). Small: 32 characters per 4 MiB. Takes no upload place.
+http::handled endpoint::chunk_list(const std::string& name) {
+  constexpr std::string_view route = "peer_chunks";
+  auto* store = store_.load();
+  if (store == nullptr) {
+    return refuse(core::failure::blob_unknown, "this node has no blob cache", "miss", metrics_, route);
+  }
+  std::string hex;
+  boost::system::error_code ec;
+  if (auto e = store->stat(name, &ec)) {
+    if (e->chunks.empty()) {
+      return refuse(core::failure::blob_unknown, "no chunk hashes are kept here for " + name, "miss", metrics_, route);
+    }
+    hex = std::move(e->chunks);
+  } else if (ec) {
+    return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
+                  "failed", metrics_, route);
+  } else if (auto f = store->join(name)) {
+    for (const auto& c : f->chunk_digests()) hex += core::to_hex(c);
+  } else {
+    return refuse(core::failure::blob_unknown, name + " is not on this node", "miss", metrics_, route);
+  }
+  metrics_.peer_upload("chunk_list");
+  http::handled h;
+  h.route = std::string(route);
+  h.reply.headers.set("Content-Type", "application/json");
+  h.reply.body = boost::json::serialize(
+      boost::json::object{{"chunk_size", core::k_chunk_bytes}, {"chunks", boost::json::string_view(hex)}});
+  return h;
 }
 
 }  // namespace berth::peer

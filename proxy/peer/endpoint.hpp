@@ -1,7 +1,8 @@
 #pragma once
 // The peer endpoint: where other Berth nodes fetch blobs from this one. Serves
 // GET and HEAD /peer/blobs/<digest> from the node's cache, a published blob or a
-// fill under way (followed as it grows, Range included), to requests signed with
+// fill under way (followed as it grows, Range included), and GET
+// /peer/chunks/<digest>, the blob's chunk hashes (core/chunk_hash.hpp), to requests signed with
 // the cluster secret, and nothing else: no manifests, no listings, no fill started
 // on a peer's behalf. Authorization stays with the upstream: the asking node checks
 // the repository with Harbor itself before it serves what it got from here.
@@ -33,6 +34,8 @@ class endpoint {
   boost::asio::awaitable<http::handled> serve(const http::incoming& in);
 
  private:
+  http::handled chunk_list(const std::string& name);
+
   const peer_options& options_;
   metrics::registry& metrics_;
   std::atomic<store::blob_store*> store_;

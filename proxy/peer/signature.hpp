@@ -14,8 +14,13 @@
 namespace berth::peer {
 
 inline constexpr std::chrono::seconds k_validity{30};
+// What a request for a blob's chunk hashes (GET /peer/chunks/<digest>) is signed
+// for in place of its HTTP method: a blob's signature does not fetch its chunk list,
+// nor the other way round.
+inline constexpr std::string_view k_chunk_list_method = "CHUNKS";
 
-// The Authorization header value for `method` ("GET" or "HEAD") on `digest` at `unix_s`.
+// The Authorization header value for `method` ("GET", "HEAD" or k_chunk_list_method)
+// on `digest` at `unix_s`.
 std::string sign(std::string_view secret, std::string_view method, std::string_view digest, std::int64_t unix_s);
 
 enum class verdict { ok, missing, malformed, expired, wrong };

@@ -63,7 +63,7 @@ std::string_view to_string(fill_failure f) {
 // fill
 
 fill::fill(blob_store& store, std::string digest, const std::string& algorithm)
-    : store_(store), digest_(std::move(digest)), hasher_(algorithm) {}
+    : store_(store), digest_(std::move(digest)), hasher_(algorithm), mark_(hasher_.clone()) {}
 
 fill::~fill() {
   release_temp();
@@ -128,9 +128,9 @@ bool fill::start(std::optional<std::uint64_t> size, std::string media_type, std:
   return true;
 }
 
-bool fill::append(const char* data, std::size_t n) {
+bool fill::append(const char* data, std::size_t n, bool hold) {
   const auto p = snapshot();
-  const std::uint64_t offset = p.written;
+  const std::uint64_t offset = appended_;
   if (p.sized && offset + n > p.size) {
     // More bytes than announced: the upstream is wrong about this blob.
     store_.metrics().digest_mismatch("cache", "blob_length");
@@ -138,6 +138,8 @@ bool fill::append(const char* data, std::size_t n) {
     fail(fill_failure::digest_mismatch);
     return false;
   }
+  hold = held_ > 0 || (hold && offset % core::k_chunk_bytes == 0);
+  if (hold && n > room_in_chunk()) throw std::logic_error("held bytes would cross a chunk boundary");
   std::size_t done = 0;
   while (done < n) {
     error_code ec;
@@ -149,55 +151,118 @@ bool fill::append(const char* data, std::size_t n) {
     }
     done += w;  // a short write continues where it stopped
   }
-  hasher_.update(data, n);
-  if (!p.sized) claim_temp(n);
+  // Hashed chunk by chunk: each chunk's hash, and the blob's hasher at each chunk start.
+  std::vector<core::chunk_digest> completed;
+  for (std::size_t at = 0; at < n;) {
+    const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(n - at, room_in_chunk()));
+    hasher_.update(data + at, piece);
+    chunk_.update(data + at, piece);
+    at += piece;
+    appended_ += piece;
+    if (!hold && appended_ % core::k_chunk_bytes == 0) {
+      completed.push_back(chunk_.digest());
+      chunk_.reset();
+      mark_ = hasher_.clone();
+    }
+  }
+  if (hold) held_ += n;
+  if (!p.sized && appended_ > claimed_) {
+    claim_temp(appended_ - claimed_);
+    claimed_ = appended_;
+  }
   std::vector<std::shared_ptr<asio::steady_timer>> wake;
   {
     std::lock_guard lock(mu_);
-    state_.written += n;
-    changed_locked(wake);
+    if (!hold) state_.written = appended_;
+    chunks_.insert(chunks_.end(), completed.begin(), completed.end());
+    changed_locked(wake);  // held bytes too: progress, though nothing new to read
   }
   core::wakeup_list::wake(wake);
   return true;
 }
 
-std::uint64_t fill::written() const {
+void fill::confirm_held() {
+  if (held_ == 0) return;
+  held_ = 0;
+  std::optional<core::chunk_digest> completed;
+  if (appended_ % core::k_chunk_bytes == 0) {
+    completed = chunk_.digest();
+    chunk_.reset();
+    mark_ = hasher_.clone();
+  }
+  std::vector<std::shared_ptr<asio::steady_timer>> wake;
+  {
+    std::lock_guard lock(mu_);
+    state_.written = appended_;
+    if (completed) chunks_.push_back(*completed);
+    changed_locked(wake);
+  }
+  core::wakeup_list::wake(wake);
+}
+
+void fill::drop_held() {
+  if (held_ == 0) return;
+  // Held bytes start a chunk: the hashers go back to that chunk's start.
+  appended_ -= held_;
+  held_ = 0;
+  hasher_ = mark_.clone();
+  chunk_.reset();
+}
+
+std::vector<core::chunk_digest> fill::chunk_digests() const {
   std::lock_guard lock(mu_);
-  return state_.written;
+  return chunks_;
 }
 
 fill_failure fill::finish() {
   const auto p = snapshot();
   if (p.failure != fill_failure::none) return p.failure;
+  // The last chunk's hash: a partial one, or a whole one still held.
+  std::optional<core::chunk_digest> last;
+  if (held_ > 0 || appended_ % core::k_chunk_bytes != 0) last = chunk_.digest();
   const auto got = hasher_.finish();
-  if (got != digest_ || (p.sized && p.written != p.size)) {
+  if (got != digest_ || (p.sized && appended_ != p.size)) {
     store_.metrics().digest_mismatch("cache", "blob");
     log::error("digest_mismatch",
-               {{"kind", "blob"}, {"expected", digest_}, {"got", got}, {"bytes", p.written}, {"announced", p.size}});
+               {{"kind", "blob"}, {"expected", digest_}, {"got", got}, {"bytes", appended_}, {"announced", p.size}});
     fail(fill_failure::digest_mismatch);
     return fill_failure::digest_mismatch;
   }
+  held_ = 0;
   // The bytes are proven right: the clients following this fill may have the last
   // one now. Durability (fsync, rename, index) is the cache's business, not theirs;
   // new requests become hits only once it is done.
   std::vector<std::shared_ptr<asio::steady_timer>> wake;
+  progress done;
+  std::string chunks;
   {
     std::lock_guard lock(mu_);
+    if (last) chunks_.push_back(*last);
+    state_.written = appended_;
     state_.verified = true;
     state_.sized = true;
-    state_.size = state_.written;
+    state_.size = appended_;
     changed_locked(wake);
+    done = state_;
+    // Kept with the blob only when a peer can use them: a blob of one chunk is
+    // checked by its digest at the same point.
+    if (chunks_.size() > 1) {
+      for (const auto& c : chunks_) chunks += core::to_hex(c);
+    }
   }
   core::wakeup_list::wake(wake);
-  store_.disk_->post([self = shared_from_this(), p] { self->publish_verified(p); });
+  store_.disk_->post([self = shared_from_this(), done, chunks = std::move(chunks)]() mutable {
+    self->publish_verified(done, std::move(chunks));
+  });
   return fill_failure::none;
 }
 
-void fill::publish_verified(const progress& p) {
+void fill::publish_verified(const progress& p, std::string chunks) {
   error_code ec;
   store_.fs().fsync(write_fd_, ec);
   release_temp();  // publishing counts the bytes as a blob's
-  const bool published = !ec && store_.publish(digest_, temp_path_, write_fd_, p.written, p.media_type, source());
+  const bool published =
+      !ec && store_.publish(digest_, temp_path_, write_fd_, p.written, p.media_type, source(), std::move(chunks));
   store_.fs().close(write_fd_);
   write_fd_ = -1;
   {
@@ -385,7 +450,8 @@ std::uint64_t blob_store::reconcile() {
         const auto size = fs_->file_size(joined(prefix_dir, '/', hex));
         if (!size) continue;
         const auto now = unix_now();
-        if (!index_->put(digest, blob_entry{*size, "application/octet-stream", now, now, {}, std::nullopt})) continue;
+        if (!index_->put(digest, blob_entry{*size, "application/octet-stream", now, now, {}, std::nullopt, {}}))
+          continue;
         ++adopted;
         {
           std::lock_guard lock(mu_);
@@ -853,7 +919,7 @@ void blob_store::fill_ended(const std::string& digest) {
 }
 
 bool blob_store::publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
-                         const std::string& media_type, const std::string& source) {
+                         const std::string& media_type, const std::string& source, std::string chunks) {
   const auto path = blob_path(digest);
   error_code read_ec;
   if (indexed(digest, read_ec)) {
@@ -873,7 +939,7 @@ bool blob_store::publish(const std::string& digest, const std::string& temp_path
   const auto now = unix_now();
   // Renamed before indexed: a crash in between leaves a verified file the index does
   // not know, never an index entry without its file.
-  blob_entry entry{size, media_type, now, now, {}, std::nullopt};
+  blob_entry entry{size, media_type, now, now, {}, std::nullopt, std::move(chunks)};
   if (!source.empty()) entry.sources.push_back({source, core::unix_ms()});
   // The bytes were hashed as they were written; this is the file they are in (after
   // the rename, which changes the ctime).

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/body_source.hpp"
+#include "core/chunk_hash.hpp"
 #include "core/hasher.hpp"
 #include "core/reply.hpp"
 #include "core/wakeup.hpp"
@@ -58,24 +59,44 @@ class fill : public std::enable_shared_from_this<fill> {
   // ("<registry>/<repository>"). False on a disk error (the fill has failed).
   bool start(std::optional<std::uint64_t> size, std::string media_type, std::string source = {});
   // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
-  bool append(const char* data, std::size_t n);
-  // Verifies, then releases the last byte to readers and hands the rest (fsync,
-  // rename, directory fsync, index, eviction for room) to the store's disk thread;
-  // new requests become hits once that is done. Returns why verification failed,
-  // or none.
+  // With `hold`, the bytes are kept from the readers until confirm_held() (a chunk
+  // from a source that vouches for it, not checked yet). Holding starts only at a
+  // chunk's first byte (elsewhere `hold` is ignored) and the held bytes never cross
+  // into the next chunk (room_in_chunk()); while bytes are held, every append is held.
+  bool append(const char* data, std::size_t n, bool hold = false);
+  // The held bytes checked out: the readers may have them.
+  void confirm_held();
+  // They did not: forgotten as if never appended (written() is back at the start of
+  // their chunk, where the next source continues).
+  void drop_held();
+  // Bytes held now, the index of the chunk they are in, and that chunk's hash (the
+  // held bytes are all of it that was appended, from its first byte).
+  std::uint64_t held() const { return held_; }
+  std::uint64_t held_chunk() const { return (appended_ - held_) / core::k_chunk_bytes; }
+  core::chunk_digest held_digest() const { return chunk_.digest(); }
+  // Bytes appended so far (held ones included): where a resumed source continues.
+  std::uint64_t written() const { return appended_; }
+  // Bytes left before the end of the current chunk.
+  std::uint64_t room_in_chunk() const { return core::k_chunk_bytes - appended_ % core::k_chunk_bytes; }
+  // Verifies (held bytes included), then releases the last byte to readers and hands
+  // the rest (fsync, rename, directory fsync, index, eviction for room) to the
+  // store's disk thread; new requests become hits once that is done. Returns why
+  // verification failed, or none.
   fill_failure finish();
   // `answer`: what every client of the fill gets instead of the blob (the source's
   // error reply, without a stream).
   void fail(fill_failure why, std::shared_ptr<const core::reply> answer = nullptr);
-  std::uint64_t written() const;
+  // The hashes of the chunks the readers may have in full (after finish(), every
+  // chunk's). Thread-safe.
+  std::vector<core::chunk_digest> chunk_digests() const;
 
   // --- readers ---
   struct progress {
     std::uint64_t version = 0;
     bool started = false;
-    bool sized = true;       // false while the size is unknown (a chunked upstream body); set by finish()
-    std::uint64_t size = 0;  // meaningful when sized
-    std::uint64_t written = 0;
+    bool sized = true;          // false while the size is unknown (a chunked upstream body); set by finish()
+    std::uint64_t size = 0;     // meaningful when sized
+    std::uint64_t written = 0;  // what readers may have (held bytes are not counted)
     bool verified = false;
     fill_failure failure = fill_failure::none;
     std::string media_type;
@@ -101,11 +122,17 @@ class fill : public std::enable_shared_from_this<fill> {
  private:
   void changed_locked(std::vector<std::shared_ptr<boost::asio::steady_timer>>& wake);
   // The disk half of finish(), on the disk thread.
-  void publish_verified(const progress& p);
+  void publish_verified(const progress& p, std::string chunks);
 
   blob_store& store_;
   const std::string digest_;
-  core::hasher hasher_;  // writer only
+  // Writer only:
+  core::hasher hasher_;
+  core::hasher mark_;         // hasher_ at the start of the current chunk (drop_held goes back to it)
+  core::chunk_hasher chunk_;  // the current chunk's bytes
+  std::uint64_t appended_ = 0;
+  std::uint64_t held_ = 0;
+  std::uint64_t claimed_ = 0;  // temp bytes claimed for a body of unknown size
   std::string temp_path_;
   int write_fd_ = -1;       // writer only
   bool published_ = false;  // writer only
@@ -118,7 +145,8 @@ class fill : public std::enable_shared_from_this<fill> {
   mutable std::mutex mu_;  // guards everything below
   std::uint64_t temp_counted_ = 0;
   progress state_;
-  std::string read_path_;  // the temp file, then the published file
+  std::vector<core::chunk_digest> chunks_;  // of the bytes readers may have
+  std::string read_path_;                   // the temp file, then the published file
   std::string source_;
   std::shared_ptr<const core::reply> answer_;
   core::wakeup_list waiters_;
@@ -275,7 +303,7 @@ class blob_store {
   // account, evict. `fd` is the temp file's open descriptor (its identity is
   // recorded after the rename).
   bool publish(const std::string& digest, const std::string& temp_path, int fd, std::uint64_t size,
-               const std::string& media_type, const std::string& source);
+               const std::string& media_type, const std::string& source, std::string chunks);
   void fill_ended(const std::string& digest);
   // Fills' temp bytes: counted toward max_size, evicting published blobs for room.
   void temp_claimed(std::uint64_t n);

@@ -78,6 +78,7 @@ std::string encode_entry(const blob_entry& e) {
     o["inode"] = e.verified_as->inode;
     o["ctime_ns"] = e.verified_as->ctime_ns;
   }
+  if (!e.chunks.empty()) o["chunks"] = e.chunks;
   return std::string(1, k_version) + boost::json::serialize(o);
 }
 
@@ -116,6 +117,13 @@ std::optional<blob_entry> decode_entry(std::string_view record) {
       }
       if (src.name.empty()) return std::nullopt;
       e.sources.push_back(std::move(src));
+    }
+  }
+  // Only a help for peers: a damaged list is dropped, the record kept.
+  if (const auto* chunks = o.if_contains("chunks"); chunks != nullptr && chunks->is_string()) {
+    const auto& hex = chunks->get_string();
+    if (hex.size() % 32 == 0 && hex.find_first_not_of("0123456789abcdef") == boost::json::string::npos) {
+      e.chunks = std::string(hex);
     }
   }
   file_identity id;

@@ -33,6 +33,10 @@ struct blob_entry {
   // The file's identity when its bytes were last hashed (at publish, or a verified
   // serve). A hit whose file no longer has it is hashed again as it is served.
   std::optional<file_identity> verified_as;
+  // The blob's chunk hashes (core/chunk_hash.hpp) as hex, one after another, kept
+  // for peers that fetch it from this node; empty for a blob of one chunk or less,
+  // and for blobs cached before Berth kept them.
+  std::string chunks{};
   const source* find_source(const std::string& name) const;
 };
 

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import harness
 from conftest import REGISTRY_NAME, berth_at, berth_binary
 
 BIG_REPO = "library/app"
+CHUNK = 4 * 1024 * 1024  # core::k_chunk_bytes
 
 
 def sign(secret, method, digest, t=None):
@@ -469,6 +471,14 @@ def test_herd_of_ten_nodes_makes_one_upstream_fetch(world, cluster):
         harness.wait_for(lambda: sum(n.metric("berth_fill_bytes_total", source="peer") for n in nodes) == 9 * size,
                          what="nine nodes to have filled from peers")
         assert sum(n.metric("berth_fill_bytes_total", source="upstream") for n in nodes) == size
+        # Every chunk from a peer was checked against its hash before release, growing
+        # fills' included (their lists grow as their chunks end), and none was wrong.
+        chunks = -(-size // CHUNK)
+        unchecked = {n.peer: n.metric("berth_peer_chunk_checks_total", result="unchecked") for n in nodes}
+        why = [line for n in nodes if unchecked[n.peer] for line in n.log().splitlines() if "chunk_list" in line]
+        assert sum(unchecked.values()) == 0, (unchecked, why[:5])
+        assert sum(n.metric("berth_peer_chunk_checks_total", result="mismatch") for n in nodes) == 0
+        assert sum(n.metric("berth_peer_chunk_checks_total", result="match") for n in nodes) >= 9 * chunks
     finally:
         link.stop()
 
@@ -542,6 +552,8 @@ def test_filler_killed_midway_the_others_finish_without_a_herd(world, cluster):
 
 
 def test_peer_sending_wrong_bytes_is_caught_and_the_blob_comes_from_elsewhere(world, cluster):
+    """A blob of one chunk: checked by its digest alone, the body is cut before its
+    last byte and the client's retry comes from elsewhere."""
     layer = small_layer(world)
     holder = cluster.start(advertise_proxy=True)
     assert curl_sha256(blob_url(holder, layer)) == layer.split(":")[1]
@@ -564,6 +576,87 @@ def test_peer_sending_wrong_bytes_is_caught_and_the_blob_comes_from_elsewhere(wo
     cached = os.path.join(asker.cache_dir, "blobs", "sha256", layer.split(":")[1][:2], layer.split(":")[1])
     with open(cached, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == layer.split(":")[1]
+
+
+def test_peer_sending_wrong_bytes_mid_blob_the_client_gets_one_whole_right_body(world, cluster):
+    """The bytes of a layer of many chunks are checked chunk by chunk: a node whose
+    bytes go wrong is dropped at the end of that chunk, before any client has a byte of
+    it, and the fill goes on from the chunk's first byte elsewhere (here the upstream,
+    with Range). The client's one body is whole and right: no retry."""
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    holder = cluster.start(advertise_proxy=True)
+    assert curl_sha256(blob_url(holder, big)) == big.split(":")[1]
+    harness.wait_for(lambda: holder.advertised in cluster.holders(big), what="the holder's announcement")
+    # One byte inverted in the third chunk of every stream through the holder's link
+    # (past the headers; the chunk list, a few kB, passes untouched).
+    holder.proxy.flip_at = 2 * CHUNK + 100000
+    asker = cluster.start()
+    before = len(blob_gets(world, big))
+    out = subprocess.run(f"curl -sS --fail-with-body -o /dev/stdout '{blob_url(asker, big)}' | sha256sum",
+                         shell=True, capture_output=True, text=True, timeout=600)
+    assert out.stdout.split()[0] == big.split(":")[1], f"one body, whole and right ({out.stderr})"
+    assert holder.proxy.flips >= 1, "the bytes did come through the corrupting link"
+    assert asker.metric("berth_peer_fetches_total", outcome="wrong_bytes") == 1
+    assert asker.metric("berth_peer_chunk_checks_total", result="mismatch") == 1
+    assert asker.metric("berth_peer_chunk_checks_total", result="match") == 2, "two good chunks, then the bad one"
+    assert asker.metric("berth_cache_resumes_total", result="ok") >= 1
+    # The peer gave three chunks (the third wrong); the upstream the rest, from the third's first byte.
+    harness.wait_for(lambda: asker.metric("berth_fill_bytes_total", source="upstream") == size - 2 * CHUNK,
+                     what="the upstream to send the blob from the third chunk on")
+    assert asker.metric("berth_fill_bytes_total", source="peer") == 3 * CHUNK
+    gets = blob_gets(world, big)[before:]
+    assert [g[2] for g in gets] == [206], f"one ranged GET, not the whole blob again: {gets}"
+    cached = os.path.join(asker.cache_dir, "blobs", "sha256", big.split(":")[1][:2], big.split(":")[1])
+    harness.wait_for(lambda: os.path.exists(cached), what="the asker's copy to be published")
+    h = hashlib.sha256()
+    with open(cached, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    assert h.hexdigest() == big.split(":")[1]
+    harness.wait_for(lambda: holder.advertised not in cluster.holders(big), what="the lying holder unlisted")
+
+
+def test_chunk_lists_are_signed_and_every_node_cuts_a_blob_alike(world, cluster):
+    big = world["image"]["big_layer"]
+    size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, big))
+    a = cluster.start()
+    assert curl_sha256(blob_url(a, big)) == big.split(":")[1]
+    harness.wait_for(lambda: a.peer in cluster.holders(big), what="the holder's announcement")
+    b = cluster.start()
+    assert curl_sha256(blob_url(b, big)) == big.split(":")[1]
+    chunks = -(-size // CHUNK)
+    assert b.metric("berth_peer_chunk_checks_total", result="match") == chunks, "every chunk from a was checked"
+    assert b.metric("berth_fill_bytes_total", source="upstream") == 0
+    harness.wait_for(lambda: b.peer in cluster.holders(big), what="b's announcement")
+    target = f"/peer/chunks/{big}"
+    lists = []
+    for node in (a, b):  # a filled from the upstream, b from a: the same list
+        status, hdrs, body = peer_request(node, target, {"Authorization": sign(cluster.secret, "CHUNKS", big)})
+        assert status == 200 and hdrs["content-type"] == "application/json", body
+        doc = json.loads(body)
+        assert doc["chunk_size"] == CHUNK
+        assert len(doc["chunks"]) == 32 * chunks
+        lists.append(doc["chunks"])
+    assert lists[0] == lists[1]
+    for why, headers, method, t in [
+        ("no signature", {}, "GET", target),
+        ("a blob's signature", {"Authorization": sign(cluster.secret, "GET", big)}, "GET", target),
+        ("wrong secret", {"Authorization": sign("not-the-cluster-secret-at-all", "CHUNKS", big)}, "GET", target),
+        ("a chunk list's signature for the blob", {"Authorization": sign(cluster.secret, "CHUNKS", big)}, "GET",
+         f"/peer/blobs/{big}"),
+    ]:
+        status, _, body = peer_request(a, t, headers, method=method)
+        assert status == 401, why
+        assert lists[0].encode() not in body, why
+    status, _, _ = peer_request(a, target, {"Authorization": sign(cluster.secret, "CHUNKS", big)}, method="HEAD")
+    assert status == 405
+    # A blob of one chunk keeps no list: its digest checks it at the same point.
+    layer = small_layer(world)
+    assert curl_sha256(blob_url(a, layer)) == layer.split(":")[1]
+    status, _, _ = peer_request(a, f"/peer/chunks/{layer}", {"Authorization": sign(cluster.secret, "CHUNKS", layer)})
+    assert status == 404
+    assert a.metric("berth_peer_uploads_total", outcome="chunk_list") >= 2
 
 
 def test_repository_the_upstream_denies_is_not_served_from_a_peer(world, cluster):

@@ -1,4 +1,5 @@
 #include "core/hasher.hpp"
+#include "core/chunk_hash.hpp"
 
 #include <gtest/gtest.h>
 
@@ -34,4 +35,35 @@ TEST(Hmac, MatchesRfc4231AndComparesInConstantTime) {
   EXPECT_TRUE(berth::core::constant_time_equal("abc", "abc"));
   EXPECT_FALSE(berth::core::constant_time_equal("abc", "abd"));
   EXPECT_FALSE(berth::core::constant_time_equal("abc", "abcd"));
+}
+
+TEST(Hasher, ACloneGoesOnFromTheSameState) {
+  berth::core::hasher h;
+  h.update("abc");
+  auto copy = h.clone();
+  h.update("def");
+  copy.update("def");
+  EXPECT_EQ(copy.finish(), berth::core::digest_of("abcdef"));
+  EXPECT_EQ(h.finish(), berth::core::digest_of("abcdef"));
+}
+
+TEST(ChunkHash, IsXxh3Of128BitsIncrementalAndHexRoundTrips) {
+  using namespace berth::core;
+  // XXH3_128bits of no bytes (xxHash's own test vector), big-endian.
+  EXPECT_EQ(to_hex(chunk_digest_of("")), "99aa06d3014798d86001c324468d497f");
+  std::string data(100000, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 31);
+  chunk_hasher h;
+  h.update(data.data(), 12345);
+  const auto partial = h.digest();
+  EXPECT_EQ(partial, chunk_digest_of(std::string_view(data).substr(0, 12345))) << "digest() leaves the state as it was";
+  h.update(data.data() + 12345, data.size() - 12345);
+  EXPECT_EQ(h.digest(), chunk_digest_of(data));
+  h.reset();
+  EXPECT_EQ(h.digest(), chunk_digest_of(""));
+  const auto hex = to_hex(chunk_digest_of(data));
+  EXPECT_EQ(chunk_digest_from_hex(hex), chunk_digest_of(data));
+  EXPECT_FALSE(chunk_digest_from_hex(hex.substr(1)));
+  EXPECT_FALSE(chunk_digest_from_hex(std::string(32, 'g')));
+  EXPECT_FALSE(chunk_digest_from_hex(std::string(32, 'A'))) << "lower-case hex only";
 }

@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
 
+#include "core/chunk_hash.hpp"
 #include "core/hasher.hpp"
 #include "metrics/metrics.hpp"
 #include "mirror/blob_source.hpp"
@@ -134,4 +136,199 @@ TEST_F(fill_driver, AnExceptionFromTheSourceFailsTheFillAndGoesNoFurther) {
   source_->throw_on_fetch = true;
   auto f = drive();
   EXPECT_EQ(f->snapshot().failure, store::fill_failure::upstream_broken);
+}
+
+// --- Chunk checks: a source that vouches for its bytes chunk by chunk (another node) ---
+
+namespace {
+
+constexpr std::uint64_t C = core::k_chunk_bytes;
+
+// Copies of one blob on several nodes, some damaged: fetch() reads the first, each
+// fetch_range the next one. Each copy vouches with the hashes of the true blob.
+class vouching_source final : public mirror::blob_source {
+ public:
+  std::string truth;
+  std::vector<std::string> copies;               // copies[i]: what node i sends
+  std::vector<std::optional<std::size_t>> cuts;  // where node i's body breaks off
+  bool have_hashes = true;
+  std::vector<std::uint64_t> range_offsets, wrong, asked;
+  bool rejected_called = false;
+
+  boost::asio::awaitable<mirror::blob_fetch> fetch() override {
+    mirror::blob_fetch f;
+    f.size = truth.size();
+    f.media_type = "application/octet-stream";
+    f.body = body_from(0);
+    co_return f;
+  }
+  boost::asio::awaitable<std::unique_ptr<core::body_source>> fetch_range(std::uint64_t offset,
+                                                                         std::optional<std::uint64_t>,
+                                                                         std::string& problem) override {
+    range_offsets.push_back(offset);
+    if (++node_ >= copies.size()) {
+      problem = "no node left";
+      co_return nullptr;
+    }
+    co_return body_from(offset);
+  }
+  std::string name() const override { return "node " + std::to_string(node_); }
+  bool vouches() const override { return true; }
+  boost::asio::awaitable<std::optional<core::chunk_digest>> chunk_hash(std::uint64_t index) override {
+    asked.push_back(index);
+    if (!have_hashes || index * C >= truth.size()) co_return std::nullopt;
+    co_return core::chunk_digest_of(std::string_view(truth).substr(index * C, C));
+  }
+  void wrong_chunk(std::uint64_t index) override { wrong.push_back(index); }
+  void rejected() override { rejected_called = true; }
+
+ private:
+  std::unique_ptr<core::body_source> body_from(std::uint64_t offset) {
+    std::optional<std::size_t> cut;
+    if (node_ < cuts.size() && cuts[node_]) cut = *cuts[node_] - offset;
+    return std::make_unique<berth::testing::string_body>(copies.at(node_).substr(offset), cut, true, 65536);
+  }
+  std::size_t node_ = 0;
+};
+
+class chunk_checks : public fill_driver {
+ protected:
+  void SetUp() override {
+    fill_driver::SetUp();
+    auto& truth = vouching_->truth;
+    truth.resize(3 * C + 12345);
+    for (std::size_t i = 0; i < truth.size(); ++i) truth[i] = static_cast<char>((i * 2654435761u) >> 13);
+    digest_ = core::digest_of(truth, "sha256");
+  }
+  void TearDown() override {
+    fill_.reset();  // before the store it belongs to
+    fill_driver::TearDown();
+  }
+  // Node 0's copy with the byte at `at` inverted, then good copies.
+  void damage_first_copy_at(std::size_t at) {
+    auto bad = vouching_->truth;
+    bad[at] = static_cast<char>(~bad[at]);
+    vouching_->copies = {bad, vouching_->truth, vouching_->truth};
+  }
+  // Drives the fill with one client following it from the first byte, as a client of
+  // this node would; returns what the client got and whether its body ended cleanly.
+  std::pair<std::string, bool> drive_with_follower() {
+    bool created = false;
+    auto f = store_->join_or_start(digest_, "sha256", created);
+    EXPECT_TRUE(created);
+    std::string got;
+    bool clean = false;
+    boost::asio::co_spawn(ctx_, mirror::run_fill(f, vouching_, "registry.test/library/app", metrics_, options_),
+                          boost::asio::detached);
+    boost::asio::co_spawn(
+        ctx_,
+        [&]() -> boost::asio::awaitable<void> {
+          co_await f->wait_answered(true, 5s);
+          boost::system::error_code ec;
+          const int fd = f->open_for_read(ec);
+          EXPECT_FALSE(ec);
+          auto body = store::fill_body(f, fd, 0, vouching_->truth.size(), 5s);
+          std::vector<char> buf(100000);
+          while (true) {
+            const auto n = co_await body->read(boost::asio::buffer(buf), ec);
+            if (ec) co_return;
+            if (n == 0) break;
+            got.append(buf.data(), n);
+          }
+          clean = true;
+        },
+        boost::asio::detached);
+    ctx_.run_for(20s);
+    store_->flush();
+    fill_ = f;
+    return {got, clean};
+  }
+  std::string metric(const std::string& series) const {
+    const auto text = metrics_.serialize();
+    const auto at = text.find(series + " ");
+    return at == std::string::npos ? "absent"
+                                   : text.substr(at + series.size() + 1, text.find('\n', at) - at - series.size() - 1);
+  }
+  std::string truth_chunks_hex() const {
+    std::string hex;
+    const auto& t = vouching_->truth;
+    for (std::uint64_t at = 0; at < t.size(); at += C) hex += core::to_hex(core::chunk_digest_of(t.substr(at, C)));
+    return hex;
+  }
+
+  std::shared_ptr<vouching_source> vouching_ = std::make_shared<vouching_source>();
+  std::shared_ptr<store::fill> fill_;
+};
+
+}  // namespace
+
+TEST_F(chunk_checks, AWrongByteIsCaughtBeforeAnyClientSeesItAndTheFillGoesOnFromItsChunksStart) {
+  damage_first_copy_at(C + 1000);
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_TRUE(clean) << "the client's body broke off";
+  EXPECT_TRUE(got == vouching_->truth) << "the client got " << got.size() << " bytes, not the blob";
+  EXPECT_EQ(vouching_->wrong, std::vector<std::uint64_t>{1});
+  EXPECT_EQ(vouching_->range_offsets, std::vector<std::uint64_t>{C}) << "continued from the chunk's first byte";
+  EXPECT_FALSE(vouching_->rejected_called);
+  EXPECT_TRUE(fill_->snapshot().verified);
+  const auto e = store_->stat(digest_);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->chunks, truth_chunks_hex()) << "the published blob keeps the chunk hashes of the true bytes";
+  EXPECT_EQ(metric(R"(berth_peer_chunk_checks_total{result="mismatch"})"), "1");
+  EXPECT_EQ(metric(R"(berth_peer_chunk_checks_total{result="match"})"), "4");
+}
+
+TEST_F(chunk_checks, AWrongByteInTheLastShortChunkIsCaughtToo) {
+  damage_first_copy_at(vouching_->truth.size() - 3);
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(got == vouching_->truth);
+  EXPECT_EQ(vouching_->wrong, std::vector<std::uint64_t>{3});
+  EXPECT_EQ(vouching_->range_offsets, std::vector<std::uint64_t>{3 * C});
+  EXPECT_TRUE(fill_->snapshot().verified);
+}
+
+TEST_F(chunk_checks, TwoLyingNodesInARowAreBothPassedOver) {
+  auto bad1 = vouching_->truth, bad2 = vouching_->truth;
+  bad1[10] = static_cast<char>(~bad1[10]);
+  bad2[2 * C + 7] = static_cast<char>(~bad2[2 * C + 7]);
+  vouching_->copies = {bad1, bad2, vouching_->truth};
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(got == vouching_->truth);
+  EXPECT_EQ(vouching_->wrong, (std::vector<std::uint64_t>{0, 2}));
+  EXPECT_EQ(vouching_->range_offsets, (std::vector<std::uint64_t>{0, 2 * C}));
+}
+
+TEST_F(chunk_checks, ABreakInsideAHeldChunkAsksForTheWholeChunkAgain) {
+  vouching_->copies = {vouching_->truth, vouching_->truth};
+  vouching_->cuts = {C + 5000};
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(got == vouching_->truth);
+  EXPECT_TRUE(vouching_->wrong.empty());
+  EXPECT_EQ(vouching_->range_offsets, std::vector<std::uint64_t>{C}) << "a chunk comes whole from one node";
+}
+
+TEST_F(chunk_checks, WithoutHashesTheDigestStillDecidesAndTheClientNeverGetsTheWholeWrongBlob) {
+  damage_first_copy_at(C + 1000);
+  vouching_->have_hashes = false;
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_FALSE(clean) << "a body that does not verify must not end cleanly";
+  EXPECT_LT(got.size(), vouching_->truth.size());
+  EXPECT_TRUE(vouching_->rejected_called);
+  EXPECT_EQ(fill_->snapshot().failure, store::fill_failure::digest_mismatch);
+  EXPECT_FALSE(store_->stat(digest_));
+  EXPECT_EQ(metric(R"(berth_peer_chunk_checks_total{result="unchecked"})"), "4");
+}
+
+TEST_F(chunk_checks, NodesThatKeepLyingEndInAFailedFillNotALoop) {
+  auto bad = vouching_->truth;
+  bad[5] = static_cast<char>(~bad[5]);
+  vouching_->copies.assign(20, bad);
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_FALSE(clean);
+  EXPECT_TRUE(got.empty()) << "nothing of a chunk that never matched was released";
+  EXPECT_EQ(fill_->snapshot().failure, store::fill_failure::upstream_broken);
+  EXPECT_FALSE(store_->stat(digest_));
 }

@@ -14,6 +14,7 @@
 #include <thread>
 #include <utility>
 
+#include "core/chunk_hash.hpp"
 #include "core/hasher.hpp"
 #include "faulting_index.hpp"
 #include "store/index.hpp"
@@ -835,4 +836,122 @@ TEST_F(store_test, AnIndexThatCannotBeReadIsAnErrorNotAMiss) {
   auto hit = lookup(s, digest);
   ASSERT_TRUE(hit);
   EXPECT_EQ(hit->entry().size, data.size());
+}
+
+// --- Held chunks: bytes from a node that vouches for them, kept until checked ---
+
+namespace {
+constexpr std::uint64_t C = core::k_chunk_bytes;
+}
+
+TEST_F(store_test, HeldBytesAreNeverReadableUntilConfirmedAndDroppedOnesAreWrittenAgain) {
+  open();
+  const auto data = random_bytes(2 * C + 777, 41);
+  auto started = start_followed(data);
+  auto& f = started.fill;
+  auto& body = started.follower;
+  // Chunk 0 as it comes; `hold` past a chunk's first byte changes nothing.
+  ASSERT_TRUE(f->append(data.data(), 1000));
+  ASSERT_TRUE(f->append(data.data() + 1000, C - 1000, true));
+  EXPECT_EQ(f->held(), 0u) << "holding starts only at a chunk's first byte";
+  EXPECT_EQ(f->snapshot().written, C);
+  // Chunk 1, damaged, held.
+  std::string bad = data.substr(C, C);
+  bad[12345] = static_cast<char>(~bad[12345]);
+  ASSERT_TRUE(f->append(bad.data(), C / 2, true));
+  EXPECT_THROW(f->append(bad.data() + C / 2, C / 2 + 1, true), std::logic_error) << "a held append crossed a chunk";
+  ASSERT_TRUE(f->append(bad.data() + C / 2, C / 2, false)) << "while bytes are held, every append is held";
+  EXPECT_EQ(f->held(), C);
+  EXPECT_EQ(f->held_chunk(), 1u);
+  EXPECT_EQ(f->snapshot().written, C) << "held bytes are not readable";
+  EXPECT_NE(f->held_digest(), core::chunk_digest_of(std::string_view(data).substr(C, C)));
+  EXPECT_EQ(f->chunk_digests().size(), 1u);
+  f->drop_held();
+  EXPECT_EQ(f->written(), C) << "back at the chunk's start";
+  EXPECT_EQ(f->snapshot().written, C);
+  // The right bytes, held and confirmed; then the rest.
+  ASSERT_TRUE(f->append(data.data() + C, C, true));
+  EXPECT_EQ(f->held_digest(), core::chunk_digest_of(std::string_view(data).substr(C, C)));
+  f->confirm_held();
+  EXPECT_EQ(f->snapshot().written, 2 * C);
+  ASSERT_EQ(f->chunk_digests().size(), 2u);
+  ASSERT_TRUE(f->append(data.data() + 2 * C, 777, true));
+  EXPECT_EQ(f->snapshot().written, 2 * C) << "the short last chunk is held too";
+  // The client read everything released, and never a byte of the damaged chunk.
+  asio::io_context ctx;
+  std::string got;
+  bool clean = false;
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        std::vector<char> buf(1 << 20);
+        while (true) {
+          boost::system::error_code ec;
+          const auto n = co_await body->read(asio::buffer(buf), ec);
+          if (ec || n == 0) {
+            clean = !ec;
+            co_return;
+          }
+          got.append(buf.data(), n);
+          if (got.size() == 2 * C) {
+            EXPECT_EQ(f->finish(), store::fill_failure::none) << "the rewound hasher verifies the right bytes";
+          }
+        }
+      },
+      asio::detached);
+  ctx.run_for(std::chrono::seconds(10));
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(got == data) << "got " << got.size() << " bytes";
+  store_->flush();
+  const auto e = store_->stat(core::digest_of(data));
+  ASSERT_TRUE(e);
+  std::string hex;
+  for (std::uint64_t at = 0; at < data.size(); at += C) {
+    hex += core::to_hex(core::chunk_digest_of(std::string_view(data).substr(at, C)));
+  }
+  EXPECT_EQ(e->chunks, hex);
+  EXPECT_EQ(f->chunk_digests().size(), 3u);
+}
+
+TEST_F(store_test, ABlobOfOneChunkKeepsNoChunkHashes) {
+  open();
+  const auto data = random_bytes(C, 42);
+  ASSERT_EQ(fill_with(core::digest_of(data), data, 65536), store::fill_failure::none);
+  ASSERT_TRUE(store_->stat(core::digest_of(data)));
+  EXPECT_TRUE(store_->stat(core::digest_of(data))->chunks.empty());
+}
+
+TEST_F(store_test, AFillOfUnknownSizeClaimsEachByteOnceThoughItRewinds) {
+  open(64 * C);
+  const auto data = random_bytes(C + 10, 43);
+  bool created = false;
+  auto f = store_->join_or_start(core::digest_of(data), "sha256", created);
+  ASSERT_TRUE(f->start(std::nullopt, "application/octet-stream"));
+  ASSERT_TRUE(f->append(data.data(), C / 2, true));
+  f->drop_held();
+  ASSERT_TRUE(f->append(data.data(), C, true));
+  f->confirm_held();
+  EXPECT_EQ(store_->current_usage().temp, C);
+  ASSERT_TRUE(f->append(data.data() + C, 10));
+  EXPECT_EQ(f->finish(), store::fill_failure::none);
+  store_->flush();
+  EXPECT_EQ(store_->current_usage().temp, 0u);
+  EXPECT_EQ(store_->current_usage().bytes, data.size());
+}
+
+TEST(StoreIndexRecord, ChunkHashesRoundTripAndADamagedListIsDroppedNotTheRecord) {
+  store::blob_entry e;
+  e.size = 10;
+  e.media_type = "application/octet-stream";
+  e.chunks = std::string(64, 'a');
+  auto back = store::decode_entry(store::encode_entry(e));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->chunks, e.chunks);
+  for (const auto* bad : {R"("abc")", R"("ABCDEFABCDEFABCDEFABCDEFABCDEFAB")", "7", R"("zz")"}) {
+    const auto rec =
+        std::string("\x02") + R"({"size":10,"created":1,"last_access":1,"media_type":"a/b","chunks":)" + bad + "}";
+    auto d = store::decode_entry(rec);
+    ASSERT_TRUE(d) << rec;
+    EXPECT_TRUE(d->chunks.empty()) << rec;
+  }
 }
