@@ -25,6 +25,12 @@ chunk_hasher::~chunk_hasher() = default;
 chunk_hasher::chunk_hasher(chunk_hasher&&) noexcept = default;
 chunk_hasher& chunk_hasher::operator=(chunk_hasher&&) noexcept = default;
 
+chunk_hasher chunk_hasher::clone() const {
+  chunk_hasher out;
+  XXH3_copyState(out.impl_->state, impl_->state);
+  return out;
+}
+
 void chunk_hasher::update(const void* data, std::size_t size) {
   XXH3_128bits_update(impl_->state, data, size);
 }

@@ -29,6 +29,8 @@ class chunk_hasher {
   chunk_hasher& operator=(chunk_hasher&&) noexcept;
 
   void update(const void* data, std::size_t size);
+  // A hasher in the same state (to go back to it later).
+  chunk_hasher clone() const;
   // The hash of what was added since the last reset; the state is left as it was.
   chunk_digest digest() const;
   void reset();

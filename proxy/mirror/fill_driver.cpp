@@ -25,24 +25,28 @@ constexpr int k_max_wrong_chunks = 8;
 
 class fill_run {
  public:
-  fill_run(std::shared_ptr<store::fill> f, std::shared_ptr<blob_source> source, metrics::registry& metrics,
-           const mirror_options& options)
-      : f_(std::move(f)), source_(std::move(source)), metrics_(metrics), options_(options) {}
+  fill_run(std::shared_ptr<store::fill> f, std::shared_ptr<blob_source> source, std::string confirmed_for,
+           metrics::registry& metrics, const mirror_options& options)
+      : f_(std::move(f)),
+        source_(std::move(source)),
+        confirmed_for_(std::move(confirmed_for)),
+        metrics_(metrics),
+        options_(options) {}
 
-  asio::awaitable<void> run(std::string confirmed_for) {
+  asio::awaitable<void> run() {
     auto first = co_await source_->fetch();
     if (first.refusal) {
       f_->fail(store::fill_failure::upstream_answer, std::make_shared<const core::reply>(std::move(*first.refusal)));
       co_return;
     }
     size_ = first.size;
-    if (!f_->start(first.size, std::move(first.media_type), std::move(confirmed_for))) co_return;
+    if (!f_->start(first.size, std::move(first.media_type), std::move(confirmed_for_))) co_return;
     std::unique_ptr<core::body_source> body = first.body ? slow_guard(std::move(first.body)) : nullptr;
     bool ended = body == nullptr;  // an empty blob has no body to read
     std::unique_ptr<char[]> buf(new char[k_read]);
     while (body) {
-      // A chunk from a source that vouches for it is held until it is checked; its
-      // reads stop at the chunk's end.
+      // Bytes from a source that vouches for them are held until their chunk is
+      // checked; its reads stop at the chunk's end.
       const bool hold = f_->held() > 0 || source_->vouches();
       const auto want = hold ? std::min<std::uint64_t>(k_read, f_->room_in_chunk()) : k_read;
       boost::system::error_code ec;
@@ -52,18 +56,21 @@ class fill_run {
           ended = true;
           break;
         }
+        body.reset();  // its connection (and the peer's upload place) goes now
         body = co_await elsewhere();
         continue;
       }
       if (!ec) {
         if (!f_->append(buf.get(), n, hold)) co_return;
         if (f_->held() > 0 && f_->room_in_chunk() == core::k_chunk_bytes && !co_await held_bytes_check_out()) {
+          body.reset();
           body = co_await elsewhere();
         }
         continue;
       }
-      // A chunk comes whole from one source: what is held of it is asked for again.
+      // What is held came from this source alone: it is asked for again.
       f_->drop_held();
+      body.reset();
       log::warn("cache_fill_broken", {{"source", source_->name()},
                                       {"digest", f_->digest()},
                                       {"received", f_->written()},
@@ -142,6 +149,7 @@ class fill_run {
 
   std::shared_ptr<store::fill> f_;
   std::shared_ptr<blob_source> source_;
+  std::string confirmed_for_;
   metrics::registry& metrics_;
   const mirror_options& options_;
   std::optional<std::uint64_t> size_;
@@ -154,8 +162,8 @@ class fill_run {
 asio::awaitable<void> run_fill(std::shared_ptr<store::fill> f, std::shared_ptr<blob_source> source,
                                std::string confirmed_for, metrics::registry& metrics, const mirror_options& options) {
   try {
-    fill_run run(f, std::move(source), metrics, options);
-    co_await run.run(std::move(confirmed_for));
+    fill_run run(f, std::move(source), std::move(confirmed_for), metrics, options);
+    co_await run.run();
   } catch (const std::exception& e) {
     // As core::spawn's handler would (logged and counted alike), but here the fill's
     // followers are told at once and the exception goes no further.

@@ -56,32 +56,49 @@ class counted_body final : public core::body_source {
   std::uint64_t bytes_ = 0;
 };
 
-// Up to 32 768 chunks (128 GiB): a list longer than that is not one.
+// Up to 32 768 chunks (128 GiB) in one answer: a list longer than that is not one.
 constexpr std::size_t k_max_chunk_list = 1 << 20;
 // Chunks in a row whose list a node could not be asked for before it is followed unchecked.
 constexpr int k_max_list_failures = 3;
 
-// {"chunk_size": <bytes>, "chunks": "<hex>"} (peer::endpoint); nullopt when it is not
-// one, or was cut with another chunk size.
-std::optional<std::vector<core::chunk_digest>> parse_chunk_list(std::string_view text) {
+// {"chunk_size": <bytes>, "from": <index>, "chunks": "<hex>"} (peer::endpoint): the
+// hashes of chunks from..from+n-1. nullopt when it is not one, or was cut with
+// another chunk size.
+struct chunk_list {
+  std::uint64_t from = 0;
+  std::vector<core::chunk_digest> hashes;
+};
+std::optional<chunk_list> parse_chunk_list(std::string_view text) {
   boost::system::error_code ec;
   const auto doc = boost::json::parse(text, ec);
   const auto* o = ec ? nullptr : doc.if_object();
   if (o == nullptr) return std::nullopt;
   const auto* size = o->if_contains("chunk_size");
+  const auto* from = o->if_contains("from");
   const auto* hex = o->if_contains("chunks");
-  if (size == nullptr || (!size->is_uint64() && !size->is_int64()) || hex == nullptr || !hex->is_string()) {
+  if (size == nullptr || from == nullptr || hex == nullptr || !hex->is_string()) return std::nullopt;
+  // Compared as JSON numbers: a negative or fractional one is simply not a match.
+  const auto* size_u = size->if_uint64();
+  const auto* size_i = size->if_int64();
+  if (!(size_u != nullptr && *size_u == core::k_chunk_bytes) &&
+      !(size_i != nullptr && *size_i == static_cast<std::int64_t>(core::k_chunk_bytes))) {
     return std::nullopt;
   }
-  if (size->to_number<std::uint64_t>() != core::k_chunk_bytes) return std::nullopt;
+  chunk_list out;
+  if (const auto* f = from->if_uint64()) {
+    out.from = *f;
+  } else if (const auto* fi = from->if_int64(); fi != nullptr && *fi >= 0) {
+    out.from = static_cast<std::uint64_t>(*fi);
+  } else {
+    return std::nullopt;
+  }
   const auto& h = hex->get_string();
   if (h.size() % 32 != 0) return std::nullopt;
-  std::vector<core::chunk_digest> out;
-  out.reserve(h.size() / 32);
+  out.hashes.reserve(h.size() / 32);
   for (std::size_t at = 0; at < h.size(); at += 32) {
     auto d = core::chunk_digest_from_hex(std::string_view(h).substr(at, 32));
     if (!d) return std::nullopt;
-    out.push_back(*d);
+    out.hashes.push_back(*d);
   }
   return out;
 }
@@ -209,9 +226,10 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
 
   asio::awaitable<std::optional<core::chunk_digest>> chunk_hash(std::uint64_t index) override {
     // A published copy's list is whole at once; a growing fill's has every chunk its
-    // readers may have, so it is asked again as each chunk ends here.
+    // readers may have, so it is asked again (from where hashes_ ends) as each of its
+    // chunks ends here.
     if (index >= hashes_.size() && vouches()) {
-      co_await load_hashes();
+      co_await load_hashes(index);
     }
     if (index < hashes_.size()) co_return hashes_[index];
     co_return std::nullopt;
@@ -380,27 +398,31 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     list_failures_ = 0;
   }
 
-  // The chunk hashes `current_` has for the blob, into hashes_. A node that has none
-  // (an older Berth, a blob it cached before it kept them) or answers with anything
-  // but a list vouches for nothing more in this fill; one that cannot be reached (a
-  // busy moment) is asked once more at once, then again at its next chunk's end, and
-  // after k_max_list_failures such chunks no more.
-  asio::awaitable<void> load_hashes() {
+  // More of the chunk hashes `current_` has for the blob, into hashes_, to cover
+  // chunk `index` (whose bytes this fill has in full, so the node has its hash). A
+  // node that has no list (an older Berth, a blob it cached before it kept them)
+  // vouches for nothing more in this fill. One that cannot be reached or is busy, or
+  // whose list stops short, is asked once more at once, then again at its next
+  // chunk's end, and after k_max_list_failures such chunks no more.
+  asio::awaitable<void> load_hashes(std::uint64_t index) {
     std::string problem;
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      const auto got = co_await fetch_hashes(problem);
-      if (got == list_answer::ok) {
-        list_failures_ = 0;
-        co_return;
-      }
-      if (got == list_answer::none) {
-        unvouched_ = true;
-        break;
+    for (int attempt = 0; attempt < 2 && !unvouched_; ++attempt) {
+      switch (co_await fetch_hashes(problem)) {
+        case list_answer::ok:
+          if (index < hashes_.size()) {
+            list_failures_ = 0;
+            co_return;
+          }
+          problem = "the list stops at chunk " + std::to_string(hashes_.size());
+          break;
+        case list_answer::none: unvouched_ = true; break;
+        case list_answer::unreachable: break;
       }
     }
     if (!unvouched_ && ++list_failures_ >= k_max_list_failures) unvouched_ = true;
-    log::info("peer_chunk_list_unavailable",
-              {{"digest", digest_}, {"peer", current_}, {"error", problem}, {"asked_again", !unvouched_}});
+    log::info(
+        "peer_chunk_list_unavailable",
+        {{"digest", digest_}, {"peer", current_}, {"chunk", index}, {"error", problem}, {"asked_again", !unvouched_}});
   }
 
   enum class list_answer { ok, none, unreachable };
@@ -408,7 +430,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     const auto to = node_origin(current_, c_.options().tls.enabled());
     if (!to) co_return list_answer::none;
     upstream::request req;
-    req.target = "/peer/chunks/" + digest_;
+    req.target = "/peer/chunks/" + digest_ + "?from=" + std::to_string(hashes_.size());
     error_code ec;
     // Named: GCC 12 destroys temporaries in a co_await expression twice.
     std::string authorization = sign(c_.options().secret, k_chunk_list_method, digest_, core::unix_ms() / 1000);
@@ -419,20 +441,20 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     if (!ec && res.status == 200) {
       co_await res.read_all(body, k_max_chunk_list, ec);
     }
-    if (ec) {
-      problem = ec.message();
-      co_return list_answer::unreachable;
+    if (ec || res.status >= 500) {
+      problem = ec ? ec.message() : "HTTP " + std::to_string(res.status);
+      co_return list_answer::unreachable;  // a busy moment: asked again
     }
     if (res.status != 200) {
       problem = "HTTP " + std::to_string(res.status);
       co_return list_answer::none;
     }
     auto list = parse_chunk_list(body);
-    if (!list) {
-      problem = "not a chunk list";
+    if (!list || list->from != hashes_.size()) {
+      problem = "not a chunk list from chunk " + std::to_string(hashes_.size());
       co_return list_answer::none;
     }
-    hashes_ = std::move(*list);
+    hashes_.insert(hashes_.end(), list->hashes.begin(), list->hashes.end());
     co_return list_answer::ok;
   }
 

@@ -2,6 +2,7 @@
 
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
+#include <charconv>
 #include <utility>
 
 #include "core/chunk_hash.hpp"
@@ -106,16 +107,25 @@ http::handler endpoint::handler() {
 }
 
 asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
-  const std::string_view target = in.target;
-  // Exactly /peer/blobs/<digest> or /peer/chunks/<digest>: no query, no other path,
-  // nothing to decode.
+  std::string_view target = in.target;
+  // Exactly /peer/blobs/<digest>, or /peer/chunks/<digest> with an optional
+  // ?from=<chunk index>: no other query, no other path, nothing to decode.
   const bool chunks = target.starts_with(k_chunks_prefix);
+  std::uint64_t from = 0;
+  if (const auto q = target.find('?'); chunks && q != std::string_view::npos) {
+    const auto query = target.substr(q + 1);
+    const auto digits = query.starts_with("from=") ? query.substr(5) : std::string_view();
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), from);
+    target = digits.empty() || digits.size() > 10 || ec != std::errc() || end != digits.data() + digits.size()
+                 ? std::string_view()
+                 : target.substr(0, q);
+  }
   const auto prefix = chunks ? k_chunks_prefix : k_prefix;
   const auto digest = target.starts_with(prefix) ? core::parse_digest(target.substr(prefix.size())) : std::nullopt;
   if (!digest) {
     co_return refuse(core::failure::not_an_endpoint,
-                     "the peer endpoint serves only /peer/blobs/<digest> and /peer/chunks/<digest>", "not_found",
-                     metrics_);
+                     "the peer endpoint serves only /peer/blobs/<digest> and /peer/chunks/<digest>[?from=<n>]",
+                     "not_found", metrics_);
   }
   if (in.method != "GET" && (chunks || in.method != "HEAD")) {
     co_return refuse(core::failure::method_not_allowed, chunks ? "GET only" : "GET and HEAD only", "not_found",
@@ -129,7 +139,7 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
     co_return refuse(core::failure::peer_unauthorized, "a peer request needs the cluster's signature", "unauthorized",
                      metrics_);
   }
-  if (chunks) co_return chunk_list(name);
+  if (chunks) co_return chunk_list(name, from);
   auto* store = store_.load();
   if (store == nullptr) {
     co_return refuse(core::failure::blob_unknown, "this node has no blob cache", "miss", metrics_);
@@ -196,11 +206,12 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
   co_return h;
 }
 
-// {"chunk_size": <bytes>, "chunks": "<hex of each chunk's hash, one after another>"}:
-// every chunk of a published blob, or the chunks of a fill under way that its readers
-// may have in full (a node following this one asks again as it reaches each chunk's
-// end). Small: 32 characters per 4 MiB. Takes no upload place.
-http::handled endpoint::chunk_list(const std::string& name) {
+// {"chunk_size": <bytes>, "from": <index>, "chunks": "<hex of each chunk's hash, one
+// after another>"}: from chunk `from` on, every chunk of a published blob, or the
+// chunks of a fill under way that its readers may have in full (a node following
+// this one asks again, from where its list ends, as it reaches each chunk's end).
+// Small: 32 characters per 4 MiB. Takes no upload place.
+http::handled endpoint::chunk_list(const std::string& name, std::uint64_t from) {
   constexpr std::string_view route = "peer_chunks";
   auto* store = store_.load();
   if (store == nullptr) {
@@ -208,16 +219,19 @@ http::handled endpoint::chunk_list(const std::string& name) {
   }
   std::string hex;
   boost::system::error_code ec;
-  if (auto e = store->stat(name, &ec)) {
+  // The fill first: a fill ends only once its blob is indexed, so the blob is found
+  // one way or the other.
+  if (auto f = store->join(name)) {
+    const auto list = f->chunk_digests();
+    for (auto i = from; i < list.size(); ++i) hex += core::to_hex(list[i]);
+  } else if (auto e = store->stat(name, &ec)) {
     if (e->chunks.empty()) {
       return refuse(core::failure::blob_unknown, "no chunk hashes are kept here for " + name, "miss", metrics_, route);
     }
-    hex = std::move(e->chunks);
+    if (from < e->chunks.size() / 32) hex = e->chunks.substr(from * 32);
   } else if (ec) {
     return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
                   "failed", metrics_, route);
-  } else if (auto f = store->join(name)) {
-    for (const auto& c : f->chunk_digests()) hex += core::to_hex(c);
   } else {
     return refuse(core::failure::blob_unknown, name + " is not on this node", "miss", metrics_, route);
   }
@@ -225,8 +239,8 @@ http::handled endpoint::chunk_list(const std::string& name) {
   http::handled h;
   h.route = std::string(route);
   h.reply.headers.set("Content-Type", "application/json");
-  h.reply.body = boost::json::serialize(
-      boost::json::object{{"chunk_size", core::k_chunk_bytes}, {"chunks", boost::json::string_view(hex)}});
+  h.reply.body = boost::json::serialize(boost::json::object{
+      {"chunk_size", core::k_chunk_bytes}, {"from", from}, {"chunks", boost::json::string_view(hex)}});
   return h;
 }
 

@@ -34,7 +34,7 @@ class endpoint {
   boost::asio::awaitable<http::handled> serve(const http::incoming& in);
 
  private:
-  http::handled chunk_list(const std::string& name);
+  http::handled chunk_list(const std::string& name, std::uint64_t from);
 
   const peer_options& options_;
   metrics::registry& metrics_;

@@ -63,7 +63,7 @@ std::string_view to_string(fill_failure f) {
 // fill
 
 fill::fill(blob_store& store, std::string digest, const std::string& algorithm)
-    : store_(store), digest_(std::move(digest)), hasher_(algorithm), mark_(hasher_.clone()) {}
+    : store_(store), digest_(std::move(digest)), hasher_(algorithm), mark_(algorithm) {}
 
 fill::~fill() {
   release_temp();
@@ -138,8 +138,12 @@ bool fill::append(const char* data, std::size_t n, bool hold) {
     fail(fill_failure::digest_mismatch);
     return false;
   }
-  hold = held_ > 0 || (hold && offset % core::k_chunk_bytes == 0);
+  hold = hold || held_ > 0;
   if (hold && n > room_in_chunk()) throw std::logic_error("held bytes would cross a chunk boundary");
+  if (hold && held_ == 0) {
+    mark_ = hasher_.clone();
+    chunk_mark_ = chunk_.clone();
+  }
   std::size_t done = 0;
   while (done < n) {
     error_code ec;
@@ -151,7 +155,7 @@ bool fill::append(const char* data, std::size_t n, bool hold) {
     }
     done += w;  // a short write continues where it stopped
   }
-  // Hashed chunk by chunk: each chunk's hash, and the blob's hasher at each chunk start.
+  // Hashed chunk by chunk: each chunk's hash as it completes.
   std::vector<core::chunk_digest> completed;
   for (std::size_t at = 0; at < n;) {
     const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(n - at, room_in_chunk()));
@@ -162,7 +166,6 @@ bool fill::append(const char* data, std::size_t n, bool hold) {
     if (!hold && appended_ % core::k_chunk_bytes == 0) {
       completed.push_back(chunk_.digest());
       chunk_.reset();
-      mark_ = hasher_.clone();
     }
   }
   if (hold) held_ += n;
@@ -188,7 +191,6 @@ void fill::confirm_held() {
   if (appended_ % core::k_chunk_bytes == 0) {
     completed = chunk_.digest();
     chunk_.reset();
-    mark_ = hasher_.clone();
   }
   std::vector<std::shared_ptr<asio::steady_timer>> wake;
   {
@@ -202,11 +204,15 @@ void fill::confirm_held() {
 
 void fill::drop_held() {
   if (held_ == 0) return;
-  // Held bytes start a chunk: the hashers go back to that chunk's start.
+  // The hashers go back to where the holding began; the bytes past it in the temp
+  // file are written again (or cut off before the publish).
   appended_ -= held_;
   held_ = 0;
-  hasher_ = mark_.clone();
-  chunk_.reset();
+  hasher_ = std::move(mark_);
+  mark_ = hasher_.clone();
+  chunk_ = std::move(chunk_mark_);
+  chunk_mark_ = chunk_.clone();
+  rewound_ = true;
 }
 
 std::vector<core::chunk_digest> fill::chunk_digests() const {
@@ -259,7 +265,9 @@ fill_failure fill::finish() {
 
 void fill::publish_verified(const progress& p, std::string chunks) {
   error_code ec;
-  store_.fs().fsync(write_fd_, ec);
+  // A held tail dropped and sent shorter again: what is past the blob goes.
+  if (rewound_) store_.fs().truncate(write_fd_, p.written, ec);
+  if (!ec) store_.fs().fsync(write_fd_, ec);
   release_temp();  // publishing counts the bytes as a blob's
   const bool published =
       !ec && store_.publish(digest_, temp_path_, write_fd_, p.written, p.media_type, source(), std::move(chunks));

@@ -59,18 +59,19 @@ class fill : public std::enable_shared_from_this<fill> {
   // ("<registry>/<repository>"). False on a disk error (the fill has failed).
   bool start(std::optional<std::uint64_t> size, std::string media_type, std::string source = {});
   // Writes and hashes; wakes the readers. False on a disk error (the fill has failed).
-  // With `hold`, the bytes are kept from the readers until confirm_held() (a chunk
-  // from a source that vouches for it, not checked yet). Holding starts only at a
-  // chunk's first byte (elsewhere `hold` is ignored) and the held bytes never cross
-  // into the next chunk (room_in_chunk()); while bytes are held, every append is held.
+  // With `hold`, the bytes are kept from the readers until confirm_held() (bytes from
+  // a source that vouches for them chunk by chunk, not checked yet). Held bytes never
+  // cross into the next chunk (room_in_chunk()); while bytes are held, every append
+  // is held.
   bool append(const char* data, std::size_t n, bool hold = false);
   // The held bytes checked out: the readers may have them.
   void confirm_held();
-  // They did not: forgotten as if never appended (written() is back at the start of
-  // their chunk, where the next source continues).
+  // They did not: forgotten as if never appended (written() is back where the holding
+  // began, where the next source continues).
   void drop_held();
-  // Bytes held now, the index of the chunk they are in, and that chunk's hash (the
-  // held bytes are all of it that was appended, from its first byte).
+  // Bytes held now, the index of the chunk they are in, and that chunk's hash (of all
+  // of it appended so far: what was released before the holding began, if it began
+  // inside the chunk, and the held bytes).
   std::uint64_t held() const { return held_; }
   std::uint64_t held_chunk() const { return (appended_ - held_) / core::k_chunk_bytes; }
   core::chunk_digest held_digest() const { return chunk_.digest(); }
@@ -128,8 +129,11 @@ class fill : public std::enable_shared_from_this<fill> {
   const std::string digest_;
   // Writer only:
   core::hasher hasher_;
-  core::hasher mark_;         // hasher_ at the start of the current chunk (drop_held goes back to it)
   core::chunk_hasher chunk_;  // the current chunk's bytes
+  // Both hashers where the holding began (drop_held goes back to them).
+  core::hasher mark_;
+  core::chunk_hasher chunk_mark_;
+  bool rewound_ = false;  // the temp file may hold bytes past appended_
   std::uint64_t appended_ = 0;
   std::uint64_t held_ = 0;
   std::uint64_t claimed_ = 0;  // temp bytes claimed for a body of unknown size

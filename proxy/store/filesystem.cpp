@@ -61,6 +61,9 @@ class posix final : public filesystem {
   void fsync(int fd, error_code& ec) override {
     if (::fsync(fd) != 0) ec = last_error();
   }
+  void truncate(int fd, std::uint64_t size, error_code& ec) override {
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) ec = last_error();
+  }
   void close(int fd) override { ::close(fd); }
   void rename(const std::string& from, const std::string& to, error_code& ec) override {
     if (::rename(from.c_str(), to.c_str()) != 0) ec = last_error();

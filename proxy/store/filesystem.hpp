@@ -35,6 +35,8 @@ class filesystem {
   virtual std::size_t pread(int fd, void* data, std::size_t size, std::uint64_t offset,
                             boost::system::error_code& ec) = 0;
   virtual void fsync(int fd, boost::system::error_code& ec) = 0;
+  // Cuts the file to `size` bytes.
+  virtual void truncate(int fd, std::uint64_t size, boost::system::error_code& ec) = 0;
   // Makes a rename into `dir` durable (the directory's own fsync).
   virtual void fsync_dir(const std::string& dir, boost::system::error_code& ec) = 0;
   virtual void close(int fd) = 0;
@@ -68,6 +70,7 @@ class forwarding_filesystem : public filesystem {
     return to_->pread(fd, data, size, offset, ec);
   }
   void fsync(int fd, boost::system::error_code& ec) override { to_->fsync(fd, ec); }
+  void truncate(int fd, std::uint64_t size, boost::system::error_code& ec) override { to_->truncate(fd, size, ec); }
   void fsync_dir(const std::string& dir, boost::system::error_code& ec) override { to_->fsync_dir(dir, ec); }
   void close(int fd) override { to_->close(fd); }
   void rename(const std::string& from, const std::string& to, boost::system::error_code& ec) override {

@@ -635,10 +635,15 @@ def test_chunk_lists_are_signed_and_every_node_cuts_a_blob_alike(world, cluster)
         status, hdrs, body = peer_request(node, target, {"Authorization": sign(cluster.secret, "CHUNKS", big)})
         assert status == 200 and hdrs["content-type"] == "application/json", body
         doc = json.loads(body)
-        assert doc["chunk_size"] == CHUNK
+        assert doc["chunk_size"] == CHUNK and doc["from"] == 0
         assert len(doc["chunks"]) == 32 * chunks
         lists.append(doc["chunks"])
     assert lists[0] == lists[1]
+    status, _, body = peer_request(a, target + "?from=5", {"Authorization": sign(cluster.secret, "CHUNKS", big)})
+    assert status == 200 and json.loads(body) == {"chunk_size": CHUNK, "from": 5, "chunks": lists[0][5 * 32:]}
+    for query in ("?from=", "?from=x", "?from=-1", "?from=1&x=2", "?to=3", "?from=99999999999"):
+        status, _, _ = peer_request(a, target + query, {"Authorization": sign(cluster.secret, "CHUNKS", big)})
+        assert status == 404, query
     for why, headers, method, t in [
         ("no signature", {}, "GET", target),
         ("a blob's signature", {"Authorization": sign(cluster.secret, "GET", big)}, "GET", target),

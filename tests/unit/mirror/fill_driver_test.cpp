@@ -152,6 +152,7 @@ class vouching_source final : public mirror::blob_source {
   std::vector<std::string> copies;               // copies[i]: what node i sends
   std::vector<std::optional<std::size_t>> cuts;  // where node i's body breaks off
   bool have_hashes = true;
+  std::vector<bool> vouching;  // node i vouches (all do when empty)
   std::vector<std::uint64_t> range_offsets, wrong, asked;
   bool rejected_called = false;
 
@@ -173,7 +174,7 @@ class vouching_source final : public mirror::blob_source {
     co_return body_from(offset);
   }
   std::string name() const override { return "node " + std::to_string(node_); }
-  bool vouches() const override { return true; }
+  bool vouches() const override { return node_ >= vouching.size() || vouching[node_]; }
   boost::asio::awaitable<std::optional<core::chunk_digest>> chunk_hash(std::uint64_t index) override {
     asked.push_back(index);
     if (!have_hashes || index * C >= truth.size()) co_return std::nullopt;
@@ -308,6 +309,23 @@ TEST_F(chunk_checks, ABreakInsideAHeldChunkAsksForTheWholeChunkAgain) {
   EXPECT_TRUE(got == vouching_->truth);
   EXPECT_TRUE(vouching_->wrong.empty());
   EXPECT_EQ(vouching_->range_offsets, std::vector<std::uint64_t>{C}) << "a chunk comes whole from one node";
+}
+
+TEST_F(chunk_checks, ANodeTakingOverInsideAChunkIsCheckedFromThereOn) {
+  // Node 0 vouches for nothing (the upstream, or a node without a list) and breaks
+  // inside chunk 1; node 1 takes over there with wrong bytes; node 2 is right.
+  auto bad = vouching_->truth;
+  bad[C + 9000] = static_cast<char>(~bad[C + 9000]);
+  vouching_->copies = {vouching_->truth, bad, vouching_->truth};
+  vouching_->vouching = {false, true, true};
+  vouching_->cuts = {C + 5000};
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(got == vouching_->truth);
+  EXPECT_EQ(vouching_->wrong, std::vector<std::uint64_t>{1}) << "the rest of chunk 1 was held and checked";
+  EXPECT_EQ(vouching_->range_offsets, (std::vector<std::uint64_t>{C + 5000, C + 5000}))
+      << "dropped back to where the holding began, not to bytes already released";
+  EXPECT_TRUE(fill_->snapshot().verified);
 }
 
 TEST_F(chunk_checks, WithoutHashesTheDigestStillDecidesAndTheClientNeverGetsTheWholeWrongBlob) {

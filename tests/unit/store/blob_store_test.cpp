@@ -850,10 +850,21 @@ TEST_F(store_test, HeldBytesAreNeverReadableUntilConfirmedAndDroppedOnesAreWritt
   auto started = start_followed(data);
   auto& f = started.fill;
   auto& body = started.follower;
-  // Chunk 0 as it comes; `hold` past a chunk's first byte changes nothing.
+  // Chunk 0: a first part as it comes, then the rest held from inside the chunk
+  // (another source took over there), damaged, dropped, and sent right.
   ASSERT_TRUE(f->append(data.data(), 1000));
+  std::string bad0 = data.substr(1000, C - 1000);
+  bad0[5] = static_cast<char>(~bad0[5]);
+  ASSERT_TRUE(f->append(bad0.data(), bad0.size(), true));
+  EXPECT_EQ(f->held(), C - 1000);
+  EXPECT_EQ(f->held_chunk(), 0u);
+  EXPECT_EQ(f->snapshot().written, 1000u);
+  EXPECT_NE(f->held_digest(), core::chunk_digest_of(std::string_view(data).substr(0, C)));
+  f->drop_held();
+  EXPECT_EQ(f->written(), 1000u) << "back where the holding began";
   ASSERT_TRUE(f->append(data.data() + 1000, C - 1000, true));
-  EXPECT_EQ(f->held(), 0u) << "holding starts only at a chunk's first byte";
+  EXPECT_EQ(f->held_digest(), core::chunk_digest_of(std::string_view(data).substr(0, C))) << "the whole chunk's hash";
+  f->confirm_held();
   EXPECT_EQ(f->snapshot().written, C);
   // Chunk 1, damaged, held.
   std::string bad = data.substr(C, C);
@@ -911,6 +922,24 @@ TEST_F(store_test, HeldBytesAreNeverReadableUntilConfirmedAndDroppedOnesAreWritt
   }
   EXPECT_EQ(e->chunks, hex);
   EXPECT_EQ(f->chunk_digests().size(), 3u);
+}
+
+TEST_F(store_test, ABlobOfUnknownSizeWhoseLongerHeldTailWasDroppedIsPublishedAtItsTrueLength) {
+  open();
+  const auto data = random_bytes(C + 10, 44);
+  bool created = false;
+  auto f = store_->join_or_start(core::digest_of(data), "sha256", created);
+  ASSERT_TRUE(f->start(std::nullopt, "application/octet-stream"));
+  ASSERT_TRUE(f->append(data.data(), C));
+  const std::string junk(100000, 'j');  // a source that sent more than the blob has
+  ASSERT_TRUE(f->append(junk.data(), junk.size(), true));
+  f->drop_held();
+  ASSERT_TRUE(f->append(data.data() + C, 10, true));
+  f->confirm_held();
+  ASSERT_EQ(f->finish(), store::fill_failure::none);
+  store_->flush();
+  EXPECT_EQ(fs::file_size(store_->blob_path(core::digest_of(data))), data.size());
+  EXPECT_EQ(read_all(core::digest_of(data)), data) << "a hit, not a blob dropped as damaged";
 }
 
 TEST_F(store_test, ABlobOfOneChunkKeepsNoChunkHashes) {
