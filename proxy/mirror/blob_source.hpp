@@ -62,8 +62,12 @@ class blob_source {
     co_return std::nullopt;
   }
   // Its bytes for chunk `index` did not match: the source drops whoever sent them,
-  // and the fill asks fetch_range for the rest from the chunk's start.
+  // and the fill asks fetch_range for the rest from where the holding began.
   virtual void wrong_chunk(std::uint64_t /*index*/) {}
+  // Chunk `index` did not match, but the source took over inside it, after bytes
+  // released unchecked: either may be wrong. The source moves on without blaming
+  // whoever sent the held bytes (they are dropped, and not part of the blob).
+  virtual void passed_over(std::uint64_t /*index*/) {}
 };
 
 // The upstream registry as a blob source: GET /v2/<repository>/blobs/<digest> with

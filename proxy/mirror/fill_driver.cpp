@@ -52,7 +52,7 @@ class fill_run {
       boost::system::error_code ec;
       const auto n = co_await body->read(asio::buffer(buf.get(), static_cast<std::size_t>(want)), ec);
       if (!ec && n == 0) {
-        if (f_->held() == 0 || co_await held_bytes_check_out()) {
+        if (f_->held() == 0 || co_await held_bytes_check_out(true)) {
           ended = true;
           break;
         }
@@ -62,7 +62,7 @@ class fill_run {
       }
       if (!ec) {
         if (!f_->append(buf.get(), n, hold)) co_return;
-        if (f_->held() > 0 && f_->room_in_chunk() == core::k_chunk_bytes && !co_await held_bytes_check_out()) {
+        if (f_->held() > 0 && f_->room_in_chunk() == core::k_chunk_bytes && !co_await held_bytes_check_out(false)) {
           body.reset();
           body = co_await elsewhere();
         }
@@ -92,39 +92,51 @@ class fill_run {
     return std::make_unique<core::min_rate_body>(std::move(b), options_.min_rate, options_.min_rate_period);
   }
 
-  // Checks the held chunk against the source's hash: released when it matches (or
-  // the source has no hash for it), dropped and the source told when it does not.
-  asio::awaitable<bool> held_bytes_check_out() {
+  // Checks the held bytes: released when their chunk matches the source's hash, or
+  // at the body's end when the blob verifies; dropped (and the source told) when the
+  // hash does not match, or when the blob does not verify and the held bytes are all
+  // of it (a blob of one chunk, which no peer keeps a list for). Where the source has
+  // no hash and the held bytes are not all of the blob, they are released unchecked
+  // and the digest decides at the end.
+  asio::awaitable<bool> held_bytes_check_out(bool at_end) {
     const auto index = f_->held_chunk();
+    if (at_end && f_->verifies()) {
+      metrics_.peer_chunk_check("match");
+      f_->confirm_held();
+      co_return true;
+    }
     const auto expected = co_await source_->chunk_hash(index);
-    if (!expected || *expected == f_->held_digest()) {
+    const bool wrong = expected ? *expected != f_->held_digest() : at_end && f_->held() == f_->written();
+    if (!wrong) {
       metrics_.peer_chunk_check(expected ? "match" : "unchecked");
       f_->confirm_held();
       co_return true;
     }
     metrics_.peer_chunk_check("mismatch");
+    // Held from inside the chunk, after bytes released unchecked: the mismatch may be
+    // theirs. The held bytes are dropped all the same, but their sender is not blamed.
+    const bool proven = f_->held_from() % core::k_chunk_bytes == 0;
     log::error("chunk_mismatch", {{"source", source_->name()},
                                   {"digest", f_->digest()},
                                   {"chunk", index},
-                                  {"offset", index * core::k_chunk_bytes},
-                                  {"expected", core::to_hex(*expected)},
-                                  {"got", core::to_hex(f_->held_digest())}});
+                                  {"from", f_->held_from()},
+                                  {"expected", expected ? core::to_hex(*expected) : std::string("the blob's digest")},
+                                  {"got", core::to_hex(f_->held_digest())},
+                                  {"sender_at_fault", proven}});
     f_->drop_held();
-    source_->wrong_chunk(index);
+    if (proven) {
+      source_->wrong_chunk(index);
+    } else {
+      source_->passed_over(index);
+    }
     co_return false;
   }
 
-  // After wrong bytes: the rest from the chunk's start, from another source at once
-  // (then as after a broken body).
+  // After wrong bytes: the rest from where the holding began, from another source at
+  // once (then as after a broken body).
   asio::awaitable<std::unique_ptr<core::body_source>> elsewhere() {
     if (++wrong_chunks_ <= k_max_wrong_chunks) {
-      std::string problem;
-      if (auto rest = co_await source_->fetch_range(f_->written(), std::nullopt, problem)) {
-        metrics_.cache_resume("ok");
-        co_return slow_guard(std::move(rest));
-      }
-      metrics_.cache_resume("failed");
-      log::warn("cache_resume_failed", {{"source", source_->name()}, {"digest", f_->digest()}, {"error", problem}});
+      if (auto rest = co_await continue_body()) co_return rest;
     }
     co_return co_await resume();
   }
@@ -136,14 +148,20 @@ class fill_run {
       asio::steady_timer pause(co_await asio::this_coro::executor, options_.resume_backoff[resumes_++]);
       boost::system::error_code ec;
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      std::string problem;
-      if (auto rest = co_await source_->fetch_range(f_->written(), std::nullopt, problem)) {
-        metrics_.cache_resume("ok");
-        co_return slow_guard(std::move(rest));
-      }
-      metrics_.cache_resume("failed");
-      log::warn("cache_resume_failed", {{"source", source_->name()}, {"digest", f_->digest()}, {"error", problem}});
+      if (auto rest = co_await continue_body()) co_return rest;
     }
+    co_return nullptr;
+  }
+
+  // One ask for the rest of the body from the byte the fill reached; null if refused.
+  asio::awaitable<std::unique_ptr<core::body_source>> continue_body() {
+    std::string problem;
+    if (auto rest = co_await source_->fetch_range(f_->written(), std::nullopt, problem)) {
+      metrics_.cache_resume("ok");
+      co_return slow_guard(std::move(rest));
+    }
+    metrics_.cache_resume("failed");
+    log::warn("cache_resume_failed", {{"source", source_->name()}, {"digest", f_->digest()}, {"error", problem}});
     co_return nullptr;
   }
 

@@ -247,6 +247,14 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     switch_to({});
   }
 
+  void passed_over(std::uint64_t index) override {
+    if (current_.empty()) return;
+    log::warn("peer_passed_over", {{"digest", digest_}, {"peer", current_}, {"chunk", index}});
+    failed_.push_back(current_);
+    std::erase(used_, current_);  // its bytes were dropped: not blamed if the blob fails at its end
+    switch_to({});
+  }
+
   void rejected() override {
     for (const auto& node : used_) {
       c_.metrics().peer_fetch("wrong_bytes");
@@ -407,7 +415,8 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   asio::awaitable<void> load_hashes(std::uint64_t index) {
     std::string problem;
     for (int attempt = 0; attempt < 2 && !unvouched_; ++attempt) {
-      switch (co_await fetch_hashes(problem)) {
+      const auto answer = co_await fetch_hashes(problem);
+      switch (answer) {
         case list_answer::ok:
           if (index < hashes_.size()) {
             list_failures_ = 0;

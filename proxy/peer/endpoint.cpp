@@ -162,24 +162,30 @@ asio::awaitable<http::handled> endpoint::serve(const http::incoming& in) {
   auto& r = h.reply;
   std::uint64_t first = 0, end = 0;
   boost::system::error_code ec;
-  if (head) {
-    if (auto e = store->stat(name, &ec)) {
+  std::shared_ptr<store::fill> f;
+  // Published, or a fill under way; looked up twice, as a fill that ends between the
+  // two lookups is published by then.
+  for (int look = 0; look < 2 && !f; ++look) {
+    if (head) {
+      if (auto e = store->stat(name, &ec)) {
+        metrics_.peer_upload("hit");
+        mirror::shape_blob_reply(r, req, e->size, e->media_type, first, end);
+        co_return h;
+      }
+    } else if (auto hit = store->lookup(name, ec)) {
       metrics_.peer_upload("hit");
-      mirror::shape_blob_reply(r, req, e->size, e->media_type, first, end);
+      if (mirror::shape_blob_reply(r, req, hit->entry().size, hit->entry().media_type, first, end)) {
+        r.stream =
+            std::make_unique<upload_body>(store::blob_body(std::move(hit), first, end), std::move(slot), metrics_);
+      }
       co_return h;
     }
-  } else if (auto hit = store->lookup(name, ec)) {
-    metrics_.peer_upload("hit");
-    if (mirror::shape_blob_reply(r, req, hit->entry().size, hit->entry().media_type, first, end)) {
-      r.stream = std::make_unique<upload_body>(store::blob_body(std::move(hit), first, end), std::move(slot), metrics_);
+    if (ec) {
+      co_return refuse(core::failure::cache_unavailable,
+                       "the cache cannot read " + name + " now (" + ec.message() + ")", "failed", metrics_);
     }
-    co_return h;
+    f = store->join(name);
   }
-  if (ec) {
-    co_return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
-                     "failed", metrics_);
-  }
-  auto f = store->join(name);
   if (!f) co_return refuse(core::failure::blob_unknown, name + " is not on this node", "miss", metrics_);
   const bool ranged = core::parse_byte_range(req.range).has_value();
   const auto p = co_await f->wait_answered(ranged, fill_stall_);
@@ -219,22 +225,27 @@ http::handled endpoint::chunk_list(const std::string& name, std::uint64_t from) 
   }
   std::string hex;
   boost::system::error_code ec;
-  // The fill first: a fill ends only once its blob is indexed, so the blob is found
-  // one way or the other.
-  if (auto f = store->join(name)) {
-    const auto list = f->chunk_digests();
-    for (auto i = from; i < list.size(); ++i) hex += core::to_hex(list[i]);
-  } else if (auto e = store->stat(name, &ec)) {
-    if (e->chunks.empty()) {
-      return refuse(core::failure::blob_unknown, "no chunk hashes are kept here for " + name, "miss", metrics_, route);
+  // A published blob's list (the one its blob requests are served from), else a fill
+  // under way's; looked up twice, as a fill that ends between the two is published by then.
+  bool found = false;
+  for (int look = 0; look < 2 && !found; ++look) {
+    if (auto e = store->stat(name, &ec)) {
+      if (e->chunks.empty()) {
+        return refuse(core::failure::blob_unknown, "no chunk hashes are kept here for " + name, "miss", metrics_,
+                      route);
+      }
+      if (from < e->chunks.size() / 32) hex = e->chunks.substr(from * 32);
+      found = true;
+    } else if (ec) {
+      return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
+                    "failed", metrics_, route);
+    } else if (auto f = store->join(name)) {
+      const auto list = f->chunk_digests();
+      for (auto i = from; i < list.size(); ++i) hex += core::to_hex(list[i]);
+      found = true;
     }
-    if (from < e->chunks.size() / 32) hex = e->chunks.substr(from * 32);
-  } else if (ec) {
-    return refuse(core::failure::cache_unavailable, "the cache cannot read " + name + " now (" + ec.message() + ")",
-                  "failed", metrics_, route);
-  } else {
-    return refuse(core::failure::blob_unknown, name + " is not on this node", "miss", metrics_, route);
   }
+  if (!found) return refuse(core::failure::blob_unknown, name + " is not on this node", "miss", metrics_, route);
   metrics_.peer_upload("chunk_list");
   http::handled h;
   h.route = std::string(route);

@@ -215,6 +215,11 @@ void fill::drop_held() {
   rewound_ = true;
 }
 
+bool fill::verifies() const {
+  const auto p = snapshot();
+  return (!p.sized || appended_ == p.size) && hasher_.clone().finish() == digest_;
+}
+
 std::vector<core::chunk_digest> fill::chunk_digests() const {
   std::lock_guard lock(mu_);
   return chunks_;

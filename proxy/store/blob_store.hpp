@@ -73,8 +73,12 @@ class fill : public std::enable_shared_from_this<fill> {
   // of it appended so far: what was released before the holding began, if it began
   // inside the chunk, and the held bytes).
   std::uint64_t held() const { return held_; }
+  std::uint64_t held_from() const { return appended_ - held_; }
   std::uint64_t held_chunk() const { return (appended_ - held_) / core::k_chunk_bytes; }
   core::chunk_digest held_digest() const { return chunk_.digest(); }
+  // True when the bytes appended so far (held ones included) are the blob: its
+  // digest, and its length when announced. Hashes a copy; the fill goes on as it was.
+  bool verifies() const;
   // Bytes appended so far (held ones included): where a resumed source continues.
   std::uint64_t written() const { return appended_; }
   // Bytes left before the end of the current chunk.

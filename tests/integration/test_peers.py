@@ -551,9 +551,9 @@ def test_filler_killed_midway_the_others_finish_without_a_herd(world, cluster):
         link.stop()
 
 
-def test_peer_sending_wrong_bytes_is_caught_and_the_blob_comes_from_elsewhere(world, cluster):
-    """A blob of one chunk: checked by its digest alone, the body is cut before its
-    last byte and the client's retry comes from elsewhere."""
+def test_peer_sending_wrong_bytes_of_a_small_blob_the_client_gets_one_whole_right_body(world, cluster):
+    """A blob of one chunk has no chunk list: its digest is its check, before the last
+    byte goes out. A wrong copy is dropped unseen and the fill starts again elsewhere."""
     layer = small_layer(world)
     holder = cluster.start(advertise_proxy=True)
     assert curl_sha256(blob_url(holder, layer)) == layer.split(":")[1]
@@ -563,19 +563,22 @@ def test_peer_sending_wrong_bytes_is_caught_and_the_blob_comes_from_elsewhere(wo
     before = len(blob_gets(world, layer))
     status, _, body, complete = harness.raw_get(asker.port, f"/v2/{BIG_REPO}/blobs/{layer}?ns={REGISTRY_NAME}")
     assert holder.proxy.flips >= 1, "the bytes did come through the corrupting link"
-    if status == 200 and complete:
-        assert hashlib.sha256(body).hexdigest() == layer.split(":")[1]
+    assert status == 200 and complete, "one body, not a cut one to retry"
+    assert hashlib.sha256(body).hexdigest() == layer.split(":")[1]
     assert asker.metric("berth_peer_fetches_total", outcome="wrong_bytes") == 1
-    # The next pull: not from the lying peer, and right.
-    assert curl_sha256(blob_url(asker, layer)) == layer.split(":")[1]
+    assert asker.metric("berth_peer_chunk_checks_total", result="mismatch") == 1
     size = os.path.getsize(harness.blob_data_path(world["registry"].storage_root, layer))
     harness.wait_for(lambda: asker.metric("berth_fill_bytes_total", source="upstream") == size,
                      what="the blob to come from the upstream instead")
-    harness.wait_for(lambda: len(blob_gets(world, layer)) == before + 1, what="the upstream's one GET")
+    assert len(blob_gets(world, layer)) == before + 1, "the upstream's one GET"
     harness.wait_for(lambda: cluster.holders(layer) == {asker.peer}, what="the bad copy unlisted, the good one listed")
     cached = os.path.join(asker.cache_dir, "blobs", "sha256", layer.split(":")[1][:2], layer.split(":")[1])
+    harness.wait_for(lambda: os.path.exists(cached), what="the asker's copy to be published")
     with open(cached, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == layer.split(":")[1]
+    # The next pull is a hit: nothing more from anyone.
+    assert curl_sha256(blob_url(asker, layer)) == layer.split(":")[1]
+    assert len(blob_gets(world, layer)) == before + 1
 
 
 def test_peer_sending_wrong_bytes_mid_blob_the_client_gets_one_whole_right_body(world, cluster):

@@ -153,7 +153,7 @@ class vouching_source final : public mirror::blob_source {
   std::vector<std::optional<std::size_t>> cuts;  // where node i's body breaks off
   bool have_hashes = true;
   std::vector<bool> vouching;  // node i vouches (all do when empty)
-  std::vector<std::uint64_t> range_offsets, wrong, asked;
+  std::vector<std::uint64_t> range_offsets, wrong, passed, asked;
   bool rejected_called = false;
 
   boost::asio::awaitable<mirror::blob_fetch> fetch() override {
@@ -181,6 +181,7 @@ class vouching_source final : public mirror::blob_source {
     co_return core::chunk_digest_of(std::string_view(truth).substr(index * C, C));
   }
   void wrong_chunk(std::uint64_t index) override { wrong.push_back(index); }
+  void passed_over(std::uint64_t index) override { passed.push_back(index); }
   void rejected() override { rejected_called = true; }
 
  private:
@@ -322,10 +323,45 @@ TEST_F(chunk_checks, ANodeTakingOverInsideAChunkIsCheckedFromThereOn) {
   const auto [got, clean] = drive_with_follower();
   EXPECT_TRUE(clean);
   EXPECT_TRUE(got == vouching_->truth);
-  EXPECT_EQ(vouching_->wrong, std::vector<std::uint64_t>{1}) << "the rest of chunk 1 was held and checked";
+  EXPECT_EQ(vouching_->passed, std::vector<std::uint64_t>{1}) << "the rest of chunk 1 was held, checked, dropped";
+  EXPECT_TRUE(vouching_->wrong.empty()) << "not blamed: the unchecked first part could have been the wrong one";
   EXPECT_EQ(vouching_->range_offsets, (std::vector<std::uint64_t>{C + 5000, C + 5000}))
       << "dropped back to where the holding began, not to bytes already released";
   EXPECT_TRUE(fill_->snapshot().verified);
+}
+
+TEST_F(chunk_checks, WhenTheUncheckedPartOfAChunkWasWrongNoNodeTakingOverIsBlamed) {
+  // Node 0 (unchecked) sends a wrong byte early in chunk 1 and breaks later in it;
+  // the right nodes that take over cannot make the chunk match, and are not blamed.
+  auto bad = vouching_->truth;
+  bad[C + 100] = static_cast<char>(~bad[C + 100]);
+  vouching_->copies = {bad, vouching_->truth, vouching_->truth};
+  vouching_->vouching = {false, true, true};
+  vouching_->cuts = {C + 5000};
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_FALSE(clean) << "the client had a wrong byte: its body must not end cleanly";
+  EXPECT_TRUE(vouching_->wrong.empty());
+  EXPECT_EQ(vouching_->passed, (std::vector<std::uint64_t>{1, 1}));
+  EXPECT_NE(fill_->snapshot().failure, store::fill_failure::none);
+  EXPECT_FALSE(store_->stat(digest_));
+}
+
+TEST_F(chunk_checks, ABlobOfOneChunkIsCheckedByItsDigestAndGoesOnElsewhere) {
+  // No peer keeps a list for a blob of one chunk: the digest is its check, before the
+  // last byte goes out, and a wrong copy is dropped like a wrong chunk.
+  auto& truth = vouching_->truth;
+  truth.resize(300000);
+  digest_ = core::digest_of(truth, "sha256");
+  damage_first_copy_at(1234);
+  vouching_->have_hashes = false;
+  const auto [got, clean] = drive_with_follower();
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(got == truth);
+  EXPECT_EQ(vouching_->wrong, std::vector<std::uint64_t>{0});
+  EXPECT_EQ(vouching_->range_offsets, std::vector<std::uint64_t>{0});
+  EXPECT_EQ(vouching_->asked, std::vector<std::uint64_t>{0}) << "asked for a list only when the digest failed";
+  EXPECT_TRUE(fill_->snapshot().verified);
+  EXPECT_EQ(metric(R"(berth_peer_chunk_checks_total{result="match"})"), "1");
 }
 
 TEST_F(chunk_checks, WithoutHashesTheDigestStillDecidesAndTheClientNeverGetsTheWholeWrongBlob) {
