@@ -85,4 +85,24 @@ std::optional<chunk_digest> chunk_digest_from_hex(std::string_view hex) {
   return out;
 }
 
+std::string to_hex(std::span<const chunk_digest> list) {
+  std::string out;
+  out.reserve(list.size() * 2 * sizeof(chunk_digest));
+  for (const auto& d : list) out += to_hex(d);
+  return out;
+}
+
+std::optional<std::vector<chunk_digest>> chunk_digests_from_hex(std::string_view hex) {
+  constexpr std::size_t width = 2 * sizeof(chunk_digest);
+  if (hex.size() % width != 0) return std::nullopt;
+  std::vector<chunk_digest> out;
+  out.reserve(hex.size() / width);
+  for (std::size_t at = 0; at < hex.size(); at += width) {
+    auto d = chunk_digest_from_hex(hex.substr(at, width));
+    if (!d) return std::nullopt;
+    out.push_back(*d);
+  }
+  return out;
+}
+
 }  // namespace berth::core

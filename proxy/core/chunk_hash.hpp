@@ -11,8 +11,10 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace berth::core {
 
@@ -45,5 +47,9 @@ chunk_digest chunk_digest_of(std::string_view data);
 
 std::string to_hex(const chunk_digest& d);
 std::optional<chunk_digest> chunk_digest_from_hex(std::string_view hex);
+// A list of hashes as one hex string, one after another (how a blob's list is kept and
+// sent), and back; nullopt when `hex` is not such a list.
+std::string to_hex(std::span<const chunk_digest> list);
+std::optional<std::vector<chunk_digest>> chunk_digests_from_hex(std::string_view hex);
 
 }  // namespace berth::core

@@ -11,6 +11,7 @@
 
 #include "core/chunk_hash.hpp"
 #include "core/clock.hpp"
+#include "core/json_fields.hpp"
 #include "core/log.hpp"
 #include "core/media_types.hpp"
 #include "metrics/metrics.hpp"
@@ -73,33 +74,16 @@ std::optional<chunk_list> parse_chunk_list(std::string_view text) {
   const auto doc = boost::json::parse(text, ec);
   const auto* o = ec ? nullptr : doc.if_object();
   if (o == nullptr) return std::nullopt;
-  const auto* size = o->if_contains("chunk_size");
-  const auto* from = o->if_contains("from");
-  const auto* hex = o->if_contains("chunks");
-  if (size == nullptr || from == nullptr || hex == nullptr || !hex->is_string()) return std::nullopt;
-  // Compared as JSON numbers: a negative or fractional one is simply not a match.
-  const auto* size_u = size->if_uint64();
-  const auto* size_i = size->if_int64();
-  if (!(size_u != nullptr && *size_u == core::k_chunk_bytes) &&
-      !(size_i != nullptr && *size_i == static_cast<std::int64_t>(core::k_chunk_bytes))) {
-    return std::nullopt;
-  }
+  std::uint64_t size = 0;
   chunk_list out;
-  if (const auto* f = from->if_uint64()) {
-    out.from = *f;
-  } else if (const auto* fi = from->if_int64(); fi != nullptr && *fi >= 0) {
-    out.from = static_cast<std::uint64_t>(*fi);
-  } else {
+  const auto* hex = o->if_contains("chunks");
+  if (!core::get_int(*o, "chunk_size", size) || size != core::k_chunk_bytes || !core::get_int(*o, "from", out.from) ||
+      hex == nullptr || !hex->is_string()) {
     return std::nullopt;
   }
-  const auto& h = hex->get_string();
-  if (h.size() % 32 != 0) return std::nullopt;
-  out.hashes.reserve(h.size() / 32);
-  for (std::size_t at = 0; at < h.size(); at += 32) {
-    auto d = core::chunk_digest_from_hex(std::string_view(h).substr(at, 32));
-    if (!d) return std::nullopt;
-    out.hashes.push_back(*d);
-  }
+  auto hashes = core::chunk_digests_from_hex(hex->get_string());
+  if (!hashes) return std::nullopt;
+  out.hashes = std::move(*hashes);
   return out;
 }
 
@@ -242,17 +226,13 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     c_.distrust(digest_, node);
     c_.dir().forget_holder(digest_, node);
     log::error("peer_wrong_bytes", {{"digest", digest_}, {"peer", node}, {"chunk", index}});
-    failed_.push_back(node);
-    std::erase(used_, node);  // caught here: not blamed again if the blob fails at its end
-    switch_to({});
+    leave_current();  // caught here: not blamed again if the blob fails at its end
   }
 
   void passed_over(std::uint64_t index) override {
     if (current_.empty()) return;
     log::warn("peer_passed_over", {{"digest", digest_}, {"peer", current_}, {"chunk", index}});
-    failed_.push_back(current_);
-    std::erase(used_, current_);  // its bytes were dropped: not blamed if the blob fails at its end
-    switch_to({});
+    leave_current();  // its bytes were dropped: not blamed if the blob fails at its end
   }
 
   void rejected() override {
@@ -396,6 +376,14 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     if (std::find(used_.begin(), used_.end(), node) == used_.end()) used_.push_back(node);
     co_await relaying();
     co_return std::make_unique<counted_body>(std::move(res.body), c_.metrics(), true);
+  }
+
+  // The held bytes from `current_` were dropped: not asked again in this fill, and
+  // not among the nodes whose bytes the blob is made of.
+  void leave_current() {
+    failed_.push_back(current_);
+    std::erase(used_, current_);
+    switch_to({});
   }
 
   // The body comes from `node` now ("" the upstream): its chunk hashes are asked of it.

@@ -241,7 +241,7 @@ http::handled endpoint::chunk_list(const std::string& name, std::uint64_t from) 
                     "failed", metrics_, route);
     } else if (auto f = store->join(name)) {
       const auto list = f->chunk_digests();
-      for (auto i = from; i < list.size(); ++i) hex += core::to_hex(list[i]);
+      if (from < list.size()) hex = core::to_hex(std::span(list).subspan(from));
       found = true;
     }
   }

@@ -257,9 +257,7 @@ fill_failure fill::finish() {
     done = state_;
     // Kept with the blob only when a peer can use them: a blob of one chunk is
     // checked by its digest at the same point.
-    if (chunks_.size() > 1) {
-      for (const auto& c : chunks_) chunks += core::to_hex(c);
-    }
+    if (chunks_.size() > 1) chunks = core::to_hex(chunks_);
   }
   core::wakeup_list::wake(wake);
   store_.disk_->post([self = shared_from_this(), done, chunks = std::move(chunks)]() mutable {

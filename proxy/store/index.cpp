@@ -15,11 +15,14 @@
 #include <string_view>
 #include <type_traits>
 
+#include "core/json_fields.hpp"
 #include "core/log.hpp"
 #include "core/media_types.hpp"
 
 namespace berth::store {
 namespace {
+
+using core::get_int;
 
 constexpr char k_version = 2;
 
@@ -39,24 +42,6 @@ std::optional<blob_entry> decode_v1(std::string_view v) {
   e.media_type = core::media_type::valid(type) ? std::string(type) : "application/octet-stream";
   // The sources are not kept: a Content-Type with spaces could have planted one.
   return e;
-}
-
-template <class T>
-bool get_int(const boost::json::object& o, std::string_view key, T& out) {
-  const auto* v = o.if_contains(key);
-  if (v == nullptr) return false;
-  if (const auto* i = v->if_int64()) {
-    if constexpr (std::is_unsigned_v<T>) {
-      if (*i < 0) return false;
-    }
-    out = static_cast<T>(*i);
-    return true;
-  }
-  if (const auto* u = v->if_uint64()) {
-    out = static_cast<T>(*u);
-    return true;
-  }
-  return false;
 }
 
 }  // namespace
