@@ -367,7 +367,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
       co_return nullptr;
     }
     c_.metrics().peer_fetch("ok");
-    switch_to(node);
+    switch_to(node, filling);
     if (head != nullptr) {
       head->size = mirror::content_length(res.headers);
       head->media_type = mirror::bare_media_type(res.headers);
@@ -387,8 +387,10 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   }
 
   // The body comes from `node` now ("" the upstream): its chunk hashes are asked of it.
-  void switch_to(std::string node) {
+  // `filling`: the node is still receiving the blob itself (a filler or a relay).
+  void switch_to(std::string node, bool filling = false) {
     current_ = std::move(node);
+    current_filling_ = filling;
     hashes_.clear();
     unvouched_ = false;
     list_failures_ = 0;
@@ -432,8 +434,9 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
     // Named: GCC 12 destroys temporaries in a co_await expression twice.
     std::string authorization = sign(c_.options().secret, k_chunk_list_method, digest_, core::unix_ms() / 1000);
     std::string label = "peer";
-    auto res = co_await up_->via().fetch_direct(*to, req, std::move(authorization), c_.options().stall_timeout,
-                                                std::move(label), ec);
+    // A node that is filling answers as its own work allows: as patient as its body.
+    const auto timeout = current_filling_ ? c_.follow_timeout() : c_.options().stall_timeout;
+    auto res = co_await up_->via().fetch_direct(*to, req, std::move(authorization), timeout, std::move(label), ec);
     std::string body;
     if (!ec && res.status == 200) {
       co_await res.read_all(body, k_max_chunk_list, ec);
@@ -461,6 +464,7 @@ class cluster_source final : public mirror::blob_source, public std::enable_shar
   std::vector<std::string> failed_;         // peers that refused, broke off or stalled in this fill
   std::vector<std::string> used_;           // peers that gave bytes to this fill
   std::string current_;                     // where the body comes from now ("" the upstream)
+  bool current_filling_ = false;            // ... a node still receiving the blob itself
   std::vector<core::chunk_digest> hashes_;  // current_'s chunk hashes for the blob, as far as it knows them
   bool unvouched_ = false;                  // current_ gave no chunk list
   int list_failures_ = 0;                   // chunks in a row whose list current_ could not be asked for

@@ -324,6 +324,8 @@ def test_a_hit_is_served_only_where_the_upstream_would_serve_it(world, cached_be
         return f"{b.url}/v2/{repo}/blobs/{layer}?ns={REGISTRY_NAME}"
 
     assert harness.http_request(url("library/app"))[0] == 200
+    # Cached: published, not still being filled (a HEAD during the fill goes upstream).
+    harness.wait_for(lambda: b.metric("berth_cache_fills_total", result="completed") == 1, what="the publish")
     for method in ("GET", "HEAD"):
         s, h, body = harness.http_request(url("private/secret"), method=method)
         assert s == 401, (method, s, body)
