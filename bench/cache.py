@@ -4,17 +4,21 @@ hit path, one blob served to 1 and to N parallel clients by
   - Berth serving a cache hit (sendfile, and read+write with zero_copy: false),
   - nginx serving the same file (sendfile on; sendfile off with output_buffers 2 1m),
   - the CNCF registry serving it from its own storage, and in proxy mode (cached);
-cold path, the same blob not yet cached:
+cold path, the same blob not yet cached (on loopback and behind a throttled link):
   - one client through Berth vs one client straight from the upstream registry,
+    for a repository whose token Berth has and for one it has not (the direct
+    client then asks for its token too),
   - 50 concurrent clients through Berth vs one.
 
 Reports GB/s, server CPU seconds per GB and peak RSS (medians of interleaved
 rounds). The machine is shared and noisy: compare within a run, read the ratios.
 
     BERTH_BIN=build/proxy/berth python3 bench/cache.py [--rounds 3] [--streams 1,32] [--mb 200]
+        [--hit-only | --cold-only] [--link-mbps 400]
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -96,12 +100,88 @@ def parallel(n, fn):
     return time.monotonic() - t0, results
 
 
+def timed_get(url, headers=(), cafile=None, user=None):
+    """One request with curl: (size, seconds) where the seconds are curl's own, from
+    starting to connect to the last byte (no process start-up)."""
+    argv = ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url]
+    for h in headers:
+        argv += ["-H", h]
+    if cafile:
+        argv += ["--cacert", cafile]
+    if user:
+        argv += ["-u", user]
+    size, total = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+    return int(size), float(total)
+
+
+def cold_path(args, harbor, berth, blob, size, work, stop):
+    """The blob not yet cached: through a fresh Berth against straight from the
+    registry, each timed by curl itself. Berth first asks for library/app's manifest,
+    as containerd does before any layer, so its upstream connection and the realm are
+    known (a running node's state); the layer then comes from library/app (token
+    cached) or from library/other, a repository this Berth has no token for yet. The
+    direct client's counterpart for a new repository: its token request, then the blob."""
+    pki, registry, issuer = harbor.pki, harbor.registry, harbor.issuer
+    harness.skopeo_push(os.path.join(work, "layout"), f"docker://127.0.0.1:{registry.port}/library/other:v1",
+                        f"admin:{harbor.admin_password}")
+    robot = f"{harbor.ROBOT}:{harbor.robot_password}"
+
+    def direct(endpoint, repo):
+        token_url = f"{issuer.realm}?service={issuer.service}&scope=repository:{repo}:pull"
+        r = subprocess.run(["curl", "-sf", "--cacert", pki.ca_file, "-u", robot, "-w", "\n%{time_total}", token_url],
+                           capture_output=True, text=True, check=True)
+        body, token_s = r.stdout.rsplit("\n", 1)
+        token = json.loads(body)["token"]
+        got, blob_s = timed_get(f"{endpoint}/v2/{repo}/blobs/{blob}", [f"Authorization: Bearer {token}"], pki.ca_file)
+        assert got == size
+        return blob_s, float(token_s) + blob_s
+
+    def through_berth(tag, endpoint, repo, clients):
+        b = berth(tag, endpoint=endpoint)
+        subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
+                        f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"], check=True)
+        wall, got = parallel(clients, lambda: timed_get(f"{b.url}/v2/{repo}/blobs/{blob}?ns={NAME}"))
+        assert all(g[0] == size for g in got)
+        b.stop()
+        shutil.rmtree(os.path.join(work, tag), ignore_errors=True)
+        return got[0][1] if clients == 1 else wall
+
+    def run(upstream, endpoint, rounds):
+        t = {k: [] for k in ("direct", "direct_new", "berth", "berth_new", "berth50")}
+        for rnd in range(rounds):
+            known, new = direct(endpoint, "library/app")
+            t["direct"].append(known)
+            t["direct_new"].append(direct(endpoint, "library/other")[1])
+            t["berth"].append(through_berth(f"cold-{upstream}-{rnd}", endpoint, "library/app", 1))
+            t["berth_new"].append(through_berth(f"coldnew-{upstream}-{rnd}", endpoint, "library/other", 1))
+            t["berth50"].append(through_berth(f"cold50-{upstream}-{rnd}", endpoint, "library/app", 50))
+        m = {k: statistics.median(v) for k, v in t.items()}
+        print(f"| {upstream} | direct from the registry, token in hand, 1 client | {m['direct']:.3f} | 1.00 |")
+        print(f"| {upstream} | through Berth, cold, 1 client | {m['berth']:.3f} | {m['berth'] / m['direct']:.2f}x direct |")
+        print(f"| {upstream} | direct, new repository (token request + blob) | {m['direct_new']:.3f} | 1.00 |")
+        print(f"| {upstream} | through Berth, cold, new repository, 1 client | {m['berth_new']:.3f} | "
+              f"{m['berth_new'] / m['direct_new']:.2f}x direct |")
+        print(f"| {upstream} | through Berth, cold, 50 concurrent clients | {m['berth50']:.3f} | "
+              f"{m['berth50'] / m['berth']:.2f}x one client |")
+
+    print(f"\n## Cold path: {size / 1e6:.0f} MB blob, medians of {args.rounds} (seconds as curl measured them)\n")
+    print("| upstream | case | seconds | ratio |")
+    print("|---|---|---|---|")
+    run("loopback", registry.endpoint, args.rounds)
+    if args.link_mbps > 0:
+        # The upstream behind a link of link_mbps, as Harbor is across the network.
+        link = harness.FaultProxy(registry.port, rate=args.link_mbps * 1e6 / 8)
+        stop.append(link.stop)
+        run(f"{args.link_mbps:.0f} Mbit/s", f"https://127.0.0.1:{link.port}", max(1, args.rounds // 2))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", default="1,32")
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--hit-only", action="store_true", help="measure the hit path only")
+    ap.add_argument("--cold-only", action="store_true", help="measure the cold path only")
     ap.add_argument("--link-mbps", type=float, default=400,
                     help="also run the cold path with the upstream throttled to this many megabits/s (0: skip)")
     args = ap.parse_args()
@@ -134,6 +214,9 @@ cache:
             stop.append(b.stop)
             return b
 
+        if args.cold_only:
+            cold_path(args, harbor, berth, blob, size, work, stop)
+            return
         # Peers for the hit path.
         servers = {}
         b_sf = berth("berth-sendfile")
@@ -214,63 +297,7 @@ http {{ access_log off; {conf} tcp_nopush on; keepalive_timeout 60;
 
         if args.hit_only:
             return
-        # Cold path.
-        token = harbor.robot_token()
-        direct, cold1, cold50 = [], [], []
-        for rnd in range(args.rounds):
-            t0 = time.monotonic()
-            fetch(f"{registry.endpoint}/v2/library/app/blobs/{blob}", [f"Authorization: Bearer {token}"], pki.ca_file)
-            direct.append(time.monotonic() - t0)
-            b = berth(f"cold1-{rnd}")
-            # Warm the token and the upstream connection, as on a running node: what
-            # is timed is the cold blob, not Berth's first token fetch.
-            subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
-                            f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
-            t0 = time.monotonic()
-            fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}")
-            cold1.append(time.monotonic() - t0)
-            b.stop()
-            b = berth(f"cold50-{rnd}")
-            subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
-                            f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
-            wall, got = parallel(50, lambda: fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}"))
-            assert all(g == size for g in got)
-            cold50.append(wall)
-            b.stop()
-            shutil.rmtree(os.path.join(work, f"cold1-{rnd}"), ignore_errors=True)
-            shutil.rmtree(os.path.join(work, f"cold50-{rnd}"), ignore_errors=True)
-        d, c1, c50 = statistics.median(direct), statistics.median(cold1), statistics.median(cold50)
-        print(f"\n## Cold path: {size / 1e6:.0f} MB blob, medians of {args.rounds}\n")
-        print("| upstream | case | seconds | ratio |")
-        print("|---|---|---|---|")
-        print(f"| loopback | direct from the registry, 1 client | {d:.2f} | 1.00 |")
-        print(f"| loopback | through Berth, cold, 1 client | {c1:.2f} | {c1 / d:.2f}x direct |")
-        print(f"| loopback | through Berth, cold, 50 concurrent clients | {c50:.2f} | {c50 / c1:.2f}x one client |")
-        if args.link_mbps > 0:
-            # The upstream behind a link of link_mbps, as Harbor is across the network.
-            link = harness.FaultProxy(registry.port, rate=args.link_mbps * 1e6 / 8)
-            stop.append(link.stop)
-            t1, t50, td = [], [], []
-            for rnd in range(max(1, args.rounds // 2)):
-                t0 = time.monotonic()
-                fetch(f"https://127.0.0.1:{link.port}/v2/library/app/blobs/{blob}", [f"Authorization: Bearer {token}"],
-                      pki.ca_file)
-                td.append(time.monotonic() - t0)
-                for n, acc in ((1, t1), (50, t50)):
-                    tag = f"link{n}-{rnd}"
-                    b = berth(tag, endpoint=f"https://127.0.0.1:{link.port}")
-                    subprocess.run(["curl", "-sf", "-o", "/dev/null", "-I", "-H", f"Accept: {harness.CONTAINERD_ACCEPT}",
-                                   f"{b.url}/v2/library/app/manifests/v1?ns={NAME}"])
-                    wall, got = parallel(n, lambda: fetch(f"{b.url}/v2/library/app/blobs/{blob}?ns={NAME}"))
-                    assert all(g == size for g in got)
-                    acc.append(wall)
-                    b.stop()
-                    shutil.rmtree(os.path.join(work, tag), ignore_errors=True)
-            ld, l1, l50 = statistics.median(td), statistics.median(t1), statistics.median(t50)
-            up = f"{args.link_mbps:.0f} Mbit/s"
-            print(f"| {up} | direct from the registry, 1 client | {ld:.2f} | 1.00 |")
-            print(f"| {up} | through Berth, cold, 1 client | {l1:.2f} | {l1 / ld:.2f}x direct |")
-            print(f"| {up} | through Berth, cold, 50 concurrent clients | {l50:.2f} | {l50 / l1:.2f}x one client |")
+        cold_path(args, harbor, berth, blob, size, work, stop)
     finally:
         for fn in reversed(stop):
             try:

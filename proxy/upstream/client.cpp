@@ -744,22 +744,60 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
   std::string authorization;  // what we send to the endpoint origin
   std::string sent_token_key;
   std::string sent_token;
+  std::string fetched_key;  // a token fetched by this request, for this key
 
-  // Start with what we already know about this registry's auth, so a warm request
-  // costs one round trip.
+  // A token for `scope` from the cache or the token service, into authorization.
+  // Anything but a token: the answer the client gets (a refusal passed on, or ec).
+  const auto obtain_token = [&](std::string realm, std::string service,
+                                std::string scope) -> asio::awaitable<std::optional<response>> {
+    auto key = token_key(reg.options.id(), realm, service, scope);
+    // Named, not a temporary: GCC 12 mis-destroys lambda temporaries inside a
+    // co_await expression.
+    token_cache::fetcher fetcher = [&pool, &reg, realm, service, scope]() {
+      return fetch_token(pool, reg, realm, service, scope);
+    };
+    auto tok = co_await reg.tokens.get(key, std::move(fetcher));
+    if (!tok.ok()) {
+      log::warn("token_fetch_failed", {{"registry", reg.options.id()}, {"status", tok.status}, {"error", tok.error}});
+      if (tok.status == 401 || tok.status == 403) {
+        // The token service refused the robot: the client gets that answer.
+        response denied;
+        denied.status = tok.status;
+        co_return denied;
+      }
+      ec = tok.timed_out ? errc::timeout : errc::token_failed;
+      co_return response{};
+    }
+    fetched_key = key;
+    sent_token_key = std::move(key);
+    sent_token = tok.token;
+    authorization = "Bearer " + tok.token;
+    co_return std::nullopt;
+  };
+
+  // Start with what we already know about this registry's auth, so a request costs
+  // one round trip when its token is cached, and a new repository's two (its token,
+  // then the resource) rather than a 401 first.
+  std::string realm;
+  std::string service;
   {
     std::lock_guard lock(reg.mu);
-    if (!reg.bearer_realm.empty()) {
-      sent_token_key = token_key(reg.options.id(), reg.bearer_realm, reg.bearer_service, default_scope);
-    } else if (reg.basic) {
+    realm = reg.bearer_realm;
+    service = reg.bearer_service;
+    if (realm.empty() && reg.basic) {
       if (auto c = reg.creds.get()) {
         authorization = "Basic " + core::base64_encode(c->username + ":" + c->password);
       }
     }
   }
-  if (!sent_token_key.empty()) {
+  if (!realm.empty()) {
+    sent_token_key = token_key(reg.options.id(), realm, service, default_scope);
     sent_token = reg.tokens.peek(sent_token_key);
-    if (!sent_token.empty()) authorization = "Bearer " + sent_token;
+    if (!sent_token.empty()) {
+      authorization = "Bearer " + sent_token;
+    } else if (auto answer = co_await obtain_token(realm, service, default_scope)) {
+      co_return std::move(*answer);
+    }
   }
 
   int auth_rounds = 0;
@@ -786,43 +824,28 @@ asio::awaitable<response> client::fetch(registry& registry, request req, error_c
       auto ch = pick_challenge(values);
       if (!ch) co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
       if (ch->scheme == "bearer") {
-        const auto realm = ch->param("realm");
-        const auto service = ch->param("service");
+        const auto challenge_realm = ch->param("realm");
+        const auto challenge_service = ch->param("service");
         auto scope = ch->param("scope");
         if (scope.empty()) scope = default_scope;
         {
           std::lock_guard lock(reg.mu);
-          reg.bearer_realm = realm;
-          reg.bearer_service = service;
+          reg.bearer_realm = challenge_realm;
+          reg.bearer_service = challenge_service;
         }
-        const auto key = token_key(reg.options.id(), realm, service, scope);
+        const auto key = token_key(reg.options.id(), challenge_realm, challenge_service, scope);
+        // A token fetched by this very request for this scope was refused: the robot
+        // lacks access (a second token would say the same).
+        if (key == fetched_key) co_return response{ex.status, std::move(ex.headers), std::move(ex.body)};
         // The token we sent for this very scope was refused (expired or revoked):
         // never hand it out again. A 401 for another scope (a redirect to another
         // repository) says nothing about it.
         if (!sent_token.empty() && key == sent_token_key) reg.tokens.invalidate(sent_token_key, sent_token);
         co_await drain(ex.body);
-        // Named, not a temporary: GCC 12 mis-destroys lambda temporaries inside a
-        // co_await expression.
-        token_cache::fetcher fetcher = [&pool, &reg, realm, service, scope]() {
-          return fetch_token(pool, reg, realm, service, scope);
-        };
-        auto tok = co_await reg.tokens.get(key, std::move(fetcher));
-        if (!tok.ok()) {
-          log::warn("token_fetch_failed",
-                    {{"registry", reg.options.id()}, {"status", tok.status}, {"error", tok.error}});
-          if (tok.status == 401 || tok.status == 403) {
-            // The token service refused the robot: the client gets that answer.
-            response denied;
-            denied.status = tok.status;
-            co_return denied;
-          }
-          ec = tok.timed_out ? errc::timeout : errc::token_failed;
-          co_return response{};
+        if (auto answer = co_await obtain_token(challenge_realm, challenge_service, scope)) {
+          co_return std::move(*answer);
         }
-        sent_token_key = key;
-        sent_token = tok.token;
         answered_challenge = true;
-        authorization = "Bearer " + tok.token;
         ++auth_rounds;
         continue;
       }

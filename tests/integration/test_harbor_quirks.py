@@ -48,6 +48,7 @@ class FakeHarbor:
         self.blocked = {"policy/app"}  # repositories whose manifests Harbor's policy refuses (412)
         self.missing = set()  # repositories whose manifests are gone (Harbor's 404 NOT_FOUND)
         self.failing = False  # answer 503 to everything (Harbor's core down behind its nginx)
+        self.denied = {"private/secret"}  # repositories the robot may not pull: its token leaves them out
         harbor = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -130,7 +131,7 @@ class FakeHarbor:
                 with harbor.lock:
                     harbor.next_token += 1
                     token = f"tok-{harbor.next_token}"
-                    harbor.tokens[token] = set(scopes) if user else set()
+                    harbor.tokens[token] = {s for s in scopes if s.split(":")[1] not in harbor.denied} if user else set()
                     harbor.token_requests.append((user, scopes))
                 self.send(200, json.dumps({"token": token, "expires_in": 1800}).encode(),
                           [("Content-Type", "application/json")])
@@ -237,6 +238,38 @@ def test_revoked_token_is_refetched_once(harbor_and_berth):
     # Warm again: no further fetch.
     s, _, _ = harness.http_request(f"{b.url}/v2/library/app/blobs/{BLOB_DIGEST}")
     assert s == 200 and len(harbor.token_requests) == fetched + 1
+
+
+def test_a_new_repository_costs_its_token_and_one_request_not_a_challenge_first(harbor_and_berth):
+    """Once Berth knows the registry's realm, a repository it has no token for yet is
+    two round trips (the token, the resource), as for a client that knows the realm."""
+    harbor, b = harbor_and_berth
+
+    def asked_since(n):
+        return [(m, p.split("?")[0], (auth or "").split(" ")[0]) for m, p, auth in harbor.requests[n:]]
+
+    # The very first request learns the realm from a challenge.
+    assert harness.http_request(f"{b.url}/v2/library/app/blobs/{BLOB_DIGEST}")[0] == 200
+    n = len(harbor.requests)
+    s, _, body = harness.http_request(f"{b.url}/v2/library/other/blobs/{BLOB_DIGEST}")
+    assert s == 200 and body == BLOB
+    assert asked_since(n) == [("GET", "/service/token", "Basic"),
+                              ("GET", f"/v2/library/other/blobs/{BLOB_DIGEST}", "Bearer")]
+    assert harbor.token_requests[-1] == (ROBOT, ["repository:library/other:pull"])
+    # A repository the robot may not pull: its token, then the refusal passed on; no
+    # second token for a scope this very request was just given.
+    n = len(harbor.requests)
+    s, h, body = harness.http_request(f"{b.url}/v2/private/secret/blobs/{BLOB_DIGEST}")
+    assert s == 401 and "WWW-Authenticate" not in h and b"UNAUTHORIZED" in body, (s, h, body)
+    assert asked_since(n) == [("GET", "/service/token", "Basic"),
+                              ("GET", f"/v2/private/secret/blobs/{BLOB_DIGEST}", "Bearer")]
+    # Asked again, the cached token goes first; refused, it may have been revoked, so
+    # one fresh token is tried, and its refusal is the answer. Never more than that.
+    n = len(harbor.requests)
+    assert harness.http_request(f"{b.url}/v2/private/secret/blobs/{BLOB_DIGEST}")[0] == 401
+    assert asked_since(n) == [("GET", f"/v2/private/secret/blobs/{BLOB_DIGEST}", "Bearer"),
+                              ("GET", "/service/token", "Basic"),
+                              ("GET", f"/v2/private/secret/blobs/{BLOB_DIGEST}", "Bearer")]
 
 
 def test_head_blob_on_a_proxy_cache_project_uses_get(harbor_and_berth):
